@@ -1,0 +1,40 @@
+"""Print Markdown table rows for RESULTS.md from evaluated run directories.
+
+    python benchmarks/results_table.py runs/seed-baseline/resnet18 runs/seed-baseline/seed-cnn
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+
+def row(run: Path) -> str:
+    report = json.loads((run / "eval-test" / "report.json").read_text())
+    info = json.loads((run / "run_info.json").read_text())
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    with open(run / "metrics.csv") as f:
+        log = list(csv.DictReader(f))
+    minutes = sum(float(r["seconds"]) for r in log) / 60
+    m, ci = report["metrics"], report["confidence_intervals"]
+
+    def cell(key):
+        lo, hi = ci[key]
+        return f"{m[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    per_class = " / ".join(f"{m['per_class'][c]['sensitivity']:.2f}" for c in report["classes"])
+    return (
+        f"| {report['model']} | {len(log)}/{cfg['epochs']} (best {report['epoch']}) | {cell('accuracy')} | "
+        f"{cell('balanced_accuracy')} | {cell('macro_auc')} | {m['macro_f1']:.3f} | {m['cohen_kappa']:.3f} | "
+        f"{m['ece']:.3f} | {per_class} | {minutes:.0f} min | `{(info.get('git_commit') or '?')[:8]}` |"
+    )
+
+
+if __name__ == "__main__":
+    print("| model | epochs run (best) | accuracy [95% CI] | balanced acc. [95% CI] | macro-AUC [95% CI] | "
+          "macro-F1 | kappa | ECE | sensitivity per class | train time | commit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arg in sys.argv[1:]:
+        print(row(Path(arg)))

@@ -1,0 +1,98 @@
+"""Self-describing checkpoints, written atomically and loaded with safe loaders only.
+
+* `*.safetensors`: the model weights plus a JSON description in the safetensors metadata (model name
+  and arguments, classes, preprocessing, normalisation, training config, data split). This is what
+  `evaluate`, `predict` and later tools load. safetensors cannot execute code.
+* `resume.pt`: weights, optimizer, scheduler, RNG state and history, read back with
+  `torch.load(weights_only=True)`, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from .models import create_model
+
+FORMAT = "eyescreen-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, damaged or not an eyescreen checkpoint."""
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def save_model(path: str | Path, model: nn.Module, meta: dict) -> None:
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"eyescreen": json.dumps({"format": FORMAT, **meta})})
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_meta(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("eyescreen")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    if raw is None:
+        raise CheckpointError(f"{path}: safetensors file without eyescreen metadata")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    return meta
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    meta = read_meta(path)
+    model = create_model(meta["model"]["name"], **meta["model"]["args"])
+    try:
+        state = load_file(str(path), device=str(device))
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise CheckpointError(f"{path}: weights do not load ({e})") from None
+    return model.to(device).eval(), meta
+
+
+def save_state(path: str | Path, state: dict) -> None:
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_state(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no resume state found (was the run started in this directory?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for damaged or unsafe files
+        raise CheckpointError(f"{path}: cannot be loaded safely ({type(e).__name__}: {e})") from None

@@ -1,0 +1,126 @@
+"""The `eyescreen` command: every subcommand is a thin call into the modules of the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import MISSING
+
+from .checkpoint import CheckpointError
+from .config import PRESETS, config_fields, preset
+from .data import DataError, parse_classes
+from .models import list_models
+from .preprocess import ImageError
+
+
+def _add_config_overrides(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("training settings (override the preset)")
+    for f in config_fields():
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        if f.type in ("bool", bool):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(preset default: {default})")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(preset default: {default})")
+
+
+def _overrides(args) -> dict:
+    return {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eyescreen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a classifier from scratch on a manifest CSV or class folders")
+    p.add_argument("--data", required=True, help="manifest CSV (image,label[,patient_id,eye]) or root/<class>/ folder")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, split, logs)")
+    p.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    p.add_argument("--classes", help="comma-separated classes to use, in this order (default: all in the data)")
+    p.add_argument("--split", help="reuse a split file (image,split) instead of making a new one")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--cache-dir", help="where preprocessed images are cached (default ~/.cache/eyescreen)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_config_overrides(p)
+
+    p = sub.add_parser("evaluate", help="metrics, confidence intervals and a report for a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="manifest or folder (default: the data the checkpoint was trained on)")
+    p.add_argument("--split", help="split file (default: the split stored in the checkpoint)")
+    p.add_argument("--subset", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--out", help="report directory (default: next to the checkpoint)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--cache-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("predict", help="predict classes for image files or folders into a CSV")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default="predictions.csv")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("demo", help="train, evaluate and report on the sample bundled with eyescreen")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, help="override the quick preset's epochs")
+    p.add_argument("--model", help="override the quick preset's model")
+    p.add_argument("--cache-dir")
+    p.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("models", help="list the available models")
+    sub.add_parser("presets", help="show the training presets")
+    return parser
+
+
+def run(args) -> int:
+    if args.command == "train":
+        from .train import train
+
+        cfg = preset(args.preset, **_overrides(args))
+        train(cfg, args.data, args.out, classes=parse_classes(args.classes), split_file=args.split,
+              resume=args.resume, cache_dir=args.cache_dir, progress=not args.no_progress, argv=sys.argv)
+    elif args.command == "evaluate":
+        from .evaluate import evaluate
+
+        report = evaluate(args.checkpoint, args.out, data=args.data, split_file=args.split, split_name=args.subset,
+                          cache_dir=args.cache_dir, n_resamples=args.bootstrap, device=args.device,
+                          progress=not args.no_progress)
+        m, ci = report["metrics"], report["confidence_intervals"]
+        for key in ("accuracy", "balanced_accuracy", "macro_auc"):
+            lo, hi = ci[key]
+            interval = f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None else ""
+            print(f"{key:>18}: {m[key]:.4f}{interval}")
+        print(f"report: {report['files']['html']}")
+    elif args.command == "predict":
+        from .predict import predict
+
+        result = predict(args.inputs, args.checkpoint, args.out, batch_size=args.batch_size, device=args.device,
+                         progress=not args.no_progress)
+        print(f"{result['predicted']} predicted, {len(result['failed'])} unreadable -> {result['csv']}")
+        return 0 if result["predicted"] or not result["failed"] else 1
+    elif args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.out, cache_dir=args.cache_dir, progress=not args.no_progress, epochs=args.epochs, model=args.model)
+    elif args.command == "models":
+        print("\n".join(list_models()))
+    elif args.command == "presets":
+        for name in PRESETS:
+            print(f"{name}: {preset(name)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (DataError, ImageError, CheckpointError, FileExistsError, ValueError) as e:
+        print(f"eyescreen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue a training run with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,238 @@
+"""Manifests and folder layouts -> records; patient-grouped, stratified, seeded splits.
+
+A *record* is one labelled (or unlabelled) eye photograph. Class names always come from the data
+(optionally filtered and ordered by the user); nothing here knows about particular diseases.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """A manifest, folder or split file that cannot be used, with a message naming it."""
+
+
+@dataclass(frozen=True)
+class Record:
+    path: Path  # absolute path to the image file
+    key: str  # path as written in the manifest / relative to the folder root: stable across machines
+    label: str | None
+    group: str  # patient id, or the image key when there is none: both eyes of a patient share it
+    eye: str | None = None
+
+
+@dataclass
+class Dataset:
+    """Records usable for supervised training, the ordered class names, and what was left out."""
+
+    records: list[Record]
+    classes: list[str]
+    source: Path
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+
+    def labels(self) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[r.label] for r in self.records], dtype=np.int64)
+
+    def summary(self) -> str:
+        counts = Counter(r.label for r in self.records)
+        groups = len({r.group for r in self.records})
+        lines = [f"{self.source}: {len(self.records)} labelled images from {groups} patients"]
+        lines += [f"  {c:>14}: {counts[c]}" for c in self.classes]
+        lines += [f"  not used ({reason}): {n}" for reason, n in sorted(self.skipped.items())]
+        return "\n".join(lines)
+
+
+def parse_classes(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    classes = [c.strip() for c in text.split(",") if c.strip()]
+    if len(set(classes)) != len(classes):
+        raise DataError(f"--classes lists a class twice: {text!r}")
+    return classes
+
+
+def load_dataset(source: str | Path, classes: list[str] | None = None) -> Dataset:
+    """Read a manifest CSV or a folder-per-class layout and keep the rows usable for training."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"{source}: no such manifest or folder")
+    raw = read_manifest(source) if source.is_file() else read_class_folders(source)
+    return _select_classes(raw, classes, source)
+
+
+def read_manifest(manifest: Path) -> list[Record]:
+    """Rows of a CSV with columns image,label and optional patient_id,eye; paths relative to it."""
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or [])
+        missing = {"image", "label"} - columns
+        if missing:
+            raise DataError(
+                f"{manifest}: missing column(s) {', '.join(sorted(missing))}; "
+                f"expected image,label[,patient_id,eye], found {', '.join(reader.fieldnames or []) or 'none'}"
+            )
+        rows = list(reader)
+    root = manifest.parent
+    records = []
+    for row in rows:
+        key = (row["image"] or "").strip()
+        if not key:
+            raise DataError(f"{manifest}: line {reader.line_num}: empty image path")
+        patient = (row.get("patient_id") or "").strip()
+        records.append(
+            Record(
+                path=(root / key).resolve(),
+                key=key,
+                label=(row["label"] or "").strip() or None,
+                group=f"patient:{patient}" if patient else f"image:{key}",
+                eye=(row.get("eye") or "").strip().lower() or None,
+            )
+        )
+    return records
+
+
+def read_class_folders(root: Path) -> list[Record]:
+    """`root/<class>/*.jpg`: every sub-folder is a class; each image is its own group."""
+    records = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                key = path.relative_to(root).as_posix()
+                records.append(Record(path=path.resolve(), key=key, label=class_dir.name, group=f"image:{key}"))
+    if not records:
+        raise DataError(f"{root}: no images found in class sub-folders (expected {root}/<class>/*.jpg)")
+    return records
+
+
+def list_images(paths: list[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image files."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            found.append(p)  # a missing or odd file is reported by the loader, not silently dropped
+    return found
+
+
+def _select_classes(raw: list[Record], classes: list[str] | None, source: Path) -> Dataset:
+    present = sorted({r.label for r in raw if r.label is not None})
+    if classes is None:
+        classes = present
+    else:
+        unknown = [c for c in classes if c not in present]
+        if unknown:
+            raise DataError(
+                f"{source}: class(es) {', '.join(unknown)} not found in the data; present: {', '.join(present)}"
+            )
+    if len(classes) < 2:
+        raise DataError(f"{source}: need at least two classes, found {classes}")
+    keep, skipped = [], Counter()
+    wanted = set(classes)
+    for r in raw:
+        if r.label is None:
+            skipped["empty label"] += 1
+        elif r.label not in wanted:
+            skipped[f"class {r.label} not selected"] += 1
+        else:
+            keep.append(r)
+    return Dataset(records=keep, classes=list(classes), source=source, skipped=skipped)
+
+
+# --- splits -----------------------------------------------------------------------------------------
+
+
+def make_split(dataset: Dataset, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> dict:
+    """Assign every record to train/val/test with patients kept whole and labels stratified.
+
+    StratifiedGroupKFold cuts the data into 20 patient-disjoint, label-balanced folds; the test and
+    validation sets take whole folds, so fractions are rounded to multiples of 5%.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_folds = 20
+    n_test, n_val = round(test_fraction * n_folds), round(val_fraction * n_folds)
+    if n_test < 1 or n_val < 1 or n_test + n_val >= n_folds:
+        raise DataError(f"val/test fractions {val_fraction}/{test_fraction} must be 0.05..0.45 and leave a train set")
+    groups = np.array([r.group for r in dataset.records])
+    n_groups = len(set(groups))
+    if n_groups < n_folds:
+        n_folds, n_test, n_val = n_groups, max(1, round(test_fraction * n_groups)), max(1, round(val_fraction * n_groups))
+        if n_test + n_val >= n_groups:
+            raise DataError(f"{dataset.source}: {n_groups} patients are too few for train/val/test splits")
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold_of = np.empty(len(groups), dtype=np.int64)
+    with warnings.catch_warnings():  # rare classes with fewer members than folds are expected here
+        warnings.simplefilter("ignore", UserWarning)
+        for fold, (_, idx) in enumerate(splitter.split(np.zeros(len(groups)), dataset.labels(), groups)):
+            fold_of[idx] = fold
+    names = np.where(fold_of < n_test, "test", np.where(fold_of < n_test + n_val, "val", "train"))
+    return {r.key: str(s) for r, s in zip(dataset.records, names, strict=True)}
+
+
+def write_split(split: dict, dataset: Dataset, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "patient", "label", "split"])
+        for r in dataset.records:
+            w.writerow([r.key, r.group, r.label, split[r.key]])
+    tmp.replace(path)
+
+
+def read_split(path: str | Path, dataset: Dataset) -> dict:
+    """Read a split file and check it covers the data and keeps every patient in one split."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"image", "split"} <= set(reader.fieldnames or []):
+            raise DataError(f"{path}: a split file needs columns image,split")
+        split = {}
+        for row in reader:
+            if row["split"] not in SPLITS:
+                raise DataError(f"{path}: line {reader.line_num}: unknown split {row['split']!r} (use {'/'.join(SPLITS)})")
+            split[row["image"]] = row["split"]
+    missing = [r.key for r in dataset.records if r.key not in split]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} image(s) of the data have no split, e.g. {missing[0]}")
+    check_groups_disjoint(dataset, split, path)
+    return {r.key: split[r.key] for r in dataset.records}
+
+
+def check_groups_disjoint(dataset: Dataset, split: dict, where: Path | str) -> None:
+    seen: dict[str, str] = {}
+    for r in dataset.records:
+        s = split[r.key]
+        if seen.setdefault(r.group, s) != s:
+            raise DataError(f"{where}: patient {r.group.split(':', 1)[1]} is in both {seen[r.group]} and {s}")
+
+
+def subset(dataset: Dataset, split: dict, name: str) -> Dataset:
+    if name not in SPLITS:
+        raise DataError(f"unknown split {name!r} (use {'/'.join(SPLITS)})")
+    records = [r for r in dataset.records if split[r.key] == name]
+    return Dataset(records=records, classes=dataset.classes, source=dataset.source)
+
+
+def split_counts(dataset: Dataset, split: dict) -> str:
+    rows = []
+    for name in SPLITS:
+        part = [r for r in dataset.records if split[r.key] == name]
+        counts = Counter(r.label for r in part)
+        per_class = ", ".join(f"{c} {counts[c]}" for c in dataset.classes)
+        rows.append(f"  {name:>5}: {len(part)} images, {len({r.group for r in part})} patients ({per_class})")
+    return "\n".join(rows)

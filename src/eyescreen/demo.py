@@ -1,0 +1,40 @@
+"""`eyescreen demo`: train a small model on the sample that ships with the package, evaluate it, report."""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from .config import preset
+from .evaluate import evaluate
+from .train import train
+
+MARKER = ".eyescreen-demo"
+
+
+def sample_manifest() -> Path:
+    return Path(str(resources.files("eyescreen") / "sample" / "manifest.csv"))
+
+
+def run_demo(out_dir: str | Path = "runs/demo", cache_dir=None, progress: bool = True, **overrides) -> dict:
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise FileExistsError(f"{out}: exists and is not a demo run directory; choose another --out")
+        shutil.rmtree(out)  # a previous demo run: start afresh
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("created by `eyescreen demo`; safe to delete\n")
+    cfg = preset("quick", **overrides)
+    print(f"demo: training {cfg.model} ({cfg.epochs} epochs, {cfg.image_size} px) on the bundled sample")
+    best = train(cfg, sample_manifest(), out, cache_dir=cache_dir, progress=progress, argv=["eyescreen", "demo"])
+    report = evaluate(best, out / "report", split_name="test", cache_dir=cache_dir, progress=progress, n_resamples=200)
+    m, ci = report["metrics"], report["confidence_intervals"]
+    print(
+        f"\ndemo test split ({m['n']} images, {report['n_patients']} patients — a tiny sample, expect wide intervals):\n"
+        f"  accuracy {m['accuracy']:.3f} {ci['accuracy']}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+        f"macro-AUC {m['macro_auc']:.3f}"
+    )
+    print(f"report: {report['files']['html']}\n        {report['files']['markdown']}")
+    print(f"plots:  {out / 'report'}/*.png\ncheckpoint: {best}")
+    return report

@@ -1,0 +1,86 @@
+"""Evaluate a checkpoint on a split of a dataset: metrics with patient-bootstrap intervals and a report."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_model
+from .data import DataError, load_dataset, read_split, subset
+from .inference import predict_proba, resolve_device, resolve_precision
+from .metrics import bootstrap_ci, classification_metrics
+from .preprocess import ImageCache, Preprocessing, load_stack
+from .report import write_report
+
+
+def evaluate(
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    data: str | Path | None = None,
+    split_file: str | Path | None = None,
+    split_name: str = "test",
+    cache_dir: str | Path | None = None,
+    n_resamples: int = 1000,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+) -> dict:
+    checkpoint = Path(checkpoint)
+    dev = resolve_device(device)
+    model, meta = load_model(checkpoint, dev)
+    classes = meta["classes"]
+    dataset = load_dataset(data or meta["data"], classes)
+    if split_name == "all":
+        part = dataset
+    else:
+        if split_file:
+            split = read_split(split_file, dataset)
+        else:
+            split = meta["split"]
+            unknown = [r.key for r in dataset.records if r.key not in split]
+            if unknown:
+                raise DataError(
+                    f"{dataset.source}: {len(unknown)} image(s) are not in the checkpoint's split (e.g. {unknown[0]}); "
+                    "pass --split FILE or --subset all"
+                )
+        part = subset(dataset, split, split_name)
+    if not part.records:
+        raise DataError(f"{dataset.source}: the {split_name} split is empty")
+
+    cache = ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
+    images, ok, errors = load_stack([r.path for r in part.records], cache, progress=progress, desc=split_name)
+    records = [part.records[i] for i in ok]
+    y = part.labels()[ok]
+    norm = meta["normalization"]
+    prob = predict_proba(model, images, norm["mean"], norm["std"], dev, resolve_precision(precision, dev))
+    groups = np.array([r.group for r in records])
+
+    report = {
+        "checkpoint": str(checkpoint),
+        "model": meta["model"]["name"],
+        "epoch": meta.get("epoch"),
+        "data": str(dataset.source),
+        "split": split_name,
+        "classes": classes,
+        "n_patients": int(len(set(groups))),
+        "metrics": classification_metrics(y, prob, classes),
+        "confidence_intervals": bootstrap_ci(y, prob, groups, n_resamples=n_resamples),
+        "skipped": [message for _, message in errors],
+    }
+    out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split_name}"
+    _write_predictions(out / "predictions.csv", records, classes, y, prob)
+    metrics_csv = checkpoint.parent / "metrics.csv"
+    files = write_report(out, report, y, prob, metrics_csv if metrics_csv.is_file() else None)
+    report["files"] = {k: str(v) for k, v in files.items()}
+    return report
+
+
+def _write_predictions(path: Path, records, classes, y, prob) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "patient", "true", "predicted"] + [f"prob_{c}" for c in classes])
+        for r, t, p in zip(records, y, prob, strict=True):
+            w.writerow([r.key, r.group, classes[t], classes[int(p.argmax())]] + [f"{v:.6f}" for v in p])

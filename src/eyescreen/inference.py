@@ -1,0 +1,73 @@
+"""Device and precision choices, and batched probabilities from uint8 image tensors."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from .preprocess import normalize
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' means bf16 autocast on CPUs with native bf16 and on CUDA GPUs that have it, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_batch(batch: torch.Tensor, device, mean, std, channels_last: bool) -> torch.Tensor:
+    x = normalize(batch.to(device, non_blocking=True), mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.inference_mode()
+def predict_proba(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean,
+    std,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Softmax probabilities (N, C) for uint8 images (N, 3, H, W); the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = prepare_batch(images[start : start + batch_size], device, mean, std, channels_last)
+            with autocast(device, precision):
+                logits = model(x)
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()

@@ -1,0 +1,128 @@
+"""Classification metrics as plain functions on arrays, computed with scikit-learn.
+
+Only expected calibration error is written here: scikit-learn has calibration curves but no ECE.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    multilabel_confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+
+def _per_class_auc(y: np.ndarray, prob: np.ndarray, n_classes: int) -> list[float]:
+    """One-vs-rest ROC-AUC per class; NaN where the class (or its complement) is absent."""
+    aucs = []
+    for c in range(n_classes):
+        positive = y == c
+        if positive.all() or not positive.any():
+            aucs.append(float("nan"))
+        else:
+            aucs.append(float(roc_auc_score(positive, prob[:, c])))
+    return aucs
+
+
+def macro_auc(y: np.ndarray, prob: np.ndarray) -> float:
+    aucs = [a for a in _per_class_auc(y, prob, prob.shape[1]) if not np.isnan(a)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE: |accuracy - confidence| per equal-width confidence bin, weighted by bin size."""
+    confidence = prob.max(axis=1)
+    correct = prob.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def headline_metrics(y: np.ndarray, prob: np.ndarray) -> dict:
+    """The three numbers used for model selection and bootstrap intervals."""
+    pred = prob.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # balanced accuracy warns when a class is absent from y
+        return {
+            "accuracy": float(accuracy_score(y, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+            "macro_auc": macro_auc(y, prob),
+        }
+
+
+def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict:
+    n = len(classes)
+    labels = list(range(n))
+    pred = prob.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    mcm = multilabel_confusion_matrix(y, pred, labels=labels)  # per class [[tn, fp], [fn, tp]]
+    tn, fp = mcm[:, 0, 0], mcm[:, 0, 1]
+    specificity = np.divide(tn, tn + fp, out=np.full(n, np.nan), where=(tn + fp) > 0)
+    aucs = _per_class_auc(y, prob, n)
+    out = headline_metrics(y, prob)
+    out.update(
+        {
+            "n": int(len(y)),
+            "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+            "cohen_kappa": float(cohen_kappa_score(y, pred, labels=labels)),
+            "ece": expected_calibration_error(y, prob),
+            "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+            "per_class": {
+                c: {
+                    "support": int(support[i]),
+                    "precision": float(precision[i]),
+                    "sensitivity": float(recall[i]),
+                    "specificity": float(specificity[i]),
+                    "f1": float(f1[i]),
+                    "roc_auc": aucs[i],
+                }
+                for i, c in enumerate(classes)
+            },
+        }
+    )
+    return out
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    prob: np.ndarray,
+    groups: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Percentile confidence intervals of the headline metrics, resampling whole patients.
+
+    Both eyes of a patient are correlated, so resampling images would make intervals too narrow.
+    """
+    rng = np.random.default_rng(seed)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    samples: dict[str, list[float]] = {k: [] for k in ("accuracy", "balanced_accuracy", "macro_auc")}
+    for _ in range(n_resamples):
+        pick = rng.integers(0, len(unique), len(unique))
+        idx = np.concatenate([members[g] for g in pick])
+        for k, v in headline_metrics(y[idx], prob[idx]).items():
+            samples[k].append(v)
+    alpha = (1 - level) / 2
+    out = {}
+    for k, values in samples.items():
+        v = np.asarray(values, dtype=float)
+        v = v[~np.isnan(v)]
+        out[k] = [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] if len(v) else [None, None]
+    out["n_resamples"] = n_resamples
+    out["unit"] = "patient"
+    return out

@@ -1,0 +1,93 @@
+"""Model registry: `create_model(name, num_classes)`, `list_models()`.
+
+Every model is built from scratch (no weights are ever downloaded) and carries two attributes that
+the rest of the package relies on: `model_name` and `cam_layer`, the dotted name of the layer a CAM
+method should target (see `cam_target`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_CAM_LAYERS: dict[str, str] = {}
+
+
+def register(name: str, cam_layer: str):
+    def wrap(fn):
+        _REGISTRY[name] = fn
+        _CAM_LAYERS[name] = cam_layer
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    model = _REGISTRY[name](num_classes=num_classes, **kwargs)
+    model.model_name = name
+    model.cam_layer = _CAM_LAYERS[name]
+    return model
+
+
+def cam_target(model: nn.Module) -> nn.Module:
+    """The module a CAM method should hook (the last spatial feature map)."""
+    return model.get_submodule(model.cam_layer)
+
+
+@register("resnet18", cam_layer="layer4")
+def resnet18(num_classes: int) -> nn.Module:
+    from torchvision.models import resnet18 as tv_resnet18
+
+    return tv_resnet18(weights=None, num_classes=num_classes)
+
+
+class SeedCNN(nn.Module):
+    """The reference study's small sequential baseline: conv-ReLU-pool blocks, then dense layers."""
+
+    def __init__(self, num_classes: int, widths=(32, 64, 128, 128), hidden: int = 256, dropout: float = 0.5):
+        super().__init__()
+        blocks, in_ch = [], 3
+        for w in widths:
+            blocks += [nn.Conv2d(in_ch, w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            in_ch = w
+        self.features = nn.Sequential(*blocks)
+        # A fixed 7x7 grid keeps the dense layers independent of the input size.
+        self.pool = nn.AdaptiveAvgPool2d(7)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_ch * 7 * 7, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+@register("seed-cnn", cam_layer="features.10")  # the last conv's ReLU output (before its pool)
+def seed_cnn(num_classes: int) -> nn.Module:
+    return SeedCNN(num_classes)
+
+
+@register("tiny-cnn", cam_layer="features.3")
+def tiny_cnn(num_classes: int) -> nn.Module:
+    """A few-thousand-parameter CNN for tests and quick smoke runs."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    )

@@ -1,0 +1,62 @@
+"""Predict classes for files or folders, streaming in chunks; unreadable files are listed, not fatal."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_model
+from .data import list_images
+from .inference import predict_proba, resolve_device, resolve_precision
+from .preprocess import ImageError, Preprocessing, preprocess_image
+
+
+def predict(
+    inputs: list[str | Path],
+    checkpoint: str | Path,
+    out_csv: str | Path,
+    batch_size: int = 32,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Write one CSV row per file: predicted class and per-class probabilities, or the error."""
+    dev = resolve_device(device)
+    model, meta = load_model(checkpoint, dev)
+    classes, norm = meta["classes"], meta["normalization"]
+    prep = Preprocessing(**meta["preprocessing"])
+    prec = resolve_precision(precision, dev)
+    files = list_images(inputs)
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    n_ok, failures = 0, []
+    with open(out_csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "predicted", "probability"] + [f"prob_{c}" for c in classes] + ["error"])
+        bar = tqdm(total=len(files), desc="predicting", disable=not progress)
+        # Chunks keep memory flat however many files there are.
+        for start in range(0, len(files), batch_size):
+            chunk, arrays = files[start : start + batch_size], []
+            good = []
+            for path in chunk:
+                try:
+                    arrays.append(torch.from_numpy(preprocess_image(path, prep)).permute(2, 0, 1))
+                    good.append(path)
+                except ImageError as e:
+                    failures.append((path, str(e)))
+                    w.writerow([str(path), "", ""] + [""] * len(classes) + [str(e)])
+            if arrays:
+                prob = predict_proba(model, torch.stack(arrays), norm["mean"], norm["std"], dev, prec)
+                for path, p in zip(good, prob, strict=True):
+                    k = int(p.argmax())
+                    w.writerow([str(path), classes[k], f"{p[k]:.6f}"] + [f"{v:.6f}" for v in p] + [""])
+                n_ok += len(good)
+            bar.update(len(chunk))
+        bar.close()
+    for path, message in failures:
+        print(f"could not read: {message}", file=sys.stderr)
+    return {"csv": out_csv, "predicted": n_ok, "failed": failures}

@@ -1,0 +1,185 @@
+"""Fundus field-of-view crop, square padding, resize, normalisation, and the cached uint8 store.
+
+Every image goes through the same steps at training and at prediction time:
+EXIF orientation -> RGB -> find the bright field of view against the dark border -> crop to it ->
+pad to a square -> resize. The result is kept as uint8 (H, W, 3) on disk, keyed by the file's content
+and the preprocessing parameters, so later epochs and later runs never decode a JPEG again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
+
+PREPROCESS_VERSION = 1
+# Default normalisation (ImageNet statistics): only a fixed, documented convention, stored in every
+# checkpoint so prediction always matches training. No pretrained weights are involved.
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+MIN_FIELD_FRACTION = 0.05  # below this share of bright pixels there is no usable fundus
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    image_size: int = 224
+    version: int = PREPROCESS_VERSION
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open an image with Pillow, apply its EXIF orientation and return it as 8-bit RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: image too large to decode safely ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a readable image (unknown or unsupported format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: cannot decode image ({e})") from None
+    return _to_rgb(im)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit greyscale: rescale, don't clip
+        a = np.asarray(im, dtype=np.float64)
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-9) * 255.0
+        im = Image.fromarray(a.astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (0, 0, 0, 255))  # transparent means outside the fundus
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB")
+
+
+def field_of_view(rgb: np.ndarray) -> np.ndarray:
+    """Boolean mask of the fundus: the largest bright connected region against the dark border.
+
+    Works for circular colour-fundus photos and for wide-field frames whose edges are partly
+    occluded (eyelids, lashes): both are a bright region surrounded, at least partly, by dark pixels.
+    """
+    intensity = rgb.max(axis=2).astype(np.float32)
+    threshold = max(12.0, 0.1 * float(np.percentile(intensity, 99)))
+    mask = intensity > threshold
+    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3)), iterations=2)  # drop text and noise
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    mask = labels == (1 + int(np.argmax(sizes)))
+    return ndimage.binary_fill_holes(mask)
+
+
+def crop_to_field(im: Image.Image, source: str | Path = "image") -> Image.Image:
+    """Crop to the field of view's bounding box and pad to a centred square with black."""
+    small = im.copy()
+    small.thumbnail((512, 512))  # find the mask on a small copy: same box, a fraction of the work
+    mask = field_of_view(np.asarray(small))
+    if mask.mean() < MIN_FIELD_FRACTION:
+        raise ImageError(f"{source}: no fundus field of view found (image is almost entirely dark)")
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    sx, sy = im.width / small.width, im.height / small.height
+    box = (
+        int(cols[0] * sx),
+        int(rows[0] * sy),
+        min(im.width, int(np.ceil((cols[-1] + 1) * sx))),
+        min(im.height, int(np.ceil((rows[-1] + 1) * sy))),
+    )
+    im = im.crop(box)
+    side = max(im.size)
+    square = Image.new("RGB", (side, side), (0, 0, 0))
+    square.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+    return square
+
+
+def preprocess_image(path: str | Path, prep: Preprocessing) -> np.ndarray:
+    """File -> uint8 array (image_size, image_size, 3), ready to cache."""
+    im = crop_to_field(read_image(path), path)
+    im = im.resize((prep.image_size, prep.image_size), Image.Resampling.BICUBIC)
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EYESCREEN_CACHE", Path.home() / ".cache" / "eyescreen"))
+
+
+class ImageCache:
+    """On-disk store of preprocessed uint8 images keyed by file content + preprocessing parameters."""
+
+    def __init__(self, prep: Preprocessing, cache_dir: str | Path | None = None):
+        self.prep = prep
+        self.root = Path(cache_dir) if cache_dir else default_cache_dir()
+
+    def key(self, path: Path) -> str:
+        h = hashlib.sha256(self.prep.key().encode())
+        h.update(Path(path).read_bytes())
+        return h.hexdigest()[:32]
+
+    def get(self, path: str | Path) -> np.ndarray:
+        path = Path(path)
+        if not path.is_file():
+            raise ImageError(f"{path}: file not found")
+        key = self.key(path)
+        cached = self.root / key[:2] / f"{key}.npy"
+        if cached.is_file():
+            try:
+                return np.load(cached, allow_pickle=False)
+            except (OSError, ValueError):
+                pass  # a damaged cache entry is rebuilt below
+        array = preprocess_image(path, self.prep)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, cached)  # atomic: readers never see half a file
+        return array
+
+
+def load_stack(paths: list[Path], cache: ImageCache, progress: bool = True, desc: str = "images"):
+    """Preprocess (or read from cache) many images into one uint8 tensor (N, 3, H, W).
+
+    Unreadable files do not stop the batch: they are returned as (index, message) pairs.
+    """
+    from tqdm import tqdm
+
+    size = cache.prep.image_size
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    ok, errors = [], []
+    for i, p in enumerate(tqdm(paths, desc=f"preparing {desc}", disable=not progress, leave=False)):
+        try:
+            out[len(ok)] = torch.from_numpy(cache.get(p)).permute(2, 0, 1)
+            ok.append(i)
+        except ImageError as e:
+            errors.append((i, str(e)))
+    return out[: len(ok)], ok, errors
+
+
+def normalize(batch: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float, normalised; the layout (channels_last or not) is preserved."""
+    mean = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(std, device=batch.device).view(1, 3, 1, 1) * 255.0
+    return (batch.float() - mean) / std
