@@ -1,6 +1,6 @@
 """Print Markdown table rows for RESULTS.md from evaluated run directories.
 
-    python benchmarks/results_table.py runs/seed-baseline/resnet18 runs/seed-baseline/seed-cnn
+python benchmarks/results_table.py runs/seed-baseline/resnet18 runs/seed-baseline/seed-cnn
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def row(run: Path) -> str:
 
 
 if __name__ == "__main__":
-    print("| model | epochs run (best) | accuracy [95% CI] | balanced acc. [95% CI] | macro-AUC [95% CI] | "
-          "macro-F1 | kappa | ECE | sensitivity per class | train time | commit |")
+    print(
+        "| model | epochs run (best) | accuracy [95% CI] | balanced acc. [95% CI] | macro-AUC [95% CI] | "
+        "macro-F1 | kappa | ECE | sensitivity per class | train time | commit |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for arg in sys.argv[1:]:
         print(row(Path(arg)))

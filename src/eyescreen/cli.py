@@ -19,11 +19,18 @@ def _add_config_overrides(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         if f.type in ("bool", bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(preset default: {default})")
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"(preset default: {default})",
+            )
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            group.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(preset default: {default})")
+            group.add_argument(
+                flag, dest=f.name, type=kind, default=None, help=f"(preset default: {default})"
+            )
 
 
 def _overrides(args) -> dict:
@@ -35,10 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a classifier from scratch on a manifest CSV or class folders")
-    p.add_argument("--data", required=True, help="manifest CSV (image,label[,patient_id,eye]) or root/<class>/ folder")
+    p.add_argument(
+        "--data", required=True, help="manifest CSV (image,label[,patient_id,eye]) or root/<class>/ folder"
+    )
     p.add_argument("--out", required=True, help="run directory (checkpoints, split, logs)")
     p.add_argument("--preset", default="seed", choices=sorted(PRESETS))
-    p.add_argument("--classes", help="comma-separated classes to use, in this order (default: all in the data)")
+    p.add_argument(
+        "--classes", help="comma-separated classes to use, in this order (default: all in the data)"
+    )
     p.add_argument("--split", help="reuse a split file (image,split) instead of making a new one")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--cache-dir", help="where preprocessed images are cached (default ~/.cache/eyescreen)")
@@ -81,14 +92,31 @@ def run(args) -> int:
         from .train import train
 
         cfg = preset(args.preset, **_overrides(args))
-        train(cfg, args.data, args.out, classes=parse_classes(args.classes), split_file=args.split,
-              resume=args.resume, cache_dir=args.cache_dir, progress=not args.no_progress, argv=sys.argv)
+        train(
+            cfg,
+            args.data,
+            args.out,
+            classes=parse_classes(args.classes),
+            split_file=args.split,
+            resume=args.resume,
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+            argv=sys.argv,
+        )
     elif args.command == "evaluate":
         from .evaluate import evaluate
 
-        report = evaluate(args.checkpoint, args.out, data=args.data, split_file=args.split, split_name=args.subset,
-                          cache_dir=args.cache_dir, n_resamples=args.bootstrap, device=args.device,
-                          progress=not args.no_progress)
+        report = evaluate(
+            args.checkpoint,
+            args.out,
+            data=args.data,
+            split_file=args.split,
+            split_name=args.subset,
+            cache_dir=args.cache_dir,
+            n_resamples=args.bootstrap,
+            device=args.device,
+            progress=not args.no_progress,
+        )
         m, ci = report["metrics"], report["confidence_intervals"]
         for key in ("accuracy", "balanced_accuracy", "macro_auc"):
             lo, hi = ci[key]
@@ -98,14 +126,26 @@ def run(args) -> int:
     elif args.command == "predict":
         from .predict import predict
 
-        result = predict(args.inputs, args.checkpoint, args.out, batch_size=args.batch_size, device=args.device,
-                         progress=not args.no_progress)
+        result = predict(
+            args.inputs,
+            args.checkpoint,
+            args.out,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=not args.no_progress,
+        )
         print(f"{result['predicted']} predicted, {len(result['failed'])} unreadable -> {result['csv']}")
         return 0 if result["predicted"] or not result["failed"] else 1
     elif args.command == "demo":
         from .demo import run_demo
 
-        run_demo(args.out, cache_dir=args.cache_dir, progress=not args.no_progress, epochs=args.epochs, model=args.model)
+        run_demo(
+            args.out,
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+            epochs=args.epochs,
+            model=args.model,
+        )
     elif args.command == "models":
         print("\n".join(list_models()))
     elif args.command == "presets":

@@ -109,7 +109,9 @@ def read_class_folders(root: Path) -> list[Record]:
         for path in sorted(class_dir.rglob("*")):
             if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
                 key = path.relative_to(root).as_posix()
-                records.append(Record(path=path.resolve(), key=key, label=class_dir.name, group=f"image:{key}"))
+                records.append(
+                    Record(path=path.resolve(), key=key, label=class_dir.name, group=f"image:{key}")
+                )
     if not records:
         raise DataError(f"{root}: no images found in class sub-folders (expected {root}/<class>/*.jpg)")
     return records
@@ -153,7 +155,9 @@ def _select_classes(raw: list[Record], classes: list[str] | None, source: Path) 
 # --- splits -----------------------------------------------------------------------------------------
 
 
-def make_split(dataset: Dataset, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> dict:
+def make_split(
+    dataset: Dataset, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> dict:
     """Assign every record to train/val/test with patients kept whole and labels stratified.
 
     StratifiedGroupKFold cuts the data into 20 patient-disjoint, label-balanced folds; the test and
@@ -164,11 +168,17 @@ def make_split(dataset: Dataset, val_fraction: float = 0.1, test_fraction: float
     n_folds = 20
     n_test, n_val = round(test_fraction * n_folds), round(val_fraction * n_folds)
     if n_test < 1 or n_val < 1 or n_test + n_val >= n_folds:
-        raise DataError(f"val/test fractions {val_fraction}/{test_fraction} must be 0.05..0.45 and leave a train set")
+        raise DataError(
+            f"val/test fractions {val_fraction}/{test_fraction} must be 0.05..0.45 and leave a train set"
+        )
     groups = np.array([r.group for r in dataset.records])
     n_groups = len(set(groups))
     if n_groups < n_folds:
-        n_folds, n_test, n_val = n_groups, max(1, round(test_fraction * n_groups)), max(1, round(val_fraction * n_groups))
+        n_folds, n_test, n_val = (
+            n_groups,
+            max(1, round(test_fraction * n_groups)),
+            max(1, round(val_fraction * n_groups)),
+        )
         if n_test + n_val >= n_groups:
             raise DataError(f"{dataset.source}: {n_groups} patients are too few for train/val/test splits")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -204,7 +214,9 @@ def read_split(path: str | Path, dataset: Dataset) -> dict:
         split = {}
         for row in reader:
             if row["split"] not in SPLITS:
-                raise DataError(f"{path}: line {reader.line_num}: unknown split {row['split']!r} (use {'/'.join(SPLITS)})")
+                raise DataError(
+                    f"{path}: line {reader.line_num}: unknown split {row['split']!r} (use {'/'.join(SPLITS)})"
+                )
             split[row["image"]] = row["split"]
     missing = [r.key for r in dataset.records if r.key not in split]
     if missing:

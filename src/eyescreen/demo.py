@@ -27,8 +27,12 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir=None, progress: bool =
     (out / MARKER).write_text("created by `eyescreen demo`; safe to delete\n")
     cfg = preset("quick", **overrides)
     print(f"demo: training {cfg.model} ({cfg.epochs} epochs, {cfg.image_size} px) on the bundled sample")
-    best = train(cfg, sample_manifest(), out, cache_dir=cache_dir, progress=progress, argv=["eyescreen", "demo"])
-    report = evaluate(best, out / "report", split_name="test", cache_dir=cache_dir, progress=progress, n_resamples=200)
+    best = train(
+        cfg, sample_manifest(), out, cache_dir=cache_dir, progress=progress, argv=["eyescreen", "demo"]
+    )
+    report = evaluate(
+        best, out / "report", split_name="test", cache_dir=cache_dir, progress=progress, n_resamples=200
+    )
     m, ci = report["metrics"], report["confidence_intervals"]
     print(
         f"\ndemo test split ({m['n']} images, {report['n_patients']} patients — a tiny sample, expect wide intervals):\n"

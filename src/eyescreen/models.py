@@ -79,7 +79,7 @@ def seed_cnn(num_classes: int) -> nn.Module:
     return SeedCNN(num_classes)
 
 
-@register("tiny-cnn", cam_layer="features.3")
+@register("tiny-cnn", cam_layer="3")  # the second conv's ReLU
 def tiny_cnn(num_classes: int) -> nn.Module:
     """A few-thousand-parameter CNN for tests and quick smoke runs."""
     return nn.Sequential(

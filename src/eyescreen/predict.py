@@ -57,6 +57,6 @@ def predict(
                 n_ok += len(good)
             bar.update(len(chunk))
         bar.close()
-    for path, message in failures:
+    for _, message in failures:
         print(f"could not read: {message}", file=sys.stderr)
     return {"csv": out_csv, "predicted": n_ok, "failed": failures}

@@ -26,7 +26,9 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
     ):
         im = ax.imshow(data, cmap="Blues", vmin=0)
         fig.colorbar(im, ax=ax, fraction=0.046)
-        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes)
+        ax.set(
+            xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes
+        )
         ax.set(xlabel="predicted", ylabel="true", title=title)
         threshold = data.max() / 2 if data.max() > 0 else 1
         for i in range(len(classes)):
@@ -46,7 +48,13 @@ def plot_roc(y: np.ndarray, prob: np.ndarray, classes: list[str], aucs: dict, pa
             fpr, tpr, _ = roc_curve(positive, prob[:, i])
             ax.plot(fpr, tpr, label=f"{c} (AUC {aucs[c]:.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, one class vs rest", xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel="1 - specificity",
+        ylabel="sensitivity",
+        title="ROC, one class vs rest",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -108,7 +116,9 @@ def markdown(report: dict) -> str:
     for key in ("accuracy", "balanced_accuracy", "macro_auc"):
         lines.append(f"| {key.replace('_', ' ')} | {_fmt(m[key])} | {_ci(ci.get(key)).strip()} |")
     for key in ("macro_f1", "cohen_kappa", "ece"):
-        label = {"macro_f1": "macro F1", "cohen_kappa": "Cohen's kappa", "ece": "expected calibration error"}[key]
+        label = {"macro_f1": "macro F1", "cohen_kappa": "Cohen's kappa", "ece": "expected calibration error"}[
+            key
+        ]
         lines.append(f"| {label} | {_fmt(m[key])} | |")
     lines += ["", "## Per class", "", "| class | n | precision | sensitivity | specificity | F1 | ROC-AUC |"]
     lines.append("|---|---|---|---|---|---|---|")
@@ -136,10 +146,14 @@ def html_page(report: dict, md_text: str) -> str:
 
     def flush():
         if table:
-            cells = [[c.strip() for c in row.strip("|").split("|")] for row in table if not set(row) <= set("|-")]
+            cells = [
+                [c.strip() for c in row.strip("|").split("|")] for row in table if not set(row) <= set("|-")
+            ]
             head, *rest = cells
             body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-            body.extend("<tr>" + "".join(f"<td>{html.escape(c.strip('*'))}</td>" for c in r) + "</tr>" for r in rest)
+            body.extend(
+                "<tr>" + "".join(f"<td>{html.escape(c.strip('*'))}</td>" for c in r) + "</tr>" for r in rest
+            )
             body.append("</table>")
             table.clear()
 
@@ -165,7 +179,9 @@ def html_page(report: dict, md_text: str) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'><title>eyescreen report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
 
 
-def write_report(out_dir: Path, report: dict, y: np.ndarray, prob: np.ndarray, metrics_csv: Path | None) -> dict:
+def write_report(
+    out_dir: Path, report: dict, y: np.ndarray, prob: np.ndarray, metrics_csv: Path | None
+) -> dict:
     """Write report.json, report.md, report.html and the plots; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     classes, m = report["classes"], report["metrics"]
@@ -180,4 +196,8 @@ def write_report(out_dir: Path, report: dict, y: np.ndarray, prob: np.ndarray, m
     md_text = markdown(report)
     (out_dir / "report.md").write_text(md_text)
     (out_dir / "report.html").write_text(html_page(report, md_text))
-    return {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html"}
+    return {
+        "json": out_dir / "report.json",
+        "markdown": out_dir / "report.md",
+        "html": out_dir / "report.html",
+    }

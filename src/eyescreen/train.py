@@ -102,7 +102,7 @@ def _load_images(ds: Dataset, cache: ImageCache, name: str, progress: bool):
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: TrainConfig | None,
     data: str | Path,
     out_dir: str | Path,
     classes: list[str] | None = None,
@@ -121,15 +121,19 @@ def train(
         classes = saved["classes"]
         split_file = out / "split.csv"
     elif (out / "resume.pt").exists():
-        raise FileExistsError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+        raise FileExistsError(
+            f"{out}: already holds a run; use --resume to continue it or choose another --out"
+        )
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
     dataset = load_dataset(data, classes)
     print(dataset.summary())
-    split = read_split(split_file, dataset) if split_file else make_split(
-        dataset, cfg.val_fraction, cfg.test_fraction, cfg.seed
+    split = (
+        read_split(split_file, dataset)
+        if split_file
+        else make_split(dataset, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     )
     write_split(split, dataset, out / "split.csv")
     print("split by patient:\n" + split_counts(dataset, split))
@@ -171,8 +175,14 @@ def train(
         history = json.loads(state["history"])
         print(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
     else:
-        info = run_info(argv) | {"precision": precision, "device": str(device), "channels_last": channels_last}
-        (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "classes": dataset.classes}, indent=2))
+        info = run_info(argv) | {
+            "precision": precision,
+            "device": str(device),
+            "channels_last": channels_last,
+        }
+        (out / "config.json").write_text(
+            json.dumps({"config": asdict(cfg), "classes": dataset.classes}, indent=2)
+        )
         (out / "run_info.json").write_text(json.dumps(info, indent=2))
         if bad_train or bad_val:
             (out / "skipped_images.txt").write_text("\n".join(m for _, m in bad_train + bad_val) + "\n")
@@ -187,7 +197,9 @@ def train(
         if n % cfg.batch_size == 1:
             order = order[:-1]  # a batch of one breaks batch normalisation
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        bar = tqdm(
+            range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress
+        )
         for start in bar:
             idx = order[start : start + cfg.batch_size]
             x = prepare_batch(x_train[idx], device, mean, std, channels_last)

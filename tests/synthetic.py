@@ -1,0 +1,82 @@
+"""Synthetic fundus-like photographs: a bright field of view on black, an optic disc, vessels, and a
+class-defining planted lesion. Deterministic for a given seed."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+LESIONS = {"normal": None, "spots": "spots", "blob": "blob"}
+
+
+def fundus(
+    size: int = 160,
+    lesion: str | None = None,
+    seed: int = 0,
+    wide_field: bool = False,
+    offset: tuple[int, int] = (0, 0),
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Return (image, field-of-view bounding box). Circular by default; `wide_field` draws a wide
+    ellipse clipped by the frame with a dark eyelid band across the bottom."""
+    rng = random.Random(seed)
+    w, h = (size * 3 // 2, size) if wide_field else (size, size)
+    im = Image.new("RGB", (w, h), (0, 0, 0))
+    d = ImageDraw.Draw(im)
+    cx, cy = w // 2 + offset[0], h // 2 + offset[1]
+    if wide_field:
+        rx, ry = int(w * 0.48), int(h * 0.62)  # taller than the frame: top edge cut off
+        box = (cx - rx, cy - ry, cx + rx, cy + ry)
+    else:
+        r = int(size * 0.42)
+        box = (cx - r, cy - r, cx + r, cy + r)
+    d.ellipse(box, fill=(170 + rng.randint(-15, 15), 80, 40))
+    if wide_field:
+        d.rectangle((0, int(h * 0.85), w, h), fill=(8, 6, 5))  # eyelid occluding the lower edge
+    disc = (cx + int(0.18 * w), cy - 4)
+    for _ in range(6):  # vessels radiating from the disc
+        angle_x, angle_y = rng.uniform(-1, 1), rng.uniform(-1, 1)
+        d.line(
+            (disc, (disc[0] - int(60 * abs(angle_x)) - 10, disc[1] + int(60 * angle_y))),
+            fill=(110, 30, 20),
+            width=2,
+        )
+    d.ellipse((disc[0] - 9, disc[1] - 9, disc[0] + 9, disc[1] + 9), fill=(245, 215, 150))
+    if lesion == "spots":
+        for _ in range(5):
+            x, y = cx - size // 6 + rng.randint(-8, 8), cy + rng.randint(-10, 10)
+            d.ellipse((x - 4, y - 4, x + 4, y + 4), fill=(250, 240, 120))
+    elif lesion == "blob":
+        x, y = cx - size // 6, cy + 6
+        d.ellipse((x - 12, y - 12, x + 12, y + 12), fill=(60, 15, 10))
+    im = im.filter(ImageFilter.GaussianBlur(0.6))
+    x0, y0, x1, y1 = box
+    fov = (max(0, x0), max(0, y0), min(w, x1), min(h, int(h * 0.85) if wide_field else y1))
+    return im, fov
+
+
+def write_dataset(
+    root: Path, patients: int = 12, classes=("normal", "spots", "blob"), size: int = 96, unlabelled: int = 0
+) -> Path:
+    """A manifest with two eyes per patient; each patient's eyes share a class. Returns the manifest."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in range(patients):
+        label = classes[p % len(classes)]
+        for eye in ("left", "right"):
+            name = f"images/{p}_{eye}.jpg"
+            im, _ = fundus(size, LESIONS.get(label, label), seed=p * 2 + (eye == "right"))
+            im.save(root / name, quality=92)
+            rows.append([name, p, eye, label])
+    for u in range(unlabelled):
+        name = f"images/u{u}.jpg"
+        fundus(size, None, seed=1000 + u)[0].save(root / name)
+        rows.append([name, 1000 + u, "left", ""])
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "patient_id", "eye", "label"])
+        w.writerows(rows)
+    return manifest

@@ -1,0 +1,91 @@
+import csv
+
+import pytest
+
+from eyescreen.data import (
+    DataError,
+    load_dataset,
+    make_split,
+    parse_classes,
+    read_split,
+    subset,
+    write_split,
+)
+
+
+def test_manifest_counts_unlabelled_rows_and_keeps_classes_from_data(synthetic_manifest):
+    ds = load_dataset(synthetic_manifest)
+    assert ds.classes == ["blob", "normal", "spots"]  # from the data, sorted
+    assert len(ds.records) == 60
+    assert ds.skipped["empty label"] == 2
+    assert "not used (empty label): 2" in ds.summary()
+
+
+def test_class_filter_keeps_order_and_counts_the_rest(synthetic_manifest):
+    ds = load_dataset(synthetic_manifest, parse_classes("spots,normal"))
+    assert ds.classes == ["spots", "normal"]
+    assert {r.label for r in ds.records} == {"spots", "normal"}
+    assert ds.skipped["class blob not selected"] == 20
+    assert list(ds.labels()[:2]) == [1, 1]  # patient 0 is 'normal' -> index 1
+
+
+def test_unknown_class_and_missing_column_are_clear_errors(synthetic_manifest, tmp_path):
+    with pytest.raises(DataError, match="dr not found"):
+        load_dataset(synthetic_manifest, ["normal", "dr"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,patient_id\nimages/a.jpg,1\n")
+    with pytest.raises(DataError, match=r"bad\.csv: missing column\(s\) label"):
+        load_dataset(bad)
+
+
+def test_folder_per_class_layout(tmp_path):
+    for c in ("x", "y"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            (tmp_path / c / f"{i}.jpg").write_bytes(b"")
+    ds = load_dataset(tmp_path)
+    assert ds.classes == ["x", "y"]
+    assert len({r.group for r in ds.records}) == 6  # no patient ids: every image is its own group
+
+
+def test_split_keeps_patients_whole_stratified_and_seeded(synthetic_manifest):
+    ds = load_dataset(synthetic_manifest)
+    split = make_split(ds, seed=3)
+    where = {}
+    for r in ds.records:
+        assert where.setdefault(r.group, split[r.key]) == split[r.key], f"{r.group} crosses splits"
+    sizes = {s: sum(v == s for v in split.values()) for s in ("train", "val", "test")}
+    assert sizes["train"] > sizes["val"] > 0 and sizes["test"] > 0
+    assert make_split(ds, seed=3) == split
+    assert make_split(ds, seed=4) != split
+
+
+def test_real_sample_split_has_no_patient_in_two_splits():
+    from eyescreen.demo import sample_manifest
+
+    ds = load_dataset(sample_manifest())
+    assert ds.classes == ["amd", "dr", "glaucoma", "normal"]
+    split = make_split(ds, seed=0)
+    by_patient = {}
+    for r in ds.records:
+        by_patient.setdefault(r.group, set()).add(split[r.key])
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert all(len(subset(ds, split, s).records) > 0 for s in ("train", "val", "test"))
+
+
+def test_split_file_round_trip_and_patient_in_two_splits_rejected(synthetic_manifest, tmp_path):
+    ds = load_dataset(synthetic_manifest)
+    split = make_split(ds)
+    path = tmp_path / "split.csv"
+    write_split(split, ds, path)
+    assert read_split(path, ds) == split
+    rows = list(csv.DictReader(open(path)))
+    left = next(r for r in rows if r["image"].endswith("_left.jpg"))
+    other = "val" if left["split"] != "val" else "test"
+    left["split"] = other
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rows[0].keys())
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(DataError, match=r"patient \d+ is in both"):
+        read_split(path, ds)

@@ -1,0 +1,177 @@
+"""End to end: train -> evaluate -> predict, resume, checkpoints, the CLI and the demo."""
+
+import csv
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eyescreen import checkpoint as ckpt
+from eyescreen import train as train_module
+from eyescreen.checkpoint import CheckpointError, load_model, load_state
+from eyescreen.cli import main
+from eyescreen.config import preset
+from eyescreen.evaluate import evaluate
+from eyescreen.predict import predict
+from eyescreen.train import train
+from synthetic import fundus
+
+
+def tiny_config(**kw):
+    values = dict(model="tiny-cnn", image_size=48, epochs=2, batch_size=8, lr=3e-3, precision="fp32")
+    return preset("quick", **(values | kw))
+
+
+def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
+    best = train(tiny_config(epochs=1), synthetic_manifest, tmp_path / "run", progress=False)
+    for name in (
+        "best.safetensors",
+        "last.safetensors",
+        "resume.pt",
+        "split.csv",
+        "metrics.csv",
+        "run_info.json",
+    ):
+        assert (tmp_path / "run" / name).is_file(), name
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert {"git_commit", "torch", "command"} <= set(info)
+
+    report = evaluate(best, tmp_path / "eval", progress=False, n_resamples=50)
+    assert report["metrics"]["n"] == sum(
+        1 for r in csv.DictReader(open(tmp_path / "run" / "split.csv")) if r["split"] == "test"
+    )
+    for name in (
+        "report.json",
+        "report.md",
+        "report.html",
+        "confusion_matrix.png",
+        "roc_curves.png",
+        "training_curves.png",
+    ):
+        assert (tmp_path / "eval" / name).is_file(), name
+    assert "balanced accuracy" in (tmp_path / "eval" / "report.md").read_text()
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    fundus(80, "spots", seed=5)[0].save(folder / "a.jpg")
+    fundus(80, None, seed=6)[0].save(folder / "b.png")
+    (folder / "broken.jpg").write_text("not an image")
+    result = predict([folder], best, tmp_path / "pred.csv", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
+    assert result["predicted"] == 2 and len(result["failed"]) == 1
+    by_name = {r["file"].rsplit("/", 1)[-1]: r for r in rows}
+    assert "not a readable image" in by_name["broken.jpg"]["error"]
+    assert by_name["a.jpg"]["predicted"] in ("blob", "normal", "spots") and not by_name["a.jpg"]["error"]
+    probs = [float(by_name["a.jpg"][f"prob_{c}"]) for c in ("blob", "normal", "spots")]
+    assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(synthetic_manifest, tmp_path, monkeypatch):
+    cfg = dict(model="seed-cnn", epochs=3)  # seed-cnn has dropout: the RNG state must be restored too
+    train(tiny_config(**cfg), synthetic_manifest, tmp_path / "full", progress=False)
+
+    real_save_state, calls = train_module.save_state, []
+
+    def crash_after_two_epochs(path, state):
+        real_save_state(path, state)
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_state", crash_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(**cfg), synthetic_manifest, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(train_module, "save_state", real_save_state)
+    assert load_state(tmp_path / "cut" / "resume.pt")["epoch"] == 1
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(**cfg), synthetic_manifest, tmp_path / "cut", progress=False)
+    train(None, synthetic_manifest, tmp_path / "cut", resume=True, progress=False)
+
+    full = load_file(tmp_path / "full" / "last.safetensors")
+    resumed = load_file(tmp_path / "cut" / "last.safetensors")
+    assert full.keys() == resumed.keys()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    assert (tmp_path / "full" / "metrics.csv").read_text().count("\n") == (
+        tmp_path / "cut" / "metrics.csv"
+    ).read_text().count("\n")
+
+
+def test_checkpoint_round_trip_describes_itself(synthetic_manifest, tmp_path):
+    best = train(tiny_config(epochs=1), synthetic_manifest, tmp_path / "run", progress=False)
+    model, meta = load_model(best)
+    assert meta["model"] == {"name": "tiny-cnn", "args": {"num_classes": 3}}
+    assert meta["classes"] == ["blob", "normal", "spots"]
+    assert meta["preprocessing"]["image_size"] == 48 and "version" in meta["preprocessing"]
+    assert set(meta["normalization"]) == {"mean", "std"}
+    assert meta["config"]["model"] == "tiny-cnn" and len(meta["split"]) == 60
+    x = torch.randn(2, 3, 48, 48)
+    again, _ = load_model(best)
+    assert torch.equal(model(x), again(x))
+
+
+def test_damaged_and_malicious_checkpoints_are_refused(tmp_path):
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointError, match="damaged.safetensors"):
+        load_model(damaged)
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):  # unpickling would create the marker file
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "resume.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"model": Exploit()}, f, protocol=2)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_state(evil)
+    assert not marker.exists()
+    assert ckpt.FORMAT.startswith("eyescreen")
+
+
+def test_cli_train_with_overrides_and_bad_input_messages(synthetic_manifest, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(synthetic_manifest),
+            "--out",
+            str(out),
+            "--preset",
+            "quick",
+            "--model",
+            "tiny-cnn",
+            "--image-size",
+            "40",
+            "--epochs",
+            "1",
+            "--precision",
+            "fp32",
+            "--classes",
+            "normal,spots",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["image_size"] == 40 and saved["classes"] == ["normal", "spots"]
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors: checkpoint not found" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x")]) == 2
+    assert "nope.csv: no such manifest or folder" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end_on_the_bundled_sample(tmp_path, capsys):
+    from eyescreen.demo import run_demo
+
+    report = run_demo(
+        tmp_path / "demo", progress=False, model="tiny-cnn", epochs=1, image_size=64, precision="fp32"
+    )
+    assert report["classes"] == ["amd", "dr", "glaucoma", "normal"]
+    assert (tmp_path / "demo" / "report" / "report.html").is_file()
+    assert "report:" in capsys.readouterr().out

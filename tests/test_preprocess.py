@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from eyescreen import preprocess
+from eyescreen.preprocess import (
+    ImageCache,
+    ImageError,
+    Preprocessing,
+    crop_to_field,
+    field_of_view,
+    read_image,
+)
+from synthetic import fundus
+
+
+@pytest.mark.parametrize("wide_field", [False, True], ids=["circular", "wide-field"])
+@pytest.mark.parametrize("offset", [(0, 0), (-12, 6)])
+def test_field_of_view_box_matches_the_drawn_fundus(wide_field, offset):
+    im, (x0, y0, x1, y1) = fundus(200, wide_field=wide_field, offset=offset)
+    mask = field_of_view(np.asarray(im))
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    assert abs(cols[0] - x0) <= 3 and abs(cols[-1] + 1 - x1) <= 3
+    assert abs(rows[0] - y0) <= 3 and abs(rows[-1] + 1 - y1) <= 3
+
+
+def test_crop_pads_to_a_square_around_the_field():
+    im, (x0, y0, x1, y1) = fundus(200, wide_field=True)
+    out = crop_to_field(im)
+    assert out.width == out.height == pytest.approx(max(x1 - x0, y1 - y0), abs=4)
+    # The black frame around an off-centre circular fundus is removed: the crop spans the fundus only.
+    circ, (x0, y0, x1, y1) = fundus(200, offset=(20, 0))
+    side = crop_to_field(circ).width
+    assert side == pytest.approx(max(x1 - x0, y1 - y0), abs=4) and side < 180
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    im = Image.new("RGB", (60, 40), (200, 100, 50))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    path = tmp_path / "rotated.jpg"
+    im.save(path, exif=exif)
+    assert read_image(path).size == (40, 60)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "empty file"), (b"this is not an image", "not a readable image"), (None, "cannot decode")],
+)
+def test_bad_files_raise_errors_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.jpg"
+    if content is None:  # a truncated JPEG
+        fundus(128)[0].save(path)
+        path.write_bytes(path.read_bytes()[:400])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ImageError, match=message) as info:
+        preprocess.preprocess_image(path, Preprocessing(64))
+    assert str(path) in str(info.value)
+
+
+def test_all_black_frame_has_no_field_of_view(tmp_path):
+    path = tmp_path / "black.png"
+    Image.new("RGB", (100, 100)).save(path)
+    with pytest.raises(ImageError, match="no fundus field of view"):
+        preprocess.preprocess_image(path, Preprocessing(64))
+
+
+def test_cache_avoids_decoding_again_and_depends_on_parameters(tmp_path, monkeypatch):
+    path = tmp_path / "eye.jpg"
+    fundus(128)[0].save(path)
+    cache = ImageCache(Preprocessing(64), tmp_path / "cache")
+    first = cache.get(path)
+    assert first.shape == (64, 64, 3) and first.dtype == np.uint8
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded a cached image again")
+
+    monkeypatch.setattr(preprocess, "preprocess_image", no_decoding)
+    assert np.array_equal(ImageCache(Preprocessing(64), tmp_path / "cache").get(path), first)
+    with pytest.raises(AssertionError, match="decoded"):  # other parameters: another key, a new decode
+        ImageCache(Preprocessing(48), tmp_path / "cache").get(path)
