@@ -8,6 +8,10 @@ data=${1:-../shared/datasets/odir5k-256/manifest.csv}
 runs=${2:-runs/seed-baseline}
 shift 2 2>/dev/null || true
 models=${*:-resnet18 seed-cnn}
+# glibc malloc returns large activation buffers to the OS every step (page faults, system time);
+# tcmalloc keeps them (Debian: libtcmalloc-minimal4). Measured ~15% faster per step on 2 cores.
+tcmalloc=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+if [ -f "$tcmalloc" ]; then export LD_PRELOAD="$tcmalloc"; echo "using tcmalloc"; fi
 for model in $models; do
   out="$runs/$model"
   if [ -f "$out/resume.pt" ]; then
