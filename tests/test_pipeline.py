@@ -175,3 +175,13 @@ def test_demo_runs_end_to_end_on_the_bundled_sample(tmp_path, capsys):
     assert report["classes"] == ["amd", "dr", "glaucoma", "normal"]
     assert (tmp_path / "demo" / "report" / "report.html").is_file()
     assert "report:" in capsys.readouterr().out
+
+
+def test_training_skips_and_lists_unreadable_images(tmp_path):
+    from synthetic import write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=12)
+    (tmp_path / "data" / "images" / "3_left.jpg").write_bytes(b"")  # zero-byte photo inside the data
+    train(tiny_config(epochs=1), manifest, tmp_path / "run", progress=False)
+    skipped = (tmp_path / "run" / "skipped_images.txt").read_text()
+    assert "3_left.jpg: empty file" in skipped

@@ -160,32 +160,28 @@ def make_split(
 ) -> dict:
     """Assign every record to train/val/test with patients kept whole and labels stratified.
 
-    StratifiedGroupKFold cuts the data into 20 patient-disjoint, label-balanced folds; the test and
-    validation sets take whole folds, so fractions are rounded to multiples of 5%.
+    StratifiedGroupKFold cuts the data into 20 patient-disjoint, label-balanced folds (fewer on small
+    data); the test and validation sets take whole folds, so fractions are rounded to multiples of 5%.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
-    n_folds = 20
-    n_test, n_val = round(test_fraction * n_folds), round(val_fraction * n_folds)
-    if n_test < 1 or n_val < 1 or n_test + n_val >= n_folds:
-        raise DataError(
-            f"val/test fractions {val_fraction}/{test_fraction} must be 0.05..0.45 and leave a train set"
-        )
     groups = np.array([r.group for r in dataset.records])
-    n_groups = len(set(groups))
-    if n_groups < n_folds:
-        n_folds, n_test, n_val = (
-            n_groups,
-            max(1, round(test_fraction * n_groups)),
-            max(1, round(val_fraction * n_groups)),
+    labels = dataset.labels()
+    # Small data: no more folds than patients, nor than members of the largest class (sklearn's limit).
+    n_folds = min(20, len(set(groups)), int(np.bincount(labels).max()))
+    n_test = max(1, round(test_fraction * n_folds))
+    n_val = max(1, round(val_fraction * n_folds))
+    if not (0 < val_fraction < 0.5 and 0 < test_fraction < 0.5):
+        raise DataError(f"val/test fractions {val_fraction}/{test_fraction} must each be between 0 and 0.5")
+    if n_test + n_val >= n_folds:
+        raise DataError(
+            f"{dataset.source}: {len(set(groups))} patients are too few for train/val/test splits"
         )
-        if n_test + n_val >= n_groups:
-            raise DataError(f"{dataset.source}: {n_groups} patients are too few for train/val/test splits")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold_of = np.empty(len(groups), dtype=np.int64)
     with warnings.catch_warnings():  # rare classes with fewer members than folds are expected here
         warnings.simplefilter("ignore", UserWarning)
-        for fold, (_, idx) in enumerate(splitter.split(np.zeros(len(groups)), dataset.labels(), groups)):
+        for fold, (_, idx) in enumerate(splitter.split(np.zeros(len(groups)), labels, groups)):
             fold_of[idx] = fold
     names = np.where(fold_of < n_test, "test", np.where(fold_of < n_test + n_val, "val", "train"))
     return {r.key: str(s) for r, s in zip(dataset.records, names, strict=True)}
