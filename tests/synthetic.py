@@ -18,9 +18,11 @@ def fundus(
     seed: int = 0,
     wide_field: bool = False,
     offset: tuple[int, int] = (0, 0),
+    lesion_at: tuple[int, int] | None = None,
 ) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Return (image, field-of-view bounding box). Circular by default; `wide_field` draws a wide
-    ellipse clipped by the frame with a dark eyelid band across the bottom."""
+    ellipse clipped by the frame with a dark eyelid band across the bottom. `lesion_at` moves the
+    'blob' or 'exudate' lesion's centre (default: left of the image centre)."""
     rng = random.Random(seed)
     w, h = (size * 3 // 2, size) if wide_field else (size, size)
     im = Image.new("RGB", (w, h), (0, 0, 0))
@@ -49,8 +51,13 @@ def fundus(
             x, y = cx - size // 6 + rng.randint(-8, 8), cy + rng.randint(-10, 10)
             d.ellipse((x - 4, y - 4, x + 4, y + 4), fill=(250, 240, 120))
     elif lesion == "blob":
-        x, y = cx - size // 6, cy + 6
-        d.ellipse((x - 12, y - 12, x + 12, y + 12), fill=(60, 15, 10))
+        x, y = lesion_at or (cx - size // 6, cy + 6)
+        r = max(4, size // 8)
+        d.ellipse((x - r, y - r, x + r, y + r), fill=(60, 15, 10))
+    elif lesion == "exudate":  # a pale, sharply bounded patch (drusen / hard exudates)
+        x, y = lesion_at or (cx - size // 6, cy + 6)
+        r = max(4, size // 8)
+        d.ellipse((x - r, y - r, x + r, y + r), fill=(255, 255, 235))
     im = im.filter(ImageFilter.GaussianBlur(0.6))
     x0, y0, x1, y1 = box
     fov = (max(0, x0), max(0, y0), min(w, x1), min(h, int(h * 0.85) if wide_field else y1))

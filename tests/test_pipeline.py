@@ -4,6 +4,7 @@ import csv
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -66,6 +67,17 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     assert by_name["a.jpg"]["predicted"] in ("blob", "normal", "spots") and not by_name["a.jpg"]["error"]
     probs = [float(by_name["a.jpg"][f"prob_{c}"]) for c in ("blob", "normal", "spots")]
     assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+
+    rc = main(
+        ["explain", str(folder), "--checkpoint", str(best), "--out", str(tmp_path / "cams"), "--no-progress"]
+    )
+    assert rc == 0
+    assert {p.name for p in (tmp_path / "cams" / "overlays").iterdir()} == {"a.png", "b.png"}
+    assert np.load(tmp_path / "cams" / "maps" / "a.npy").shape == (48, 48)
+    assert "predicted" in (tmp_path / "cams" / "index.html").read_text()
+    rc = main(["explain", "--subset", "test", "--checkpoint", str(best), "--method", "eigencam",
+               "--out", str(tmp_path / "gallery"), "--no-progress"])  # fmt: skip
+    assert rc == 0 and "true " in (tmp_path / "gallery" / "index.html").read_text()
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(synthetic_manifest, tmp_path, monkeypatch):

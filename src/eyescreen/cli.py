@@ -75,6 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("explain", help="CAM heatmaps over the fundus for files, folders or a data split")
+    p.add_argument("inputs", nargs="*", help="image files and/or folders; or use --subset")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--subset",
+        choices=["train", "val", "test"],
+        help="explain this split of the checkpoint's data (true labels known: gallery by true class)",
+    )
+    p.add_argument(
+        "--method", default="gradcam", help="gradcam, gradcam++, layercam, hirescam, scorecam, eigencam"
+    )
+    p.add_argument("--target", default="predicted", help="'predicted' or a class name to explain")
+    p.add_argument("--out", default="explanations")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cache-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("demo", help="train, evaluate and report on the sample bundled with eyescreen")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, help="override the quick preset's epochs")
@@ -136,6 +154,11 @@ def run(args) -> int:
         )
         print(f"{result['predicted']} predicted, {len(result['failed'])} unreadable -> {result['csv']}")
         return 0 if result["predicted"] or not result["failed"] else 1
+    elif args.command == "explain":
+        from .explain_cli import run_explain
+
+        result = run_explain(args)
+        print(f"{result['explained']} explained, {len(result['failed'])} unreadable -> {result['index']}")
     elif args.command == "demo":
         from .demo import run_demo
 

@@ -1,0 +1,210 @@
+"""Class activation maps through pytorch-grad-cam: maps, overlays on the fundus, and an HTML gallery.
+
+The library does the CAM mathematics and removes its hooks on exit. What it lacks, done here:
+* it switches the model to eval mode and needs gradients but restores neither: `_explainable`
+  puts back the model's mode and every parameter's `requires_grad`;
+* overlays masked to the fundus field of view, with a colour bar and the decision in the title.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import html
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .models import cam_target
+from .preprocess import field_of_view, normalize
+
+METHODS = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+    "scorecam": "ScoreCAM",
+    "eigencam": "EigenCAM",  # class-agnostic: first principal component of the activations
+}
+
+
+def list_methods() -> list[str]:
+    return list(METHODS)
+
+
+@contextlib.contextmanager
+def _explainable(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode with gradients enabled for the duration; the previous state is restored after."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(True)
+        model.eval()
+        with torch.enable_grad():
+            yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def compute_cams(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean,
+    std,
+    method: str = "gradcam",
+    targets: list[int] | None = None,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """CAMs (N, H, W) in [0, 1] for uint8 images (N, 3, H, W); `targets` are class indices
+    (None: each image's predicted class)."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if method not in METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; available: {', '.join(METHODS)}")
+    cam_class = getattr(pytorch_grad_cam, METHODS[method])
+    device = next(model.parameters()).device
+    out = []
+    with _explainable(model), cam_class(model=model, target_layers=[cam_target(model)]) as cam:
+        if method == "scorecam":
+            cam.batch_size = batch_size
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start : start + batch_size].to(device), mean, std)
+            chunk_targets = None
+            if targets is not None:
+                chunk_targets = [ClassifierOutputTarget(int(t)) for t in targets[start : start + batch_size]]
+            maps = cam(input_tensor=x, targets=chunk_targets)
+            out.append(np.clip(np.nan_to_num(maps.astype(np.float32)), 0.0, 1.0))
+    return np.concatenate(out) if out else np.zeros((0,) + tuple(images.shape[-2:]), np.float32)
+
+
+def save_overlay(image: np.ndarray, cam: np.ndarray, path: Path, title: str) -> None:
+    """The fundus and, beside it, the map over it (masked to the field of view) with a colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mask = field_of_view(image)
+    shown = np.ma.masked_where(~mask, cam)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    axes[0].imshow(image)
+    axes[0].set_title("fundus")
+    axes[1].imshow(image)
+    im = axes[1].imshow(shown, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    axes[1].set_title("where the model looked")
+    for ax in axes:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[1], fraction=0.046, label="relative importance")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def gallery(rows: list[dict], classes: list[str], path: Path, method: str) -> None:
+    """index.html: images grouped by true class, correct and misclassified apart (or by predicted
+    class when the truth is unknown)."""
+    sections: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("true"):
+            kind = "correct" if r["true"] == r["predicted"] else "misclassified"
+            key = f"true {r['true']} — {kind}"
+        else:
+            key = f"predicted {r['predicted']}"
+        sections.setdefault(key, []).append(r)
+    order = sorted(sections, key=lambda k: (k.split(" — ")[0], "misclassified" in k))
+    parts = [f"<h1>eyescreen explanations ({html.escape(method)})</h1>",
+             f"<p>{len(rows)} images; classes: {html.escape(', '.join(classes))}</p>"]  # fmt: skip
+    for key in order:
+        parts.append(f"<h2>{html.escape(key)} ({len(sections[key])})</h2><div class='grid'>")
+        for r in sections[key]:
+            caption = f"{r['name']}: predicted {r['predicted']} ({float(r['probability']):.2f})"
+            if r.get("true"):
+                caption += f", true {r['true']}"
+            parts.append(
+                f"<figure><a href='{html.escape(r['overlay'])}'><img loading='lazy' src='{html.escape(r['overlay'])}'></a>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        parts.append("</div>")
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:1.5em}.grid{display:flex;flex-wrap:wrap;gap:10px}"
+        "figure{margin:0;width:360px}img{width:360px}figcaption{font-size:12px}"
+    )
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>eyescreen explanations</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
+
+
+def explain_items(
+    items: list[tuple[str, Path, str | None]],
+    model: nn.Module,
+    meta: dict,
+    out_dir: Path,
+    load,
+    method: str = "gradcam",
+    target: str = "predicted",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Explain (name, path, true label or None) items in streamed chunks: overlay PNG + raw .npy each,
+    an index CSV and the gallery. `load(path) -> uint8 (H, W, 3)` raises ImageError for bad files."""
+    from .inference import predict_proba
+    from .preprocess import ImageError
+
+    classes, norm = meta["classes"], meta["normalization"]
+    if target != "predicted" and target not in classes:
+        raise ValueError(f"--target {target!r}: use 'predicted' or one of {', '.join(classes)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "overlays").mkdir(exist_ok=True)
+    (out_dir / "maps").mkdir(exist_ok=True)
+    device = next(model.parameters()).device
+    rows, failures = [], []
+    bar = tqdm(total=len(items), desc=f"explaining ({method})", disable=not progress)
+    for start in range(0, len(items), batch_size):
+        chunk, arrays = [], []
+        for name, path, truth in items[start : start + batch_size]:
+            try:
+                arrays.append(load(path))
+                chunk.append((name, path, truth))
+            except ImageError as e:
+                failures.append((path, str(e)))
+        if arrays:
+            images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+            prob = predict_proba(model, images, norm["mean"], norm["std"], device)
+            pred = prob.argmax(1)
+            targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
+            cams = compute_cams(model, images, norm["mean"], norm["std"], method, list(targets), batch_size)
+            for (name, path, truth), image, cam, p, k, t in zip(
+                chunk, arrays, cams, prob, pred, targets, strict=True
+            ):
+                stem = Path(name).with_suffix("").as_posix().replace("/", "__")
+                np.save(out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
+                title = f"predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
+                if truth:
+                    title += f"; true {truth}"
+                save_overlay(image, cam, out_dir / "overlays" / f"{stem}.png", title)
+                rows.append({"name": name, "file": str(path), "true": truth or "", "predicted": classes[k],
+                             "probability": f"{p[k]:.4f}", "target": classes[t],
+                             "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"})  # fmt: skip
+        bar.update(len(items[start : start + batch_size]))
+    bar.close()
+    with open(out_dir / "explanations.csv", "w", newline="") as f:
+        w = csv.DictWriter(
+            f, fieldnames=["name", "file", "true", "predicted", "probability", "target", "overlay", "map"]
+        )
+        w.writeheader()
+        w.writerows(rows)
+    gallery(rows, classes, out_dir / "index.html", method)
+    for _, message in failures:
+        print(f"could not read: {message}", file=sys.stderr)
+    return {"explained": len(rows), "failed": failures, "index": out_dir / "index.html"}
