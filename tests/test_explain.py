@@ -86,3 +86,31 @@ def test_explicit_target_class_changes_the_map(lesion_model):
     predicted = compute_cams(lesion_model, x, MEAN, STD, "gradcam")
     assert np.allclose(predicted, for_lesion)  # the model predicts the lesion class here
     assert not np.allclose(for_lesion, for_normal)
+
+
+def test_gradcam_beats_a_random_map_on_deletion_and_insertion(lesion_model):
+    from eyescreen.faithfulness import deletion_insertion, random_maps
+
+    x, y, _ = lesion_images(12, seed=5)
+    x = x[y == 1]
+    targets = [1] * len(x)
+    cams = compute_cams(lesion_model, x, MEAN, STD, "gradcam", targets=targets)
+    deletion, insertion = deletion_insertion(lesion_model, x, MEAN, STD, cams, targets)
+    rnd_deletion, rnd_insertion = deletion_insertion(
+        lesion_model, x, MEAN, STD, random_maps(cams.shape), targets
+    )
+    assert deletion.mean() < rnd_deletion.mean()
+    assert insertion.mean() > rnd_insertion.mean()
+
+
+def test_randomising_the_weights_decorrelates_the_maps(lesion_model):
+    from eyescreen.faithfulness import randomisation_check
+
+    x, y, _ = lesion_images(8, seed=6)
+    before = [p.detach().clone() for p in lesion_model.parameters()]
+    rows = randomisation_check(
+        lesion_model, x[y == 1], MEAN, STD, "gradcam", targets=[1] * int((y == 1).sum())
+    )
+    assert [r["randomised_down_to"] for r in rows] == ["6", "2", "0"]  # output layer first, then inwards
+    assert rows[-1]["spearman"] < 0.5
+    assert all(torch.equal(a, b) for a, b in zip(before, lesion_model.parameters(), strict=True))  # untouched

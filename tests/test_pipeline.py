@@ -78,6 +78,11 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     rc = main(["explain", "--subset", "test", "--checkpoint", str(best), "--method", "eigencam",
                "--out", str(tmp_path / "gallery"), "--no-progress"])  # fmt: skip
     assert rc == 0 and "true " in (tmp_path / "gallery" / "index.html").read_text()
+    rc = main(["explain", "--evaluate", "--subset", "test", "--checkpoint", str(best), "--methods", "gradcam",
+               "--limit", "4", "--out", str(tmp_path / "faith"), "--no-progress"])  # fmt: skip
+    rows = json.loads((tmp_path / "faith" / "faithfulness.json").read_text())
+    assert rc == 0 and [r["method"] for r in rows] == ["gradcam", "random map (baseline)"]
+    assert 0 <= rows[0]["deletion_auc"] <= 1 and rows[0]["ms_per_image"] > 0
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(synthetic_manifest, tmp_path, monkeypatch):

@@ -87,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default="gradcam", help="gradcam, gradcam++, layercam, hirescam, scorecam, eigencam"
     )
     p.add_argument("--target", default="predicted", help="'predicted' or a class name to explain")
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="with --subset: deletion/insertion AUC and the randomisation sanity check for each method",
+    )
+    p.add_argument(
+        "--methods",
+        default="gradcam,gradcam++,layercam,hirescam,eigencam",
+        help="methods compared by --evaluate (comma-separated)",
+    )
+    p.add_argument("--limit", type=int, default=200, help="--evaluate uses at most this many images")
     p.add_argument("--out", default="explanations")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cache-dir")
@@ -157,8 +168,13 @@ def run(args) -> int:
     elif args.command == "explain":
         from .explain_cli import run_explain
 
-        result = run_explain(args)
-        print(f"{result['explained']} explained, {len(result['failed'])} unreadable -> {result['index']}")
+        if args.evaluate:
+            from .explain_cli import run_faithfulness
+
+            print(run_faithfulness(args))
+        else:
+            result = run_explain(args)
+            print(f"{result['explained']} explained, {len(result['failed'])} unreadable -> {result['index']}")
     elif args.command == "demo":
         from .demo import run_demo
 

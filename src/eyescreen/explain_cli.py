@@ -41,3 +41,32 @@ def run_explain(args) -> dict:
         load = partial(preprocess_image, prep=prep)
     return explain_items(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
                          batch_size=args.batch_size, progress=not args.no_progress)  # fmt: skip
+
+
+def run_faithfulness(args) -> str:
+    """`explain --evaluate --subset S`: the faithfulness table, written as JSON and Markdown."""
+    import json
+
+    import numpy as np
+
+    from .faithfulness import faithfulness_table, table_markdown
+    from .preprocess import load_stack
+
+    if not args.subset:
+        raise ValueError("--evaluate needs --subset (e.g. --subset test)")
+    model, meta = load_model(args.checkpoint, resolve_device(args.device))
+    dataset = load_dataset(meta["data"], meta["classes"])
+    records = subset(dataset, meta["split"], args.subset).records
+    rng = np.random.default_rng(0)  # a fixed random sample when the split is larger than --limit
+    records = [records[i] for i in sorted(rng.permutation(len(records))[: args.limit])]
+    cache = ImageCache(Preprocessing(**meta["preprocessing"]), args.cache_dir)
+    images, _, _ = load_stack([r.path for r in records], cache, progress=not args.no_progress)
+    norm = meta["normalization"]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = faithfulness_table(model, images, norm["mean"], norm["std"], methods, batch_size=args.batch_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table_markdown(rows, len(images), meta["model"]["name"])
+    (out / "faithfulness.json").write_text(json.dumps(rows, indent=2))
+    (out / "faithfulness.md").write_text(text)
+    return text + f"\nwritten to {out / 'faithfulness.md'}"
