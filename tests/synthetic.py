@@ -19,6 +19,7 @@ def fundus(
     wide_field: bool = False,
     offset: tuple[int, int] = (0, 0),
     lesion_at: tuple[int, int] | None = None,
+    macula: bool = False,
 ) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Return (image, field-of-view bounding box). Circular by default; `wide_field` draws a wide
     ellipse clipped by the frame with a dark eyelid band across the bottom. `lesion_at` moves the
@@ -46,6 +47,9 @@ def fundus(
             width=2,
         )
     d.ellipse((disc[0] - 9, disc[1] - 9, disc[0] + 9, disc[1] + 9), fill=(245, 215, 150))
+    if macula:  # a darker spot 2.5 disc diameters (18 px) temporal of the disc
+        mx = disc[0] - 45
+        d.ellipse((mx - 10, disc[1] - 10, mx + 10, disc[1] + 10), fill=(120, 50, 25))
     if lesion == "spots":
         for _ in range(5):
             x, y = cx - size // 6 + rng.randint(-8, 8), cy + rng.randint(-10, 10)

@@ -83,6 +83,8 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     rows = json.loads((tmp_path / "faith" / "faithfulness.json").read_text())
     assert rc == 0 and [r["method"] for r in rows] == ["gradcam", "random map (baseline)"]
     assert 0 <= rows[0]["deletion_auc"] <= 1 and rows[0]["ms_per_image"] > 0
+    shares = json.loads((tmp_path / "faith" / "anatomy.json").read_text())
+    assert shares and all(abs(r["disc_mass"] + r["macula_mass"] + r["rest_mass"] - 1) < 1e-6 for r in shares)
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(synthetic_manifest, tmp_path, monkeypatch):

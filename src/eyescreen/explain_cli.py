@@ -60,7 +60,8 @@ def run_faithfulness(args) -> str:
     rng = np.random.default_rng(0)  # a fixed random sample when the split is larger than --limit
     records = [records[i] for i in sorted(rng.permutation(len(records))[: args.limit])]
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), args.cache_dir)
-    images, _, _ = load_stack([r.path for r in records], cache, progress=not args.no_progress)
+    images, ok, _ = load_stack([r.path for r in records], cache, progress=not args.no_progress)
+    records = [records[i] for i in ok]
     norm = meta["normalization"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = faithfulness_table(model, images, norm["mean"], norm["std"], methods, batch_size=args.batch_size)
@@ -68,5 +69,22 @@ def run_faithfulness(args) -> str:
     out.mkdir(parents=True, exist_ok=True)
     text = table_markdown(rows, len(images), meta["model"]["name"])
     (out / "faithfulness.json").write_text(json.dumps(rows, indent=2))
+
+    # Where does it look: CAM mass on the optic disc, the macula and the rest, per true class.
+    from .anatomy import plot_shares, shares_by_class, shares_markdown
+    from .explain import compute_cams
+    from .inference import predict_proba
+
+    targets = predict_proba(model, images, norm["mean"], norm["std"], model_device(model)).argmax(1)
+    cams = compute_cams(model, images, norm["mean"], norm["std"], args.method, list(targets), args.batch_size)
+    arrays = images.permute(0, 2, 3, 1).numpy()
+    shares = shares_by_class(arrays, cams, [r.label for r in records], meta["classes"])
+    (out / "anatomy.json").write_text(json.dumps(shares, indent=2))
+    plot_shares(shares, out / "anatomy.png", args.method)
+    text += "\n" + shares_markdown(shares, args.method)
     (out / "faithfulness.md").write_text(text)
-    return text + f"\nwritten to {out / 'faithfulness.md'}"
+    return text + f"\nwritten to {out / 'faithfulness.md'} and {out / 'anatomy.png'}"
+
+
+def model_device(model):
+    return next(model.parameters()).device

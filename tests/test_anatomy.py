@@ -1,0 +1,31 @@
+import numpy as np
+
+from eyescreen.anatomy import cam_shares, locate
+from synthetic import fundus
+
+
+def test_disc_and_macula_are_found_on_a_synthetic_fundus():
+    im, _ = fundus(160, macula=True, seed=3)
+    marks = locate(np.asarray(im))
+    disc_col, disc_row = 80 + int(0.18 * 160), 80 - 4
+    assert abs(marks.disc[0] - disc_row) <= 4 and abs(marks.disc[1] - disc_col) <= 4
+    assert abs(marks.macula[0] - disc_row) <= 5 and abs(marks.macula[1] - (disc_col - 45)) <= 5
+
+
+def test_mirrored_eye_puts_the_macula_on_the_other_side():
+    im, _ = fundus(160, macula=True, seed=3)
+    mirrored = np.ascontiguousarray(np.asarray(im)[:, ::-1])
+    marks = locate(mirrored)
+    assert marks.macula[1] > marks.disc[1]
+
+
+def test_cam_mass_shares_add_up_and_follow_the_map():
+    im, _ = fundus(160, macula=True, seed=3)
+    marks = locate(np.asarray(im))
+    rows, cols = np.mgrid[:160, :160]
+    on_disc = np.exp(-((rows - marks.disc[0]) ** 2 + (cols - marks.disc[1]) ** 2) / 20.0)
+    shares = cam_shares(on_disc, marks)
+    assert abs(shares["disc_mass"] + shares["macula_mass"] + shares["rest_mass"] - 1) < 1e-6
+    assert shares["disc_mass"] > 0.9 > shares["disc_area"]
+    uniform = cam_shares(np.ones((160, 160)), marks)
+    assert abs(uniform["macula_mass"] - uniform["macula_area"]) < 1e-6
