@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("export", help="export a checkpoint for other runtimes (ONNX)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", help="output file (default: next to the checkpoint, .onnx)")
+
     sub.add_parser("models", help="list the available models")
     sub.add_parser("presets", help="show the training presets")
     return parser
@@ -185,6 +190,13 @@ def run(args) -> int:
             epochs=args.epochs,
             model=args.model,
         )
+    elif args.command == "export":
+        from pathlib import Path
+
+        from .export import export_onnx
+
+        out = args.out or Path(args.checkpoint).with_suffix(".onnx")
+        print(f"exported {export_onnx(args.checkpoint, out)}")
     elif args.command == "models":
         print("\n".join(list_models()))
     elif args.command == "presets":

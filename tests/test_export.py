@@ -1,0 +1,38 @@
+import json
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from eyescreen.checkpoint import load_model, save_model
+from eyescreen.cli import main
+from eyescreen.models import create_model
+
+ort = pytest.importorskip(
+    "onnxruntime", reason="onnxruntime is installed with the [test] and [export] extras"
+)
+
+
+def test_onnx_export_matches_pytorch_probabilities(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("seed-cnn", num_classes=3).eval()
+    meta = {
+        "model": {"name": "seed-cnn", "args": {"num_classes": 3}},
+        "classes": ["a", "b", "c"],
+        "preprocessing": {"image_size": 64, "version": 1},
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    }
+    save_model(tmp_path / "m.safetensors", model, meta)
+    assert (
+        main(["export", "--checkpoint", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "m.onnx")])
+        == 0
+    )
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).standard_normal((5, 3, 64, 64)).astype(np.float32)
+    (onnx_prob,) = session.run(None, {"image": x})
+    loaded, _ = load_model(tmp_path / "m.safetensors")
+    with torch.no_grad():
+        torch_prob = torch.softmax(loaded(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(onnx_prob, torch_prob, atol=1e-4)
+    described = json.loads(session.get_modelmeta().custom_metadata_map["eyescreen"])
+    assert described["classes"] == ["a", "b", "c"] and described["normalization"]["std"] == [0.25] * 3
