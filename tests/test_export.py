@@ -8,10 +8,6 @@ from eyescreen.checkpoint import load_model, save_model
 from eyescreen.cli import main
 from eyescreen.models import create_model
 
-ort = pytest.importorskip(
-    "onnxruntime", reason="onnxruntime is installed with the [test] and [export] extras"
-)
-
 
 def test_onnx_export_matches_pytorch_probabilities(tmp_path):
     torch.manual_seed(0)
