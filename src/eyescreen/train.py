@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import load_state, save_model, save_state
 from .config import TrainConfig
 from .data import Dataset, load_dataset, make_split, read_split, split_counts, subset, write_split
@@ -84,6 +84,10 @@ def run_info(argv: list[str] | None) -> dict:
     }
 
 
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
 def _write_log(path: Path, history: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
@@ -93,9 +97,9 @@ def _write_log(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _load_images(ds: Dataset, cache: ImageCache, name: str, progress: bool):
+def _load_images(ds: Dataset, cache: ImageCache, name: str, progress: bool, report: bool = True):
     images, ok, errors = load_stack([r.path for r in ds.records], cache, progress=progress, desc=name)
-    for _, message in errors:
+    for _, message in errors if report else []:
         print(f"skipped: {message}", file=sys.stderr)
     labels = torch.as_tensor(ds.labels()[ok])
     return images, labels, [ds.records[i] for i in ok], errors
@@ -127,30 +131,45 @@ def train(
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
+    ctx, device = distributed.setup(resolve_device(cfg.device))
+    say = print if ctx.main else _quiet  # one voice, and one writer: rank 0
 
     dataset = load_dataset(data, classes)
-    print(dataset.summary())
+    say(dataset.summary())
     split = (
         read_split(split_file, dataset)
         if split_file
         else make_split(dataset, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     )
-    write_split(split, dataset, out / "split.csv")
-    print("split by patient:\n" + split_counts(dataset, split))
+    if ctx.main:
+        write_split(split, dataset, out / "split.csv")
+    say("split by patient:\n" + split_counts(dataset, split))
 
     prep = Preprocessing(image_size=cfg.image_size)
     cache = ImageCache(prep, cache_dir)
-    x_train, y_train, _, bad_train = _load_images(subset(dataset, split, "train"), cache, "train", progress)
-    x_val, y_val, _, bad_val = _load_images(subset(dataset, split, "val"), cache, "val", progress)
+    show = progress and ctx.main
+    x_train, y_train, _, bad_train = _load_images(
+        subset(dataset, split, "train"), cache, "train", show, ctx.main
+    )
+    x_val, y_val, _, bad_val = _load_images(subset(dataset, split, "val"), cache, "val", show, ctx.main)
     if len(x_train) == 0 or len(x_val) == 0:
         raise ValueError(f"{data}: no readable images in the train or validation split")
 
-    device = resolve_device(cfg.device)
+    if cfg.batch_size % ctx.world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {ctx.world} processes")
+    local_batch = cfg.batch_size // ctx.world  # the global batch stays cfg.batch_size
     precision = resolve_precision(cfg.precision, device)
     channels_last = cfg.channels_last
     model = create_model(cfg.model, num_classes=len(dataset.classes)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    net = model  # what runs forward/backward: the DistributedDataParallel wrapper when distributed
+    if ctx.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        net = torch.compile(net)
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -173,12 +192,13 @@ def train(
         torch.set_rng_state(state["rng"])
         start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
         history = json.loads(state["history"])
-        print(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
-    else:
+        say(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
+    elif ctx.main:
         info = run_info(argv) | {
             "precision": precision,
             "device": str(device),
             "channels_last": channels_last,
+            "processes": ctx.world,
         }
         (out / "config.json").write_text(
             json.dumps({"config": asdict(cfg), "classes": dataset.classes}, indent=2)
@@ -193,19 +213,18 @@ def train(
         t0 = time.perf_counter()
         model.train()
         # The order depends only on (seed, epoch), so a resumed run sees the same batches.
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        if n % cfg.batch_size == 1:
+        order = distributed.epoch_indices(n, cfg.seed, epoch, ctx)
+        if len(order) % local_batch == 1:
             order = order[:-1]  # a batch of one breaks batch normalisation
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(
-            range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress
-        )
+        bar = tqdm(range(0, len(order), local_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (progress and ctx.main))  # fmt: skip
         for start in bar:
-            idx = order[start : start + cfg.batch_size]
+            idx = order[start : start + local_batch]
             x = prepare_batch(x_train[idx], device, mean, std, channels_last)
             y = y_train[idx].to(device)
             with autocast(device, precision):
-                logits = model(x)
+                logits = net(x)
                 loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -217,6 +236,9 @@ def train(
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        total_loss, correct, seen = distributed.sum_across(ctx, total_loss, correct, seen)
+        if not ctx.main:
+            continue  # validation, logs and checkpoints are rank 0's job
 
         prob = predict_proba(model, x_val, mean, std, device, precision, channels_last)
         val = headline_metrics(y_val.numpy(), prob)
@@ -256,5 +278,8 @@ def train(
             f"macro-AUC {val['macro_auc']:.3f} | {row['seconds']:.0f}s"
             + ("  *best" if best_epoch == epoch + 1 else "")
         )
-    print(f"best epoch {best_epoch} ({cfg.select_metric} {best:.4f}); checkpoints in {out}")
+    distributed.barrier(ctx)
+    distributed.teardown(ctx)
+    if ctx.main:
+        print(f"best epoch {best_epoch} ({cfg.select_metric} {best:.4f}); checkpoints in {out}")
     return out / "best.safetensors"
