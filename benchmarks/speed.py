@@ -1,0 +1,113 @@
+"""Training and inference speed on this machine: a naive loop vs eyescreen's trainer, in one run.
+
+naive:     decode + resize the JPEG every time (PIL, torchvision transforms), fp32, NCHW
+eyescreen: uint8 images preprocessed once (the cache), channels_last, bf16 autocast where supported
+
+    python benchmarks/speed.py [--steps 8] [--data MANIFEST]
+
+Prints images/s for a ResNet-18 training step at 224 px (batch 32), ms/image for inference at batch 1
+and 32, predict + Grad-CAM at batch 1, and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from eyescreen.data import load_dataset
+from eyescreen.demo import sample_manifest
+from eyescreen.explain import compute_cams
+from eyescreen.inference import autocast, cpu_supports_bf16, predict_proba, prepare_batch
+from eyescreen.models import create_model
+from eyescreen.preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack
+
+SIZE, BATCH = 224, 32
+
+
+def naive_batches(paths, labels):
+    tf = transforms.Compose([transforms.Resize((SIZE, SIZE)), transforms.ToTensor(),
+                             transforms.Normalize(DEFAULT_MEAN, DEFAULT_STD)])  # fmt: skip
+    i = 0
+    while True:
+        idx = [(i + k) % len(paths) for k in range(BATCH)]
+        i += BATCH
+        x = torch.stack([tf(Image.open(paths[j]).convert("RGB")) for j in idx])
+        yield x, labels[idx]
+
+
+def fast_batches(images, labels, channels_last):
+    i = 0
+    while True:
+        idx = torch.arange(i, i + BATCH) % len(images)
+        i += BATCH
+        yield prepare_batch(images[idx], "cpu", DEFAULT_MEAN, DEFAULT_STD, channels_last), labels[idx]
+
+
+def train_rate(batches, precision: str, channels_last: bool, steps: int) -> float:
+    torch.manual_seed(0)
+    model = create_model("resnet18", 4)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    device = torch.device("cpu")
+    for step in range(steps + 2):  # two warm-up steps
+        if step == 2:
+            start = time.perf_counter()
+        x, y = next(batches)  # loading counts: it is part of the loop
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--data", default=str(sample_manifest()))
+    args = parser.parse_args()
+    precision = "bf16" if cpu_supports_bf16() else "fp32"
+    ds = load_dataset(args.data)
+    paths = [r.path for r in ds.records]
+    labels = torch.as_tensor(ds.labels()) % 4
+    images, ok, _ = load_stack(paths, ImageCache(Preprocessing(SIZE)), progress=False)
+    labels_ok = labels[ok]
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, fast precision {precision}")  # fmt: skip
+
+    naive = train_rate(naive_batches(paths, labels), "fp32", False, args.steps)
+    fast = train_rate(fast_batches(images, labels_ok, True), precision, True, args.steps)
+    print(f"training  naive (decode every step, fp32, NCHW): {naive:6.1f} img/s")
+    print(
+        f"training  eyescreen (cached uint8, channels_last, {precision}): {fast:6.1f} img/s   ratio {fast / naive:.2f}x"
+    )
+
+    model = create_model("resnet18", 4).eval().to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+    for batch in (1, 32):
+        x = images[:batch]
+        predict_proba(model, x, DEFAULT_MEAN, DEFAULT_STD, device, precision, True)
+        reps = 20 if batch == 1 else 4
+        start = time.perf_counter()
+        for _ in range(reps):
+            predict_proba(model, x, DEFAULT_MEAN, DEFAULT_STD, device, precision, True, batch_size=batch)
+        ms = (time.perf_counter() - start) * 1000 / (reps * batch)
+        print(f"inference batch {batch:2d}: {ms:6.2f} ms/image ({1000 / ms:6.1f} img/s)")
+
+    compute_cams(model, images[:1], DEFAULT_MEAN, DEFAULT_STD, "gradcam")  # warm-up
+    start = time.perf_counter()
+    for i in range(10):
+        prob = predict_proba(model, images[i : i + 1], DEFAULT_MEAN, DEFAULT_STD, device, precision, True)
+        compute_cams(model, images[i : i + 1], DEFAULT_MEAN, DEFAULT_STD, "gradcam", [int(np.argmax(prob))])
+    print(f"predict + Grad-CAM, batch 1: {(time.perf_counter() - start) * 100:.1f} ms/image")
+
+
+if __name__ == "__main__":
+    main()
