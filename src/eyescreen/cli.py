@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import MISSING
+from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import PRESETS, config_fields, preset
@@ -116,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", help="output file (default: next to the checkpoint, .onnx)")
 
+    p = sub.add_parser("check-data", help="data-health report: counts, duplicates, unreadable files, sizes")
+    p.add_argument("data", help="manifest CSV or root/<class>/ folder")
+    p.add_argument("--classes")
+    p.add_argument("--split", help="also count per split and check no patient is in two splits")
+    p.add_argument("--json", help="also write the report as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+
     sub.add_parser("models", help="list the available models")
     sub.add_parser("presets", help="show the training presets")
     return parser
@@ -191,12 +199,20 @@ def run(args) -> int:
             model=args.model,
         )
     elif args.command == "export":
-        from pathlib import Path
-
         from .export import export_onnx
 
         out = args.out or Path(args.checkpoint).with_suffix(".onnx")
         print(f"exported {export_onnx(args.checkpoint, out)}")
+    elif args.command == "check-data":
+        import json
+
+        from .check import check_data, format_report, problems
+
+        rep = check_data(args.data, parse_classes(args.classes), args.split, progress=not args.no_progress)
+        print(format_report(rep))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rep, indent=2))
+        return 1 if problems(rep) else 0
     elif args.command == "models":
         print("\n".join(list_models()))
     elif args.command == "presets":

@@ -1,0 +1,103 @@
+"""`eyescreen check-data`: a data-health report for a manifest or class folders, before training."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .data import SPLITS, load_dataset, read_class_folders, read_manifest, read_split
+from .preprocess import ImageError, crop_to_field, read_image
+
+
+def check_data(
+    source: str | Path, classes: list[str] | None = None, split_file=None, progress: bool = True
+) -> dict:
+    source = Path(source)
+    raw = read_manifest(source) if source.is_file() else read_class_folders(source)
+    dataset = load_dataset(source, classes)
+    report: dict = {"source": str(source), "rows": len(raw), "classes": dataset.classes}
+    report["per_class"] = dict(Counter(r.label for r in dataset.records))
+    report["not_used"] = dict(dataset.skipped)
+
+    keys = Counter(r.key for r in raw)
+    report["duplicate_rows"] = sorted(k for k, n in keys.items() if n > 1)
+
+    by_hash: dict[str, list] = defaultdict(list)
+    sizes, unreadable, no_field = [], [], []
+    for r in tqdm(raw, desc="checking images", disable=not progress):
+        if not r.path.is_file():
+            unreadable.append(f"{r.path}: file not found")
+            continue
+        by_hash[hashlib.sha256(r.path.read_bytes()).hexdigest()].append(r)
+        try:
+            im = read_image(r.path)
+            sizes.append(im.size)
+            crop_to_field(im, r.path)
+        except ImageError as e:
+            (no_field if "field of view" in str(e) else unreadable).append(str(e))
+    report["unreadable"] = unreadable
+    report["no_field_of_view"] = no_field
+    duplicates = [[r.key for r in group] for group in by_hash.values() if len({r.key for r in group}) > 1]
+    report["duplicate_images"] = duplicates
+    report["same_image_two_patients"] = [
+        [f"{r.key} ({r.group})" for r in group]
+        for group in by_hash.values()
+        if len({r.group for r in group}) > 1
+    ]
+    if sizes:
+        w, h = np.array(sizes).T
+        report["image_size"] = {
+            "width": [int(w.min()), int(np.median(w)), int(w.max())],
+            "height": [int(h.min()), int(np.median(h)), int(h.max())],
+        }
+    eyes = defaultdict(set)
+    for r in dataset.records:
+        if r.group.startswith("patient:"):
+            eyes[r.group].add(r.eye)
+    report["patients"] = len({r.group for r in dataset.records})
+    report["patients_with_one_eye"] = sum(1 for e in eyes.values() if len(e) == 1)
+    if split_file:
+        split = read_split(split_file, dataset)  # raises on a patient in two splits
+        report["per_split"] = {
+            s: dict(Counter(r.label for r in dataset.records if split[r.key] == s)) for s in SPLITS
+        }
+    return report
+
+
+def format_report(rep: dict) -> str:
+    lines = [
+        f"data health: {rep['source']} ({rep['rows']} rows, {rep['patients']} patients with usable labels)"
+    ]
+    lines.append(
+        "images per class: " + ", ".join(f"{c} {rep['per_class'].get(c, 0)}" for c in rep["classes"])
+    )
+    for reason, n in sorted(rep["not_used"].items()):
+        lines.append(f"not used ({reason}): {n}")
+    for s, counts in rep.get("per_split", {}).items():
+        lines.append(f"{s:>5}: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in rep["classes"]))
+    if "image_size" in rep:
+        w, h = rep["image_size"]["width"], rep["image_size"]["height"]
+        lines.append(f"image size (min/median/max): width {w[0]}/{w[1]}/{w[2]}, height {h[0]}/{h[1]}/{h[2]}")
+    lines.append(f"patients with one eye: {rep['patients_with_one_eye']}")
+    for title, key in (
+        ("duplicate rows", "duplicate_rows"),
+        ("unreadable files", "unreadable"),
+        ("no fundus field of view", "no_field_of_view"),
+        ("identical images under different names", "duplicate_images"),
+        ("identical images under different patients", "same_image_two_patients"),
+    ):
+        items = rep[key]
+        lines.append(f"{title}: {len(items) if items else 'none'}")
+        lines += [f"  - {', '.join(i) if isinstance(i, list) else i}" for i in items[:20]]
+        if len(items) > 20:
+            lines.append(f"  ... and {len(items) - 20} more")
+    return "\n".join(lines)
+
+
+def problems(rep: dict) -> int:
+    keys = ("duplicate_rows", "unreadable", "no_field_of_view", "same_image_two_patients")
+    return sum(len(rep[k]) for k in keys)

@@ -1,0 +1,54 @@
+import csv
+import shutil
+
+import pytest
+from PIL import Image
+
+from eyescreen.check import check_data
+from eyescreen.cli import main
+from eyescreen.data import DataError
+from synthetic import write_dataset
+
+
+def messy_manifest(root):
+    manifest = write_dataset(root, patients=6)
+    rows = list(csv.reader(open(manifest)))
+    shutil.copyfile(root / "images/0_left.jpg", root / "images/copy.jpg")
+    (root / "images/empty.jpg").write_bytes(b"")
+    Image.new("RGB", (64, 64)).save(root / "images/black.png")
+    rows += [
+        ["images/copy.jpg", "99", "left", "normal"],  # the same photo as patient 0's, under patient 99
+        ["images/missing.jpg", "98", "left", "normal"],
+        ["images/empty.jpg", "97", "left", "normal"],
+        ["images/black.png", "96", "left", "normal"],
+        rows[1],  # a duplicated row
+    ]
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return manifest
+
+
+def test_check_data_finds_each_problem(tmp_path):
+    rep = check_data(messy_manifest(tmp_path), progress=False)
+    assert rep["duplicate_rows"] == ["images/0_left.jpg"]
+    assert any("missing.jpg: file not found" in u for u in rep["unreadable"])
+    assert any("empty.jpg: empty file" in u for u in rep["unreadable"])
+    assert any("black.png" in u for u in rep["no_field_of_view"])
+    pairs = [sorted(g) for g in rep["same_image_two_patients"]]
+    assert any(any("copy.jpg (patient:99)" in x for x in g) for g in pairs)
+    assert rep["patients_with_one_eye"] == 4
+    assert rep["image_size"]["width"][0] == 64
+
+
+def test_check_data_cli_exit_code_and_split_conflict(tmp_path, capsys):
+    manifest = messy_manifest(tmp_path)
+    assert main(["check-data", str(manifest), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "identical images under different patients: 1" in out and "unreadable files: 2" in out
+    clean = write_dataset(tmp_path / "clean", patients=6)
+    assert main(["check-data", str(clean), "--no-progress"]) == 0
+    split = tmp_path / "split.csv"
+    split.write_text("image,split\nimages/0_left.jpg,train\nimages/0_right.jpg,test\n" +
+                     "".join(f"images/{p}_{e}.jpg,train\n" for p in range(1, 6) for e in ("left", "right")))  # fmt: skip
+    with pytest.raises(DataError, match="patient 0 is in both train and test"):
+        check_data(clean, split_file=split, progress=False)
