@@ -18,7 +18,10 @@ class TrainConfig:
     scheduler: str = "cosine"  # cosine (annealed to zero over all epochs) | constant
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
-    augment: str = "none"
+    augment: str = "none"  # none | fundus (flips, rotation, scale, colour, gamma)
+    class_weighting: str = "none"  # none | balanced (loss weights inverse to class frequency)
+    sampler: str = "shuffle"  # shuffle | balanced (each class drawn equally often)
+    logit_adjust: float = 0.0  # tau of logit-adjusted loss (Menon et al. 2021); 0 = off
     select_metric: str = "accuracy"  # accuracy | balanced_accuracy | macro_auc, on the validation split
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -32,7 +35,9 @@ class TrainConfig:
         choices = {
             "optimizer": ("adam", "adamw", "sgd"),
             "scheduler": ("cosine", "constant"),
-            "augment": ("none",),
+            "augment": ("none", "fundus"),
+            "class_weighting": ("none", "balanced"),
+            "sampler": ("shuffle", "balanced"),
             "select_metric": ("accuracy", "balanced_accuracy", "macro_auc"),
             "precision": ("auto", "bf16", "fp32"),
         }

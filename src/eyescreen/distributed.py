@@ -58,6 +58,16 @@ def epoch_indices(n: int, seed: int, epoch: int, ctx: Context) -> torch.Tensor:
     return torch.tensor(list(sampler), dtype=torch.long)
 
 
+def balanced_epoch_indices(labels: torch.Tensor, seed: int, epoch: int, ctx: Context) -> torch.Tensor:
+    """Like epoch_indices, but drawn with replacement so that every class is equally likely."""
+    counts = torch.bincount(labels).double()
+    weights = (1.0 / counts)[labels]
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.multinomial(weights, len(labels), replacement=True, generator=g)
+    usable = len(order) - len(order) % ctx.world
+    return order[:usable][ctx.rank :: ctx.world]
+
+
 def sum_across(ctx: Context, *values: float) -> list[float]:
     if not ctx.enabled:
         return list(values)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__, distributed
+from . import __version__, augment, distributed
 from .checkpoint import load_state, save_model, save_state
 from .config import TrainConfig
 from .data import Dataset, load_dataset, make_split, read_split, split_counts, subset, write_split
@@ -172,7 +172,15 @@ def train(
         net = torch.compile(net)
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    counts = torch.bincount(y_train, minlength=len(dataset.classes)).double().clamp_min(1)
+    weights = None
+    if cfg.class_weighting == "balanced":
+        weights = (counts.sum() / (len(counts) * counts)).float().to(device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    # Logit adjustment: train on logits + tau * log(prior) so the model itself is not biased to the
+    # frequent classes; at inference the plain logits are used.
+    log_prior = (cfg.logit_adjust * torch.log(counts / counts.sum())).float().to(device)
+    transform = augment.build(cfg.augment, cfg.image_size)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     meta = {
@@ -213,7 +221,10 @@ def train(
         t0 = time.perf_counter()
         model.train()
         # The order depends only on (seed, epoch), so a resumed run sees the same batches.
-        order = distributed.epoch_indices(n, cfg.seed, epoch, ctx)
+        if cfg.sampler == "balanced":
+            order = distributed.balanced_epoch_indices(y_train, cfg.seed, epoch, ctx)
+        else:
+            order = distributed.epoch_indices(n, cfg.seed, epoch, ctx)
         if len(order) % local_batch == 1:
             order = order[:-1]  # a batch of one breaks batch normalisation
         total_loss, correct, seen = 0.0, 0, 0
@@ -221,11 +232,11 @@ def train(
                    disable=not (progress and ctx.main))  # fmt: skip
         for start in bar:
             idx = order[start : start + local_batch]
-            x = prepare_batch(x_train[idx], device, mean, std, channels_last)
+            x = prepare_batch(augment.apply(transform, x_train[idx]), device, mean, std, channels_last)
             y = y_train[idx].to(device)
             with autocast(device, precision):
                 logits = net(x)
-                loss = loss_fn(logits.float(), y)
+                loss = loss_fn(logits.float() + log_prior if cfg.logit_adjust else logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
