@@ -80,3 +80,18 @@ def test_cache_avoids_decoding_again_and_depends_on_parameters(tmp_path, monkeyp
     assert np.array_equal(ImageCache(Preprocessing(64), tmp_path / "cache").get(path), first)
     with pytest.raises(AssertionError, match="decoded"):  # other parameters: another key, a new decode
         ImageCache(Preprocessing(48), tmp_path / "cache").get(path)
+
+
+@pytest.mark.parametrize("method", ["clahe", "graham"])
+def test_structure_enhancement_changes_pixels_and_the_cache_key(tmp_path, method):
+    path = tmp_path / "eye.jpg"
+    fundus(160, "spots")[0].save(path)
+    plain = preprocess.preprocess_image(path, Preprocessing(96))
+    enhanced = preprocess.preprocess_image(path, Preprocessing(96, enhance=method))
+    assert enhanced.dtype == np.uint8 and enhanced.shape == plain.shape
+    assert not np.array_equal(plain, enhanced)
+    assert Preprocessing(96, enhance=method).key() != Preprocessing(96).key()
+    if method == "graham":
+        assert enhanced[0, 0].tolist() == [0, 0, 0]  # outside the field of view stays black
+    with pytest.raises(ValueError, match="enhance='sharpen'"):
+        Preprocessing(96, enhance="sharpen")

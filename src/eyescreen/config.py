@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 class TrainConfig:
     model: str = "resnet18"
     image_size: int = 224
+    enhance: str = "none"  # none | clahe | graham: structure-aware preprocessing (see preprocess.py)
     epochs: int = 40
     batch_size: int = 32
     optimizer: str = "adam"  # adam | adamw | sgd
@@ -36,6 +37,7 @@ class TrainConfig:
             "optimizer": ("adam", "adamw", "sgd"),
             "scheduler": ("cosine", "constant"),
             "augment": ("none", "fundus"),
+            "enhance": ("none", "clahe", "graham"),
             "class_weighting": ("none", "balanced"),
             "sampler": ("shuffle", "balanced"),
             "select_metric": ("accuracy", "balanced_accuracy", "macro_auc"),

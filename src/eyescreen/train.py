@@ -145,7 +145,7 @@ def train(
         write_split(split, dataset, out / "split.csv")
     say("split by patient:\n" + split_counts(dataset, split))
 
-    prep = Preprocessing(image_size=cfg.image_size)
+    prep = Preprocessing(image_size=cfg.image_size, enhance=cfg.enhance)
     cache = ImageCache(prep, cache_dir)
     show = progress and ctx.main
     x_train, y_train, _, bad_train = _load_images(
