@@ -53,6 +53,9 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     ):
         assert (tmp_path / "eval" / name).is_file(), name
     assert "balanced accuracy" in (tmp_path / "eval" / "report.md").read_text()
+    _, meta = load_model(best)
+    assert meta["calibration"]["temperature"] > 0 and "threshold" in meta["calibration"]["referable"]
+    assert report["calibration"]["ece_after"] >= 0 and "sensitivity" in report["calibration"]["referable"]
 
     folder = tmp_path / "new"
     folder.mkdir()
@@ -64,6 +67,7 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     assert result["predicted"] == 2 and len(result["failed"]) == 1
     by_name = {r["file"].rsplit("/", 1)[-1]: r for r in rows}
     assert "not a readable image" in by_name["broken.jpg"]["error"]
+    assert by_name["a.jpg"]["referable"] in ("yes", "no")  # the checkpoint's screening operating point
     assert by_name["a.jpg"]["predicted"] in ("blob", "normal", "spots") and not by_name["a.jpg"]["error"]
     probs = [float(by_name["a.jpg"][f"prob_{c}"]) for c in ("blob", "normal", "spots")]
     assert sum(probs) == pytest.approx(1.0, abs=1e-4)

@@ -30,6 +30,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where the hardware supports it) | bf16 | fp32
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    normal_class: str = "normal"  # the class that is not referable, for the screening operating point
     compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start)
 
     def validate(self) -> TrainConfig:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibrate import apply_temperature, operating_point
 from .checkpoint import load_model
 from .data import DataError, load_dataset, read_split, subset
 from .inference import predict_proba, resolve_device, resolve_precision
-from .metrics import bootstrap_ci, classification_metrics
+from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error
 from .preprocess import ImageCache, Preprocessing, load_stack
 from .report import write_report
 
@@ -69,6 +70,20 @@ def evaluate(
         "confidence_intervals": bootstrap_ci(y, prob, groups, n_resamples=n_resamples),
         "skipped": [message for _, message in errors],
     }
+    calibration = meta.get("calibration")
+    if calibration:
+        calibrated = apply_temperature(prob, calibration["temperature"])
+        section = {
+            "temperature": calibration["temperature"],
+            "ece_before": report["metrics"]["ece"],
+            "ece_after": expected_calibration_error(y, calibrated),
+        }
+        if "referable" in calibration and calibration["referable"]["normal_class"] in classes:
+            ref = calibration["referable"]
+            normal = classes.index(ref["normal_class"])
+            section["referable"] = {"threshold": ref["threshold"], "normal_class": ref["normal_class"]}
+            section["referable"] |= operating_point(calibrated, y, normal, ref["threshold"])
+        report["calibration"] = section
     out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split_name}"
     _write_predictions(out / "predictions.csv", records, classes, y, prob)
     metrics_csv = checkpoint.parent / "metrics.csv"

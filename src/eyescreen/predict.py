@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .calibrate import apply_temperature
 from .checkpoint import load_model
 from .data import list_images
 from .inference import predict_proba, resolve_device, resolve_precision
@@ -24,10 +25,14 @@ def predict(
     precision: str = "auto",
     progress: bool = True,
 ) -> dict:
-    """Write one CSV row per file: predicted class and per-class probabilities, or the error."""
+    """Write one CSV row per file: predicted class, per-class probabilities (temperature-scaled when the
+    checkpoint is calibrated), the referable flag at the checkpoint's operating point, or the error."""
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     classes, norm = meta["classes"], meta["normalization"]
+    calibration = meta.get("calibration", {})
+    temperature = calibration.get("temperature", 1.0)
+    referable = calibration.get("referable")
     prep = Preprocessing(**meta["preprocessing"])
     prec = resolve_precision(precision, dev)
     files = list_images(inputs)
@@ -36,7 +41,8 @@ def predict(
     n_ok, failures = 0, []
     with open(out_csv, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "predicted", "probability"] + [f"prob_{c}" for c in classes] + ["error"])
+        extra = ["referable"] if referable else []
+        w.writerow(["file", "predicted", "probability"] + [f"prob_{c}" for c in classes] + extra + ["error"])
         bar = tqdm(total=len(files), desc="predicting", disable=not progress)
         # Chunks keep memory flat however many files there are.
         for start in range(0, len(files), batch_size):
@@ -48,12 +54,17 @@ def predict(
                     good.append(path)
                 except ImageError as e:
                     failures.append((path, str(e)))
-                    w.writerow([str(path), "", ""] + [""] * len(classes) + [str(e)])
+                    w.writerow([str(path), "", ""] + [""] * (len(classes) + len(extra)) + [str(e)])
             if arrays:
                 prob = predict_proba(model, torch.stack(arrays), norm["mean"], norm["std"], dev, prec)
+                prob = apply_temperature(prob, temperature)
                 for path, p in zip(good, prob, strict=True):
                     k = int(p.argmax())
-                    w.writerow([str(path), classes[k], f"{p[k]:.6f}"] + [f"{v:.6f}" for v in p] + [""])
+                    flag = []
+                    if referable:
+                        score = 1.0 - p[classes.index(referable["normal_class"])]
+                        flag = ["yes" if score > referable["threshold"] else "no"]
+                    w.writerow([str(path), classes[k], f"{p[k]:.6f}"] + [f"{v:.6f}" for v in p] + flag + [""])
                 n_ok += len(good)
             bar.update(len(chunk))
         bar.close()

@@ -128,6 +128,18 @@ def markdown(report: dict) -> str:
             f"| {c} | {p['support']} | {_fmt(p['precision'])} | {_fmt(p['sensitivity'])} | "
             f"{_fmt(p['specificity'])} | {_fmt(p['f1'])} | {_fmt(p['roc_auc'])} |"
         )
+    if report.get("calibration"):
+        c = report["calibration"]
+        lines += ["", "## Calibration and screening operating point", ""]
+        lines.append(f"- temperature (fitted on validation): {c['temperature']:.3f}; "
+                     f"ECE before {c['ece_before']:.3f}, after {c['ece_after']:.3f}")  # fmt: skip
+        if "referable" in c:
+            r = c["referable"]
+            lines.append(
+                f"- referable (any disease) when 1 - P({r['normal_class']}) > {r['threshold']:.3f} "
+                f"(threshold set for 90% specificity on validation): sensitivity {_fmt(r['sensitivity'])}, "
+                f"specificity {_fmt(r['specificity'])} on this split"
+            )
     lines += ["", "## Confusion matrix (rows: true, columns: predicted)", ""]
     lines.append("| | " + " | ".join(classes) + " |")
     lines.append("|---" * (len(classes) + 1) + "|")
