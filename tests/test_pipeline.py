@@ -56,6 +56,10 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     _, meta = load_model(best)
     assert meta["calibration"]["temperature"] > 0 and "threshold" in meta["calibration"]["referable"]
     assert report["calibration"]["ece_after"] >= 0 and "sensitivity" in report["calibration"]["referable"]
+    assert main(["calibrate", "--checkpoint", str(best)]) == 0  # re-fitting is idempotent
+    assert load_model(best)[1]["calibration"]["temperature"] == pytest.approx(
+        meta["calibration"]["temperature"]
+    )
 
     folder = tmp_path / "new"
     folder.mkdir()

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("calibrate", help="fit temperature and referable threshold on the validation split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--normal-class", default="normal")
+    p.add_argument("--cache-dir")
+    p.add_argument("--device", default="auto")
+
     p = sub.add_parser("predict", help="predict classes for image files or folders into a CSV")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--checkpoint", required=True)
@@ -165,6 +171,10 @@ def run(args) -> int:
             interval = f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None else ""
             print(f"{key:>18}: {m[key]:.4f}{interval}")
         print(f"report: {report['files']['html']}")
+    elif args.command == "calibrate":
+        from .evaluate import calibrate_from_split
+
+        calibrate_from_split(args.checkpoint, args.normal_class, args.cache_dir, args.device)
     elif args.command == "predict":
         from .predict import predict
 

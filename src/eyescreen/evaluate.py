@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .calibrate import apply_temperature, operating_point
 from .checkpoint import load_model
@@ -99,3 +100,20 @@ def _write_predictions(path: Path, records, classes, y, prob) -> None:
         w.writerow(["image", "patient", "true", "predicted"] + [f"prob_{c}" for c in classes])
         for r, t, p in zip(records, y, prob, strict=True):
             w.writerow([r.key, r.group, classes[t], classes[int(p.argmax())]] + [f"{v:.6f}" for v in p])
+
+
+def calibrate_from_split(checkpoint, normal_class="normal", cache_dir=None, device="auto") -> dict | None:
+    """Calibrate an existing checkpoint on the validation split stored in it (rewrites the checkpoint)."""
+    from .calibrate import calibrate_checkpoint
+
+    dev = resolve_device(device)
+    _, meta = load_model(checkpoint, dev)
+    dataset = load_dataset(meta["data"], meta["classes"])
+    part = subset(dataset, meta["split"], "val")
+    images, ok, _ = load_stack(
+        [r.path for r in part.records], ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
+    )
+    labels = torch.as_tensor(part.labels()[ok])
+    return calibrate_checkpoint(
+        checkpoint, images, labels, dev, resolve_precision("auto", dev), False, normal_class
+    )

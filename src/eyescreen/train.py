@@ -23,8 +23,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__, augment, distributed
-from .calibrate import calibrate
-from .checkpoint import load_model, load_state, save_model, save_state
+from .calibrate import calibrate_checkpoint
+from .checkpoint import load_state, save_model, save_state
 from .config import TrainConfig
 from .data import Dataset, load_dataset, make_split, read_split, split_counts, subset, write_split
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
@@ -104,25 +104,6 @@ def _load_images(ds: Dataset, cache: ImageCache, name: str, progress: bool, repo
         print(f"skipped: {message}", file=sys.stderr)
     labels = torch.as_tensor(ds.labels()[ok])
     return images, labels, [ds.records[i] for i in ok], errors
-
-
-def _calibrate_best(path: Path, x_val, y_val, device, precision, channels_last, normal_class: str) -> None:
-    """Fit the temperature and the referable threshold on validation; store them in the checkpoint."""
-    model, meta = load_model(path, device)
-    norm = meta["normalization"]
-    prob = predict_proba(model, x_val, norm["mean"], norm["std"], device, precision, channels_last)
-    try:
-        meta["calibration"] = calibrate(prob, y_val.numpy(), meta["classes"], normal_class)
-    except ValueError as e:  # e.g. a validation split without normals: keep the checkpoint uncalibrated
-        print(f"calibration skipped: {e}", file=sys.stderr)
-        return
-    save_model(path, model, meta)
-    c = meta["calibration"]
-    line = f"calibrated on validation: temperature {c['temperature']:.3f}"
-    if "referable" in c:
-        r = c["referable"]
-        line += f"; referable if 1 - P({normal_class}) > {r['threshold']:.3f} (val sensitivity {r['sensitivity']:.3f} at specificity {r['specificity']:.3f})"
-    print(line)
 
 
 def train(
@@ -310,7 +291,7 @@ def train(
             + ("  *best" if best_epoch == epoch + 1 else "")
         )
     if ctx.main and best_epoch > 0:
-        _calibrate_best(
+        calibrate_checkpoint(
             out / "best.safetensors", x_val, y_val, device, precision, channels_last, cfg.normal_class
         )
     distributed.barrier(ctx)
