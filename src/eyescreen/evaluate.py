@@ -114,6 +114,5 @@ def calibrate_from_split(checkpoint, normal_class="normal", cache_dir=None, devi
         [r.path for r in part.records], ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
     )
     labels = torch.as_tensor(part.labels()[ok])
-    return calibrate_checkpoint(
-        checkpoint, images, labels, dev, resolve_precision("auto", dev), False, normal_class
-    )
+    precision = resolve_precision(meta.get("config", {}).get("precision", "auto"), dev)  # as in training
+    return calibrate_checkpoint(checkpoint, images, labels, dev, precision, False, normal_class)
