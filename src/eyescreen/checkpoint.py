@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,22 +29,26 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged or not an eyescreen checkpoint."""
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through `write(tmp_name)` into a temporary file beside `path`, then rename it into place:
+    readers see the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-
-
-def save_model(path: str | Path, model: nn.Module, meta: dict) -> None:
-    path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = _atomic_target(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"eyescreen": json.dumps({"format": FORMAT, **meta})})
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def save_model(path: str | Path, model: nn.Module, meta: dict) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"eyescreen": json.dumps({"format": FORMAT, **meta})}
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_meta(path: str | Path) -> dict:
@@ -75,17 +80,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 
 def save_state(path: str | Path, state: dict) -> None:
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: str | Path) -> dict:
