@@ -27,6 +27,7 @@ PREPROCESS_VERSION = 1
 DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
 MIN_FIELD_FRACTION = 0.05  # below this share of bright pixels there is no usable fundus
+MIN_SIDE = 32  # pixels: smaller images carry no usable retinal detail
 
 
 class ImageError(ValueError):
@@ -107,6 +108,10 @@ def field_of_view(rgb: np.ndarray) -> np.ndarray:
 
 def crop_to_field(im: Image.Image, source: str | Path = "image") -> Image.Image:
     """Crop to the field of view's bounding box and pad to a centred square with black."""
+    if min(im.size) < MIN_SIDE:
+        raise ImageError(
+            f"{source}: image too small ({im.width}x{im.height}; need at least {MIN_SIDE} px a side)"
+        )
     small = im.copy()
     small.thumbnail((512, 512))  # find the mask on a small copy: same box, a fraction of the work
     mask = field_of_view(np.asarray(small))

@@ -1,0 +1,60 @@
+"""A corpus of awkward image files: each is read correctly or refused with a message naming it."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eyescreen.preprocess import ImageError, Preprocessing, preprocess_image
+from synthetic import fundus
+
+PREP = Preprocessing(64)
+
+
+def _fundus_array(size=96):
+    return np.asarray(fundus(size, seed=1)[0])
+
+
+def make(tmp_path, kind):
+    rgb = _fundus_array()
+    path = tmp_path / f"{kind}.img"
+    if kind == "png-alpha":
+        a = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+        a[:10, :10, 3] = 0
+        Image.fromarray(a, "RGBA").save(path, format="PNG")
+    elif kind == "png-16bit":
+        Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(path, format="PNG")
+    elif kind == "greyscale":
+        Image.fromarray(rgb).convert("L").save(path, format="JPEG")
+    elif kind == "cmyk-jpeg":
+        Image.fromarray(rgb).convert("CMYK").save(path, format="JPEG")
+    elif kind == "palette":
+        Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(path, format="PNG")
+    elif kind == "tiff":
+        Image.fromarray(rgb).save(path, format="TIFF")
+    elif kind == "bmp":
+        Image.fromarray(rgb).save(path, format="BMP")
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind", ["png-alpha", "png-16bit", "greyscale", "cmyk-jpeg", "palette", "tiff", "bmp"]
+)
+def test_unusual_but_valid_images_are_read_as_rgb(tmp_path, kind):
+    out = preprocess_image(make(tmp_path, kind), PREP)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert out.mean() > 20  # the fundus survived the conversion
+
+
+def test_tiny_image_is_refused_with_its_size(tmp_path):
+    path = tmp_path / "tiny.png"
+    Image.fromarray(_fundus_array(16)).save(path)
+    with pytest.raises(ImageError, match=r"tiny\.png: image too small \(16x16"):
+        preprocess_image(path, PREP)
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.fromarray(_fundus_array(200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200x200 = 40,000 pixels: "too large" here
+    with pytest.raises(ImageError, match=r"huge\.png: image too large to decode safely"):
+        preprocess_image(path, PREP)
