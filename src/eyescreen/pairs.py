@@ -1,0 +1,96 @@
+"""Pair the two eyes of a patient: from a manifest (patient_id + eye) or from file names in a folder;
+and derive a patient-level label from the eyes' labels by a documented rule."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import Record, list_images
+
+# <id><sep><side>.<ext>, e.g. 12_left.jpg, 12-L.png, 12_R.jpeg, patient7_right.tif (case-insensitive)
+DEFAULT_PATTERN = r"^(?P<id>.+?)[_\-. ](?P<side>left|right|l|r|os|od)$"
+SIDES = {"left": "left", "l": "left", "os": "left", "right": "right", "r": "right", "od": "right"}
+
+
+@dataclass(frozen=True)
+class Pair:
+    patient: str
+    right: Path | None
+    left: Path | None
+    right_label: str | None = None
+    left_label: str | None = None
+
+
+def pair_files(paths: list[str | Path], pattern: str = DEFAULT_PATTERN) -> tuple[list[Pair], list[Path]]:
+    """Group image files (or folders of them) into patients by name; returns (pairs, unpaired files).
+
+    A file whose name does not match the pattern, or a patient with two files for the same side, is
+    reported as unpaired rather than guessed. A patient with only one side is a pair with one eye.
+    """
+    regex = re.compile(pattern, re.IGNORECASE)
+    sides: dict[str, dict[str, list[Path]]] = {}
+    unpaired: list[Path] = []
+    for path in list_images(list(paths)):
+        match = regex.match(path.stem)
+        side = SIDES.get(match.group("side").lower()) if match else None
+        if side is None:
+            unpaired.append(path)
+            continue
+        sides.setdefault(match.group("id"), {}).setdefault(side, []).append(path)
+    pairs = []
+    for patient, found in sorted(sides.items()):
+        if any(len(v) > 1 for v in found.values()):
+            unpaired += [p for v in found.values() for p in v]  # ambiguous: two photos of one side
+            continue
+        pairs.append(Pair(patient, found.get("right", [None])[0], found.get("left", [None])[0]))
+    return pairs, unpaired
+
+
+def pair_records(records: list[Record]) -> tuple[list[Pair], list[Record]]:
+    """Pairs from manifest records by patient id and eye; records without a usable eye are returned apart."""
+    by_patient: dict[str, dict[str, Record]] = {}
+    apart = []
+    for r in records:
+        side = SIDES.get((r.eye or "").lower())
+        if side is None or not r.group.startswith("patient:") or side in by_patient.get(r.group, {}):
+            apart.append(r)
+            continue
+        by_patient.setdefault(r.group, {})[side] = r
+    pairs = []
+    for patient, eyes in sorted(by_patient.items()):
+        right, left = eyes.get("right"), eyes.get("left")
+        pairs.append(
+            Pair(
+                patient.split(":", 1)[1],
+                right.path if right else None,
+                left.path if left else None,
+                right.label if right else None,
+                left.label if left else None,
+            )
+        )
+    return pairs, apart
+
+
+def patient_label(eye_labels: list[str | None], classes: list[str], normal_class: str = "normal",
+                  two_diseases: str = "exclude") -> str | None:  # fmt: skip
+    """The patient's label from the labels of the eyes present.
+
+    All labelled eyes normal -> normal. Any disease in either eye -> that disease. Two different
+    diseases -> `two_diseases`: "exclude" (None: no patient-level label; the eyes still train and are
+    scored per eye) or "priority" (the disease listed first in `classes`).
+    """
+    labels = [lab for lab in eye_labels if lab is not None]
+    if not labels:
+        return None
+    diseases = sorted({lab for lab in labels if lab != normal_class}, key=classes.index)
+    if not diseases:
+        return normal_class
+    if len(diseases) == 1:
+        return diseases[0]
+    if two_diseases == "priority":
+        return diseases[0]
+    if two_diseases == "exclude":
+        return None
+    raise ValueError(f"two_diseases={two_diseases!r}: use exclude or priority")

@@ -1,0 +1,55 @@
+import pytest
+
+from eyescreen.data import load_dataset, make_split
+from eyescreen.demo import sample_manifest
+from eyescreen.pairs import pair_files, pair_records, patient_label
+
+
+def test_files_pair_by_name_in_many_spellings_and_odd_ones_are_reported(tmp_path):
+    names = ["12_left.jpg", "12_right.jpg", "p7-L.png", "p7-R.png", "a.b_OD.jpeg", "a.b_OS.jpeg",
+             "solo_right.jpg", "scan.jpg", "dup_left.jpg", "dup-L.jpg", "dup_right.jpg"]  # fmt: skip
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    pairs, unpaired = pair_files([tmp_path])
+    by_id = {p.patient: p for p in pairs}
+    assert set(by_id) == {"12", "p7", "a.b", "solo"}
+    assert by_id["p7"].left.name == "p7-L.png" and by_id["p7"].right.name == "p7-R.png"
+    assert by_id["a.b"].right.name == "a.b_OD.jpeg"
+    assert by_id["solo"].left is None  # one eye: still a patient
+    assert {p.name for p in unpaired} == {"scan.jpg", "dup_left.jpg", "dup-L.jpg", "dup_right.jpg"}
+
+
+def test_custom_pattern(tmp_path):
+    for n in ("eye(R)__77.jpg", "eye(L)__77.jpg"):
+        (tmp_path / n).write_bytes(b"x")
+    pairs, unpaired = pair_files([tmp_path], pattern=r"^eye\((?P<side>[LR])\)__(?P<id>\d+)$")
+    assert [(p.patient, p.left.name, p.right.name) for p in pairs] == [
+        ("77", "eye(L)__77.jpg", "eye(R)__77.jpg")
+    ]
+    assert not unpaired
+
+
+def test_manifest_pairs_keep_patients_in_one_split():
+    ds = load_dataset(sample_manifest())
+    pairs, apart = pair_records(ds.records)
+    assert len(pairs) == 40 and not apart
+    split = make_split(ds)
+    key = {r.path: r.key for r in ds.records}
+    for p in pairs:
+        assert split[key[p.left]] == split[key[p.right]]
+
+
+@pytest.mark.parametrize(
+    "eyes, rule, expected",
+    [
+        (["normal", "normal"], "exclude", "normal"),
+        (["normal", None], "exclude", "normal"),
+        (["dr", "normal"], "exclude", "dr"),
+        (["amd", "amd"], "exclude", "amd"),
+        (["dr", "amd"], "exclude", None),
+        (["amd", "dr"], "priority", "dr"),  # dr is listed before amd in the classes
+        ([None, None], "exclude", None),
+    ],
+)
+def test_patient_label_rule(eyes, rule, expected):
+    assert patient_label(eyes, ["normal", "dr", "amd", "glaucoma"], two_diseases=rule) == expected
