@@ -52,3 +52,48 @@ def test_concat_keeps_the_sides_apart_and_resnet_backbone_works():
     assert eyes.shape == (2, 2, 3) and patient.shape == (2, 3)
     with pytest.raises(ValueError, match="at least one eye"):
         m(x, torch.tensor([[True, True], [False, False]]))
+
+
+def test_both_eye_model_trains_resumes_and_loads(tmp_path, monkeypatch):
+    import csv
+
+    from safetensors.torch import load_file
+
+    from eyescreen import train as train_module
+    from eyescreen.checkpoint import load_model
+    from eyescreen.config import preset
+    from eyescreen.train import train
+    from synthetic import write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=24)
+    rows = list(csv.reader(open(manifest)))
+    with open(manifest, "w", newline="") as f:  # patient 5 has only a right eye
+        csv.writer(f).writerows(r for r in rows if r[0] != "images/5_left.jpg")
+    cfg = dict(
+        model="tiny-cnn-binocular",
+        image_size=40,
+        epochs=2,
+        batch_size=4,
+        precision="fp32",
+        pooling="attention",
+    )
+    best = train(preset("quick", **cfg), manifest, tmp_path / "full", progress=False)
+    model, meta = load_model(best)
+    assert meta["model"] == {"name": "tiny-cnn-binocular", "args": {"num_classes": 3, "pooling": "attention"}}
+    eyes, patient = model(torch.zeros(1, 2, 3, 40, 40), torch.tensor([[True, False]]))
+    assert eyes.shape == (1, 2, 3) and patient.shape == (1, 3)
+
+    calls, real = [], train_module.save_state
+
+    def crash_after_one_epoch(path, state):
+        real(path, state)
+        calls.append(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_state", crash_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(preset("quick", **cfg), manifest, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(train_module, "save_state", real)
+    train(None, manifest, tmp_path / "cut", resume=True, progress=False)
+    a, b = load_file(tmp_path / "full" / "last.safetensors"), load_file(tmp_path / "cut" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -66,20 +66,16 @@ def calibrate(prob: np.ndarray, y: np.ndarray, classes: list[str], normal_class:
     return out
 
 
-def calibrate_checkpoint(
-    path, x_val, y_val, device, precision="fp32", channels_last=False, normal_class="normal"
-) -> dict | None:
-    """Fit the temperature and the referable threshold on validation; store them in the checkpoint."""
+def calibrate_checkpoint(path, prob: np.ndarray, y: np.ndarray, normal_class: str = "normal") -> dict | None:
+    """Fit temperature and referable threshold on validation probabilities of the checkpoint's model
+    and store them in the checkpoint."""
     import sys
 
     from .checkpoint import load_model, save_model
-    from .inference import predict_proba
 
-    model, meta = load_model(path, device)
-    norm = meta["normalization"]
-    prob = predict_proba(model, x_val, norm["mean"], norm["std"], device, precision, channels_last)
+    model, meta = load_model(path)
     try:
-        meta["calibration"] = calibrate(prob, y_val.numpy(), meta["classes"], normal_class)
+        meta["calibration"] = calibrate(prob, y, meta["classes"], normal_class)
     except ValueError as e:  # e.g. a validation split without normals: keep the checkpoint uncalibrated
         print(f"calibration skipped: {e}", file=sys.stderr)
         return None
@@ -88,6 +84,7 @@ def calibrate_checkpoint(
     line = f"calibrated on validation: temperature {c['temperature']:.3f}"
     if "referable" in c:
         r = c["referable"]
-        line += f"; referable if 1 - P({normal_class}) > {r['threshold']:.3f} (val sensitivity {r['sensitivity']:.3f} at specificity {r['specificity']:.3f})"
+        line += (f"; referable if 1 - P({normal_class}) > {r['threshold']:.3f} "
+                 f"(val sensitivity {r['sensitivity']:.3f} at specificity {r['specificity']:.3f})")  # fmt: skip
     print(line)
     return c

@@ -30,6 +30,10 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where the hardware supports it) | bf16 | fp32
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    pooling: str = "attention"  # both-eye models: mean | max | attention | concat
+    two_diseases: str = (
+        "exclude"  # both-eye models: a patient with two different diseases: exclude | priority
+    )
     normal_class: str = "normal"  # the class that is not referable, for the screening operating point
     compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start)
 
@@ -43,6 +47,8 @@ class TrainConfig:
             "sampler": ("shuffle", "balanced"),
             "select_metric": ("accuracy", "balanced_accuracy", "macro_auc"),
             "precision": ("auto", "bf16", "fp32"),
+            "pooling": ("mean", "max", "attention", "concat"),
+            "two_diseases": ("exclude", "priority"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -60,6 +60,7 @@ def epoch_indices(n: int, seed: int, epoch: int, ctx: Context) -> torch.Tensor:
 
 def balanced_epoch_indices(labels: torch.Tensor, seed: int, epoch: int, ctx: Context) -> torch.Tensor:
     """Like epoch_indices, but drawn with replacement so that every class is equally likely."""
+    labels = labels - labels.min()  # samples without a label (-1) form a group of their own
     counts = torch.bincount(labels).double()
     weights = (1.0 / counts)[labels]
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)

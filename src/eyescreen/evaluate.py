@@ -107,7 +107,7 @@ def calibrate_from_split(checkpoint, normal_class="normal", cache_dir=None, devi
     from .calibrate import calibrate_checkpoint
 
     dev = resolve_device(device)
-    _, meta = load_model(checkpoint, dev)
+    model, meta = load_model(checkpoint, dev)
     dataset = load_dataset(meta["data"], meta["classes"])
     part = subset(dataset, meta["split"], "val")
     images, ok, _ = load_stack(
@@ -115,4 +115,6 @@ def calibrate_from_split(checkpoint, normal_class="normal", cache_dir=None, devi
     )
     labels = torch.as_tensor(part.labels()[ok])
     precision = resolve_precision(meta.get("config", {}).get("precision", "auto"), dev)  # as in training
-    return calibrate_checkpoint(checkpoint, images, labels, dev, precision, False, normal_class)
+    norm = meta["normalization"]
+    prob = predict_proba(model, images, norm["mean"], norm["std"], dev, precision)
+    return calibrate_checkpoint(checkpoint, prob, labels.numpy(), normal_class)

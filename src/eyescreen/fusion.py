@@ -42,7 +42,10 @@ class Binocular(nn.Module):
         if self.mirror_left:
             x = torch.stack([x[:, RIGHT], x[:, LEFT].flip(-1)], dim=1)
         present = mask.flatten()
-        out = self.backbone(x.flatten(0, 1)[present])
+        flat = x.flatten(0, 1)[present]
+        if _channels_last(self.backbone):
+            flat = flat.contiguous(memory_format=torch.channels_last)
+        out = self.backbone(flat)
         f = out.new_zeros((present.numel(), out.shape[-1]))
         f[present] = out
         return f.view(x.shape[0], 2, -1)
@@ -72,6 +75,14 @@ class Binocular(nn.Module):
             return mask.float() / mask.float().sum(1, keepdim=True)
         scores = self.attention(self.features(x, mask)).squeeze(-1).masked_fill(~mask, float("-inf"))
         return torch.softmax(scores, dim=1)
+
+
+def _channels_last(net: nn.Module) -> bool:
+    """Follow the backbone's memory format (the trainer may have converted it to channels_last)."""
+    for p in net.parameters():
+        if p.dim() == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
 
 
 def _split_head(net: nn.Module) -> tuple[nn.Module, int]:

@@ -25,11 +25,24 @@ def register(name: str, cam_layer: str):
     return wrap
 
 
+BINOCULAR_SUFFIX = "-binocular"  # "<backbone>-binocular": both eyes through one shared backbone
+
+
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_REGISTRY) + sorted(f"{name}{BINOCULAR_SUFFIX}" for name in _REGISTRY)
+
+
+def is_binocular(name: str) -> bool:
+    return name.endswith(BINOCULAR_SUFFIX)
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    if is_binocular(name) and name[: -len(BINOCULAR_SUFFIX)] in _REGISTRY:
+        from .fusion import Binocular
+
+        model = Binocular(name[: -len(BINOCULAR_SUFFIX)], num_classes=num_classes, **kwargs)
+        model.model_name = name
+        return model
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     model = _REGISTRY[name](num_classes=num_classes, **kwargs)

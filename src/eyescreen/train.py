@@ -24,13 +24,14 @@ from tqdm import tqdm
 
 from . import __version__, augment, distributed
 from .calibrate import calibrate_checkpoint
-from .checkpoint import load_state, save_model, save_state
+from .checkpoint import load_model, load_state, save_model, save_state
 from .config import TrainConfig
-from .data import Dataset, load_dataset, make_split, read_split, split_counts, subset, write_split
-from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
+from .data import load_dataset, make_split, read_split, split_counts, subset, write_split
+from .inference import autocast, resolve_device, resolve_precision
 from .metrics import headline_metrics
-from .models import create_model
-from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack
+from .models import is_binocular
+from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
+from .tasks import BothEyes, SingleEye
 
 LOG_COLUMNS = [
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss",
@@ -98,14 +99,6 @@ def _write_log(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _load_images(ds: Dataset, cache: ImageCache, name: str, progress: bool, report: bool = True):
-    images, ok, errors = load_stack([r.path for r in ds.records], cache, progress=progress, desc=name)
-    for _, message in errors if report else []:
-        print(f"skipped: {message}", file=sys.stderr)
-    labels = torch.as_tensor(ds.labels()[ok])
-    return images, labels, [ds.records[i] for i in ok], errors
-
-
 def train(
     cfg: TrainConfig | None,
     data: str | Path,
@@ -149,11 +142,14 @@ def train(
     prep = Preprocessing(image_size=cfg.image_size, enhance=cfg.enhance)
     cache = ImageCache(prep, cache_dir)
     show = progress and ctx.main
-    x_train, y_train, _, bad_train = _load_images(
-        subset(dataset, split, "train"), cache, "train", show, ctx.main
+    task = (
+        BothEyes(dataset.classes, cfg.normal_class, cfg.pooling, cfg.two_diseases)
+        if is_binocular(cfg.model)
+        else SingleEye(dataset.classes)
     )
-    x_val, y_val, _, bad_val = _load_images(subset(dataset, split, "val"), cache, "val", show, ctx.main)
-    if len(x_train) == 0 or len(x_val) == 0:
+    train_set = task.load(subset(dataset, split, "train"), cache, "train", show, ctx.main)
+    val_set = task.load(subset(dataset, split, "val"), cache, "val", show, ctx.main)
+    if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{data}: no readable images in the train or validation split")
 
     if cfg.batch_size % ctx.world:
@@ -161,7 +157,8 @@ def train(
     local_batch = cfg.batch_size // ctx.world  # the global batch stays cfg.batch_size
     precision = resolve_precision(cfg.precision, device)
     channels_last = cfg.channels_last
-    model = create_model(cfg.model, num_classes=len(dataset.classes)).to(device)
+    model, model_spec = task.build(cfg.model)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = model  # what runs forward/backward: the DistributedDataParallel wrapper when distributed
@@ -173,7 +170,8 @@ def train(
         net = torch.compile(net)
     optimizer = make_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
-    counts = torch.bincount(y_train, minlength=len(dataset.classes)).double().clamp_min(1)
+    labelled = train_set.labels[train_set.labels >= 0]
+    counts = torch.bincount(labelled, minlength=len(dataset.classes)).double().clamp_min(1)
     weights = None
     if cfg.class_weighting == "balanced":
         weights = (counts.sum() / (len(counts) * counts)).float().to(device)
@@ -185,7 +183,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     meta = {
-        "model": {"name": cfg.model, "args": {"num_classes": len(dataset.classes)}},
+        "model": model_spec,
         "classes": dataset.classes,
         "preprocessing": asdict(prep),
         "normalization": {"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)},
@@ -213,50 +211,55 @@ def train(
             json.dumps({"config": asdict(cfg), "classes": dataset.classes}, indent=2)
         )
         (out / "run_info.json").write_text(json.dumps(info, indent=2))
-        if bad_train or bad_val:
-            (out / "skipped_images.txt").write_text("\n".join(m for _, m in bad_train + bad_val) + "\n")
+        if train_set.skipped or val_set.skipped:
+            (out / "skipped_images.txt").write_text("\n".join(train_set.skipped + val_set.skipped) + "\n")
 
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
-    n = len(x_train)
+    n = len(train_set)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
         # The order depends only on (seed, epoch), so a resumed run sees the same batches.
         if cfg.sampler == "balanced":
-            order = distributed.balanced_epoch_indices(y_train, cfg.seed, epoch, ctx)
+            order = distributed.balanced_epoch_indices(train_set.labels, cfg.seed, epoch, ctx)
         else:
             order = distributed.epoch_indices(n, cfg.seed, epoch, ctx)
         if len(order) % local_batch == 1:
             order = order[:-1]  # a batch of one breaks batch normalisation
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, correct, scored, seen = 0.0, 0, 0, 0
         bar = tqdm(range(0, len(order), local_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (progress and ctx.main))  # fmt: skip
         for start in bar:
             idx = order[start : start + local_batch]
-            x = prepare_batch(augment.apply(transform, x_train[idx]), device, mean, std, channels_last)
-            y = y_train[idx].to(device)
+            x, mask, y = task.batch(train_set, idx, transform, device, mean, std, channels_last)
             with autocast(device, precision):
-                logits = net(x)
-                loss = loss_fn(logits.float() + log_prior if cfg.logit_adjust else logits.float(), y)
+                loss, n_correct, n_scored = task.loss(
+                    net, x, mask, y, loss_fn, log_prior, cfg.logit_adjust != 0
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += n_correct
+            scored += n_scored
             seen += len(idx)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / max(scored, 1):.3f}")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        total_loss, correct, seen = distributed.sum_across(ctx, total_loss, correct, seen)
+        total_loss, correct, scored, seen = distributed.sum_across(ctx, total_loss, correct, scored, seen)
         if not ctx.main:
             continue  # validation, logs and checkpoints are rank 0's job
 
-        prob = predict_proba(model, x_val, mean, std, device, precision, channels_last)
-        val = headline_metrics(y_val.numpy(), prob)
-        val_loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), y_val))
+        prob, y_val = task.probabilities(model, val_set, mean, std, device, precision, channels_last)
+        val = headline_metrics(y_val, prob)
+        val_loss = float(
+            nn.functional.nll_loss(
+                torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(y_val)
+            )
+        )
         row = {
-            "epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
+            "epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen, "train_accuracy": correct / max(scored, 1),
             "val_loss": val_loss, "val_accuracy": val["accuracy"],
             "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_auc": val["macro_auc"],
             "seconds": round(time.perf_counter() - t0, 2),
@@ -291,9 +294,9 @@ def train(
             + ("  *best" if best_epoch == epoch + 1 else "")
         )
     if ctx.main and best_epoch > 0:
-        calibrate_checkpoint(
-            out / "best.safetensors", x_val, y_val, device, precision, channels_last, cfg.normal_class
-        )
+        best_model, _ = load_model(out / "best.safetensors", device)
+        prob, y_val = task.probabilities(best_model, val_set, mean, std, device, precision, channels_last)
+        calibrate_checkpoint(out / "best.safetensors", prob, y_val, cfg.normal_class)
     distributed.barrier(ctx)
     distributed.teardown(ctx)
     if ctx.main:

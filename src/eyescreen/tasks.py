@@ -1,0 +1,157 @@
+"""What the trainer trains on: one eye per sample, or a patient's two eyes per sample.
+
+The training loop (train.py) is the same for both; a task says how samples are loaded, how a batch is
+prepared, what the loss is, and which probabilities and labels validation scores.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import augment
+from .data import Dataset
+from .inference import autocast, prepare_batch
+from .models import create_model
+from .preprocess import ImageCache, load_stack
+
+
+@dataclass
+class Samples:
+    inputs: torch.Tensor  # uint8 [N, 3, H, W] (eyes) or [P, 2, 3, H, W] (patients)
+    targets: torch.Tensor  # [N] eye labels, or [P, 3]: right, left, patient (-1: none)
+    labels: torch.Tensor  # one class per sample for balancing (-1: none)
+    mask: torch.Tensor | None = None  # [P, 2]: which eyes are present
+    skipped: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def _load(paths, cache: ImageCache, name: str, show: bool, report: bool):
+    images, ok, errors = load_stack(paths, cache, progress=show, desc=name)
+    messages = tuple(m for _, m in errors)
+    for m in messages if report else ():
+        print(f"skipped: {m}", file=sys.stderr)
+    return images, ok, messages
+
+
+class SingleEye:
+    binocular = False
+
+    def __init__(self, classes: list[str]):
+        self.classes = classes
+
+    def build(self, model_name: str) -> tuple[nn.Module, dict]:
+        args = {"num_classes": len(self.classes)}
+        return create_model(model_name, **args), {"name": model_name, "args": args}
+
+    def load(self, ds: Dataset, cache: ImageCache, name: str, show: bool, report: bool) -> Samples:
+        images, ok, skipped = _load([r.path for r in ds.records], cache, name, show, report)
+        labels = torch.as_tensor(ds.labels()[ok])
+        return Samples(images, labels, labels, skipped=skipped)
+
+    def batch(self, s: Samples, idx, transform, device, mean, std, channels_last):
+        x = prepare_batch(augment.apply(transform, s.inputs[idx]), device, mean, std, channels_last)
+        return x, None, s.targets[idx].to(device)
+
+    def loss(self, net, x, mask, y, loss_fn, log_prior, adjust: bool):
+        logits = net(x).float()
+        loss = loss_fn(logits + log_prior if adjust else logits, y)
+        return loss, int((logits.argmax(1) == y).sum()), len(y)
+
+    def probabilities(self, model, s: Samples, mean, std, device, precision, channels_last):
+        from .inference import predict_proba
+
+        return predict_proba(model, s.inputs, mean, std, device, precision, channels_last), s.targets.numpy()
+
+
+class BothEyes(SingleEye):
+    """Samples are patients: right and left eye, a presence mask, eye labels and a patient label."""
+
+    binocular = True
+
+    def __init__(self, classes: list[str], normal_class: str = "normal", pooling: str = "attention",
+                 two_diseases: str = "exclude"):  # fmt: skip
+        super().__init__(classes)
+        self.normal_class, self.pooling, self.two_diseases = normal_class, pooling, two_diseases
+
+    def build(self, model_name: str) -> tuple[nn.Module, dict]:
+        args = {"num_classes": len(self.classes), "pooling": self.pooling}
+        return create_model(model_name, **args), {"name": model_name, "args": args}
+
+    def load(self, ds: Dataset, cache: ImageCache, name: str, show: bool, report: bool) -> Samples:
+        from .pairs import pair_records, patient_label
+
+        index = {c: i for i, c in enumerate(self.classes)}
+        pairs, apart = pair_records(ds.records)
+        for r in apart if report else ():
+            print(
+                f"not paired (no usable patient id / eye, or a second photo of one eye): {r.key}",
+                file=sys.stderr,
+            )
+        slots = [(p, side) for p in pairs for side in ("right", "left") if getattr(p, side) is not None]
+        images, ok, skipped = _load([getattr(p, side) for p, side in slots], cache, name, show, report)
+        size = images.shape[-1]
+        row = {p.patient: i for i, p in enumerate(pairs)}
+        inputs = torch.zeros((len(pairs), 2, 3, size, size), dtype=torch.uint8)
+        mask = torch.zeros((len(pairs), 2), dtype=torch.bool)
+        targets = torch.full((len(pairs), 3), -1, dtype=torch.long)
+        for image, k in zip(images, ok, strict=True):
+            pair, side = slots[k]
+            i, j = row[pair.patient], 0 if side == "right" else 1
+            inputs[i, j], mask[i, j] = image, True
+            targets[i, j] = index[getattr(pair, f"{side}_label")]
+        for pair in pairs:
+            i = row[pair.patient]
+            present = [
+                getattr(pair, f"{s}_label") for s, m in zip(("right", "left"), mask[i], strict=True) if m
+            ]
+            label = patient_label(present, self.classes, self.normal_class, self.two_diseases)
+            targets[i, 2] = index[label] if label is not None else -1
+        keep = mask.any(1)  # patients whose every photo was unreadable drop out
+        return Samples(inputs[keep], targets[keep], targets[keep, 2], mask[keep], skipped)
+
+    def batch(self, s: Samples, idx, transform, device, mean, std, channels_last):
+        eyes = s.inputs[idx]
+        if transform is not None:
+            eyes = augment.apply(transform, eyes.flatten(0, 1)).view_as(eyes)
+        x = prepare_batch(eyes, device, mean, std, channels_last=False)  # 5-D; the model handles the layout
+        return x, s.mask[idx].to(device), s.targets[idx].to(device)
+
+    def loss(self, net, x, mask, t, loss_fn, log_prior, adjust: bool):
+        """Per-eye loss on the labelled, present eyes plus the patient loss where the patient has a label."""
+        eye_logits, patient_logits = net(x, mask)
+        eye_logits, patient_logits = eye_logits.float(), patient_logits.float()
+        eye_t = t[:, :2].masked_fill(~mask, -1)
+        shift = log_prior if adjust else 0.0
+        has_eye, has_patient = eye_t >= 0, t[:, 2] >= 0
+        loss = eye_logits.sum() * 0.0  # keeps the graph when a batch has no labels of one kind
+        if has_eye.any():
+            loss = loss + loss_fn(eye_logits[has_eye] + shift, eye_t[has_eye])
+        if has_patient.any():
+            loss = loss + loss_fn(patient_logits[has_patient] + shift, t[has_patient, 2])
+        correct = int((patient_logits.argmax(1)[has_patient] == t[has_patient, 2]).sum())
+        return loss, correct, int(has_patient.sum())
+
+    @torch.inference_mode()
+    def probabilities(
+        self, model, s: Samples, mean, std, device, precision, channels_last, batch_size: int = 32
+    ):
+        """Patient-level probabilities and labels for the patients that have one."""
+        was_training = model.training
+        model.eval()
+        out = []
+        for start in range(0, len(s), batch_size):
+            x = prepare_batch(s.inputs[start : start + batch_size], device, mean, std, channels_last=False)
+            with autocast(device, precision):
+                _, logits = model(x, s.mask[start : start + batch_size].to(device))
+            out.append(torch.softmax(logits.float(), 1).cpu())
+        model.train(was_training)
+        prob = torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)))
+        keep = (s.targets[:, 2] >= 0).numpy()
+        return prob[keep], s.targets[keep, 2].numpy()
