@@ -97,3 +97,20 @@ def test_both_eye_model_trains_resumes_and_loads(tmp_path, monkeypatch):
     train(None, manifest, tmp_path / "cut", resume=True, progress=False)
     a, b = load_file(tmp_path / "full" / "last.safetensors"), load_file(tmp_path / "cut" / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_both_eye_checkpoint_evaluates_per_patient_and_per_eye(tmp_path):
+    from synthetic import write_dataset
+
+    from eyescreen.config import preset
+    from eyescreen.evaluate import evaluate
+    from eyescreen.train import train
+
+    manifest = write_dataset(tmp_path / "data", patients=24)
+    cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, batch_size=4, precision="fp32")
+    best = train(cfg, manifest, tmp_path / "run", progress=False)
+    report = evaluate(best, tmp_path / "eval", progress=False, n_resamples=20)
+    assert report["level"] == "patient"
+    assert report["eye_level"]["metrics"]["n"] == 2 * report["metrics"]["n"]  # both eyes of each test patient
+    assert (tmp_path / "eval" / "eyes" / "report.md").is_file()
+    assert "per patient" in (tmp_path / "eval" / "report.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ from .checkpoint import load_model
 from .data import DataError, load_dataset, read_split, subset
 from .inference import predict_proba, resolve_device, resolve_precision
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error
+from .models import is_binocular
 from .preprocess import ImageCache, Preprocessing, load_stack
 from .report import write_report
+from .tasks import BothEyes
 
 
 def evaluate(
@@ -52,24 +55,52 @@ def evaluate(
         raise DataError(f"{dataset.source}: the {split_name} split is empty")
 
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
-    images, ok, errors = load_stack([r.path for r in part.records], cache, progress=progress, desc=split_name)
-    records = [part.records[i] for i in ok]
-    y = part.labels()[ok]
-    norm = meta["normalization"]
-    prob = predict_proba(model, images, norm["mean"], norm["std"], dev, resolve_precision(precision, dev))
-    groups = np.array([r.group for r in records])
-
-    report = {
+    norm, prec = meta["normalization"], resolve_precision(precision, dev)
+    out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split_name}"
+    metrics_csv = checkpoint.parent / "metrics.csv"
+    common = {
         "checkpoint": str(checkpoint),
         "model": meta["model"]["name"],
         "epoch": meta.get("epoch"),
         "data": str(dataset.source),
         "split": split_name,
         "classes": classes,
+    }
+    if is_binocular(meta["model"]["name"]):
+        config = meta.get("config", {})
+        task = BothEyes(
+            classes, config.get("normal_class", "normal"), two_diseases=config.get("two_diseases", "exclude")
+        )
+        samples = task.load(part, cache, split_name, progress, report=True)
+        prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], dev, prec, False)
+        has_label = (samples.targets[:, 2] >= 0).numpy()
+        names = [n for n, k in zip(samples.names, has_label, strict=True) if k]
+        eye_prob, eye_y, eye_patient = task.eye_probabilities(
+            model, samples, norm["mean"], norm["std"], dev, prec
+        )
+        eye_report = _score(common | {"level": "eye"}, eye_y, eye_prob, eye_patient, None, meta, out / "eyes",
+                            None, n_resamples, samples.skipped)  # fmt: skip
+        report = _score(common | {"level": "patient"}, y, prob, np.array(names), names, meta, out,
+                        metrics_csv, n_resamples, samples.skipped)  # fmt: skip
+        report["eye_level"] = {k: eye_report[k] for k in ("metrics", "confidence_intervals", "files")}
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        return report
+    images, ok, errors = load_stack([r.path for r in part.records], cache, progress=progress, desc=split_name)
+    records = [part.records[i] for i in ok]
+    prob = predict_proba(model, images, norm["mean"], norm["std"], dev, prec)
+    groups = np.array([r.group for r in records])
+    return _score(common | {"level": "eye"}, part.labels()[ok], prob, groups, [r.key for r in records], meta, out,
+                  metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
+
+
+def _score(common, y, prob, groups, names, meta, out: Path, metrics_csv, n_resamples, skipped) -> dict:
+    """Metrics, patient-bootstrap intervals, calibration section and report files for one unit (eye or patient)."""
+    classes = common["classes"]
+    report = common | {
         "n_patients": int(len(set(groups))),
         "metrics": classification_metrics(y, prob, classes),
         "confidence_intervals": bootstrap_ci(y, prob, groups, n_resamples=n_resamples),
-        "skipped": [message for _, message in errors],
+        "skipped": list(skipped),
     }
     calibration = meta.get("calibration")
     if calibration:
@@ -85,21 +116,21 @@ def evaluate(
             section["referable"] = {"threshold": ref["threshold"], "normal_class": ref["normal_class"]}
             section["referable"] |= operating_point(calibrated, y, normal, ref["threshold"])
         report["calibration"] = section
-    out = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split_name}"
-    _write_predictions(out / "predictions.csv", records, classes, y, prob)
-    metrics_csv = checkpoint.parent / "metrics.csv"
-    files = write_report(out, report, y, prob, metrics_csv if metrics_csv.is_file() else None)
+    if names is not None:
+        first = "image" if common["level"] == "eye" else "patient_id"
+        _write_predictions(out / "predictions.csv", first, names, groups, classes, y, prob)
+    files = write_report(out, report, y, prob, metrics_csv if metrics_csv and metrics_csv.is_file() else None)
     report["files"] = {k: str(v) for k, v in files.items()}
     return report
 
 
-def _write_predictions(path: Path, records, classes, y, prob) -> None:
+def _write_predictions(path: Path, first: str, names, groups, classes, y, prob) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "patient", "true", "predicted"] + [f"prob_{c}" for c in classes])
-        for r, t, p in zip(records, y, prob, strict=True):
-            w.writerow([r.key, r.group, classes[t], classes[int(p.argmax())]] + [f"{v:.6f}" for v in p])
+        w.writerow([first, "patient", "true", "predicted"] + [f"prob_{c}" for c in classes])
+        for name, group, t, p in zip(names, groups, y, prob, strict=True):
+            w.writerow([name, group, classes[t], classes[int(p.argmax())]] + [f"{v:.6f}" for v in p])
 
 
 def calibrate_from_split(checkpoint, normal_class="normal", cache_dir=None, device="auto") -> dict | None:

@@ -104,11 +104,16 @@ def _ci(ci) -> str:
 def markdown(report: dict) -> str:
     m, ci, classes = report["metrics"], report["confidence_intervals"], report["classes"]
     lines = [
-        f"# eyescreen evaluation: {report['split']} split",
+        f"# eyescreen evaluation: {report['split']} split, per {report.get('level', 'eye')}",
         "",
         f"- checkpoint: `{report['checkpoint']}` (model `{report['model']}`, epoch {report.get('epoch')})",
-        f"- data: `{report['data']}`, {m['n']} images from {report['n_patients']} patients",
+        f"- data: `{report['data']}`, {m['n']} {'patients' if report.get('level') == 'patient' else 'images from ' + str(report['n_patients']) + ' patients'}",
         f"- 95% confidence intervals: bootstrap over patients, {ci['n_resamples']} resamples",
+        *(
+            ["- per-eye metrics of this both-eye model: [eyes/report.md](eyes/report.md)"]
+            if report.get("level") == "patient"
+            else []
+        ),
         "",
         "| metric | value | 95% CI |",
         "|---|---|---|",

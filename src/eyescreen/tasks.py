@@ -27,6 +27,8 @@ class Samples:
     labels: torch.Tensor  # one class per sample for balancing (-1: none)
     mask: torch.Tensor | None = None  # [P, 2]: which eyes are present
     skipped: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()  # image key per eye, or patient id per patient
+    groups: tuple[str, ...] = ()  # patient of each sample (for bootstrap by patient)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -53,7 +55,9 @@ class SingleEye:
     def load(self, ds: Dataset, cache: ImageCache, name: str, show: bool, report: bool) -> Samples:
         images, ok, skipped = _load([r.path for r in ds.records], cache, name, show, report)
         labels = torch.as_tensor(ds.labels()[ok])
-        return Samples(images, labels, labels, skipped=skipped)
+        kept = [ds.records[i] for i in ok]
+        return Samples(images, labels, labels, skipped=skipped, names=tuple(r.key for r in kept),
+                       groups=tuple(r.group for r in kept))  # fmt: skip
 
     def batch(self, s: Samples, idx, transform, device, mean, std, channels_last):
         x = prepare_batch(augment.apply(transform, s.inputs[idx]), device, mean, std, channels_last)
@@ -114,7 +118,8 @@ class BothEyes(SingleEye):
             label = patient_label(present, self.classes, self.normal_class, self.two_diseases)
             targets[i, 2] = index[label] if label is not None else -1
         keep = mask.any(1)  # patients whose every photo was unreadable drop out
-        return Samples(inputs[keep], targets[keep], targets[keep, 2], mask[keep], skipped)
+        ids = tuple(p.patient for p, k in zip(pairs, keep, strict=True) if k)
+        return Samples(inputs[keep], targets[keep], targets[keep, 2], mask[keep], skipped, ids, ids)
 
     def batch(self, s: Samples, idx, transform, device, mean, std, channels_last):
         eyes = s.inputs[idx]
@@ -139,19 +144,37 @@ class BothEyes(SingleEye):
         return loss, correct, int(has_patient.sum())
 
     @torch.inference_mode()
-    def probabilities(
-        self, model, s: Samples, mean, std, device, precision, channels_last, batch_size: int = 32
-    ):
-        """Patient-level probabilities and labels for the patients that have one."""
+    def predict_all(self, model, s: Samples, mean, std, device, precision, batch_size: int = 32):
+        """Probabilities for every sample: eyes [P, 2, K] (meaningless where absent) and patients [P, K]."""
         was_training = model.training
         model.eval()
-        out = []
-        for start in range(0, len(s), batch_size):
-            x = prepare_batch(s.inputs[start : start + batch_size], device, mean, std, channels_last=False)
-            with autocast(device, precision):
-                _, logits = model(x, s.mask[start : start + batch_size].to(device))
-            out.append(torch.softmax(logits.float(), 1).cpu())
-        model.train(was_training)
-        prob = torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)))
+        eyes, patients = [], []
+        try:
+            for start in range(0, len(s), batch_size):
+                x = prepare_batch(
+                    s.inputs[start : start + batch_size], device, mean, std, channels_last=False
+                )
+                with autocast(device, precision):
+                    eye_logits, logits = model(x, s.mask[start : start + batch_size].to(device))
+                eyes.append(torch.softmax(eye_logits.float(), -1).cpu())
+                patients.append(torch.softmax(logits.float(), -1).cpu())
+        finally:
+            model.train(was_training)
+        k = len(self.classes)
+        if not patients:
+            return np.zeros((0, 2, k)), np.zeros((0, k))
+        return torch.cat(eyes).numpy(), torch.cat(patients).numpy()
+
+    def probabilities(self, model, s: Samples, mean, std, device, precision, channels_last):
+        """Patient-level probabilities and labels for the patients that have one."""
+        _, prob = self.predict_all(model, s, mean, std, device, precision)
         keep = (s.targets[:, 2] >= 0).numpy()
         return prob[keep], s.targets[keep, 2].numpy()
+
+    def eye_probabilities(self, model, s: Samples, mean, std, device, precision):
+        """Per-eye probabilities, labels and patient ids for the present, labelled eyes."""
+        eyes, _ = self.predict_all(model, s, mean, std, device, precision)
+        labels = s.targets[:, :2].numpy()
+        keep = s.mask.numpy() & (labels >= 0)
+        patient = np.repeat(np.array(s.groups, dtype=object)[:, None], 2, axis=1)
+        return eyes[keep], labels[keep], patient[keep]
