@@ -100,11 +100,10 @@ def test_both_eye_model_trains_resumes_and_loads(tmp_path, monkeypatch):
 
 
 def test_both_eye_checkpoint_evaluates_per_patient_and_per_eye(tmp_path):
-    from synthetic import write_dataset
-
     from eyescreen.config import preset
     from eyescreen.evaluate import evaluate
     from eyescreen.train import train
+    from synthetic import write_dataset
 
     manifest = write_dataset(tmp_path / "data", patients=24)
     cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, batch_size=4, precision="fp32")
@@ -114,3 +113,43 @@ def test_both_eye_checkpoint_evaluates_per_patient_and_per_eye(tmp_path):
     assert report["eye_level"]["metrics"]["n"] == 2 * report["metrics"]["n"]  # both eyes of each test patient
     assert (tmp_path / "eval" / "eyes" / "report.md").is_file()
     assert "per patient" in (tmp_path / "eval" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("model_name", ["tiny-cnn-binocular", "tiny-cnn"])
+def test_predict_pairs_writes_one_row_per_patient(tmp_path, model_name):
+    import csv
+
+    from eyescreen.cli import main
+    from eyescreen.config import preset
+    from eyescreen.train import train
+    from synthetic import fundus, write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=24, classes=("normal", "blob"))
+    cfg = preset("quick", model=model_name, image_size=40, epochs=1, batch_size=4, precision="fp32")
+    best = train(cfg, manifest, tmp_path / "run", progress=False)
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    for name, lesion in (
+        ("A1_left", None),
+        ("A1_right", "blob"),
+        ("B2-L", None),
+        ("B2-R", None),
+        ("C3_OD", None),
+    ):
+        fundus(60, lesion, seed=len(name))[0].save(folder / f"{name}.jpg")
+    (folder / "D4_left.jpg").write_bytes(b"broken")
+    (folder / "notes.jpg").write_bytes(b"x")  # no side in the name
+    out = tmp_path / "patients.csv"
+    assert (
+        main(
+            ["predict", str(folder), "--pairs", "--checkpoint", str(best), "--out", str(out), "--no-progress"]
+        )
+        == 0
+    )
+    rows = {r["patient"]: r for r in csv.DictReader(open(out))}
+    assert set(rows) == {"A1", "B2", "C3", "D4"}
+    assert rows["C3"]["driven_by"] == "right" and rows["C3"]["left_prob_normal"] == ""  # one eye only
+    assert rows["A1"]["driven_by"] in ("left", "right") and rows["A1"]["predicted"] in ("normal", "blob")
+    assert abs(sum(float(rows["A1"][f"prob_{c}"]) for c in ("blob", "normal")) - 1) < 1e-4
+    assert "not a readable image" in rows["D4"]["error"] and rows["D4"]["predicted"] == ""
+    assert "notes.jpg" in (tmp_path / "patients.unpaired.txt").read_text()

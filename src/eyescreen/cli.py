@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="predictions.csv")
+    p.add_argument(
+        "--pairs", action="store_true", help="pair left/right files by name and write one row per patient"
+    )
+    p.add_argument(
+        "--pair-pattern", help="regular expression with groups 'id' and 'side' matched on file stems"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -175,6 +181,15 @@ def run(args) -> int:
         from .evaluate import calibrate_from_split
 
         calibrate_from_split(args.checkpoint, args.normal_class, args.cache_dir, args.device)
+    elif args.command == "predict" and args.pairs:
+        from .pairs import DEFAULT_PATTERN
+        from .predict_pairs import predict_pairs
+
+        result = predict_pairs(args.inputs, args.checkpoint, args.out, pattern=args.pair_pattern or DEFAULT_PATTERN,
+                               device=args.device, progress=not args.no_progress)  # fmt: skip
+        print(f"{result['patients']} patients predicted, {len(result['unpaired'])} unpaired files, "
+              f"{len(result['failed'])} unreadable -> {result['csv']}")  # fmt: skip
+        return 0 if result["patients"] else 1
     elif args.command == "predict":
         from .predict import predict
 

@@ -1,0 +1,136 @@
+"""`eyescreen predict --pairs`: one decision per patient from a folder of paired left/right photographs.
+
+With a both-eye checkpoint the patient decision is the model's own (fusion head); with a single-eye
+checkpoint each eye is predicted and the patient takes the probabilities of the eye with the higher
+disease score, 1 - P(normal) ("any disease in either eye"). Either way the row says which eye drove it.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .calibrate import apply_temperature
+from .checkpoint import load_model
+from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
+from .models import is_binocular
+from .pairs import DEFAULT_PATTERN, pair_files
+from .preprocess import ImageError, Preprocessing, preprocess_image
+
+SIDES = ("right", "left")
+
+
+def predict_pairs(
+    inputs: list[str | Path],
+    checkpoint: str | Path,
+    out_csv: str | Path,
+    pattern: str = DEFAULT_PATTERN,
+    batch_size: int = 16,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+) -> dict:
+    dev = resolve_device(device)
+    model, meta = load_model(checkpoint, dev)
+    classes, norm = meta["classes"], meta["normalization"]
+    prep, prec = Preprocessing(**meta["preprocessing"]), resolve_precision(precision, dev)
+    calibration = meta.get("calibration", {})
+    temperature, referable = calibration.get("temperature", 1.0), calibration.get("referable")
+    normal = (
+        classes.index(referable["normal_class"])
+        if referable
+        else (classes.index("normal") if "normal" in classes else None)
+    )
+    pairs, unpaired = pair_files(inputs, pattern)
+    binocular = is_binocular(meta["model"]["name"])
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    header = ["patient", "right_file", "left_file"]
+    header += [f"{side}_prob_{c}" for side in SIDES for c in classes]
+    header += ["predicted", "probability"] + [f"prob_{c}" for c in classes] + ["driven_by"]
+    header += (["referable"] if referable else []) + ["error"]
+    written, failed = 0, []
+    with open(out_csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        bar = tqdm(total=len(pairs), desc="predicting patients", disable=not progress)
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            images = torch.zeros((len(chunk), 2, 3, prep.image_size, prep.image_size), dtype=torch.uint8)
+            mask = torch.zeros((len(chunk), 2), dtype=torch.bool)
+            errors = [[] for _ in chunk]
+            for i, pair in enumerate(chunk):
+                for j, side in enumerate(SIDES):
+                    path = getattr(pair, side)
+                    if path is None:
+                        continue
+                    try:
+                        images[i, j] = torch.from_numpy(preprocess_image(path, prep)).permute(2, 0, 1)
+                        mask[i, j] = True
+                    except ImageError as e:
+                        errors[i].append(str(e))
+                        failed.append(str(e))
+            usable = mask.any(1)
+            eye_prob = np.full((len(chunk), 2, len(classes)), np.nan)
+            patient_prob = np.full((len(chunk), len(classes)), np.nan)
+            driver = [""] * len(chunk)
+            if usable.any():
+                e, p, d = _predict(model, images[usable], mask[usable], binocular, norm, dev, prec, normal)
+                eye_prob[usable.numpy()] = apply_temperature(
+                    e.reshape(-1, len(classes)), temperature
+                ).reshape(e.shape)
+                patient_prob[usable.numpy()] = apply_temperature(p, temperature)
+                for i, k in zip(np.flatnonzero(usable.numpy()), d, strict=True):
+                    driver[i] = SIDES[k]
+                eye_prob[~mask.numpy()] = np.nan  # an absent eye has no prediction
+            for i, pair in enumerate(chunk):
+                row = [pair.patient, str(pair.right or ""), str(pair.left or "")]
+                row += ["" if np.isnan(v) else f"{v:.6f}" for v in eye_prob[i].ravel()]
+                if mask[i].any():
+                    k = int(patient_prob[i].argmax())
+                    row += (
+                        [classes[k], f"{patient_prob[i, k]:.6f}"]
+                        + [f"{v:.6f}" for v in patient_prob[i]]
+                        + [driver[i]]
+                    )
+                    if referable:
+                        row.append("yes" if 1 - patient_prob[i, normal] > referable["threshold"] else "no")
+                    written += 1
+                else:
+                    row += ["", ""] + [""] * len(classes) + [""] + ([""] if referable else [])
+                w.writerow(row + ["; ".join(errors[i])])
+            bar.update(len(chunk))
+        bar.close()
+    if unpaired:
+        (out_csv.with_suffix(".unpaired.txt")).write_text("\n".join(map(str, unpaired)) + "\n")
+        print(
+            f"{len(unpaired)} file(s) could not be paired (see {out_csv.with_suffix('.unpaired.txt')})",
+            file=sys.stderr,
+        )
+    for message in failed:
+        print(f"could not read: {message}", file=sys.stderr)
+    return {"csv": out_csv, "patients": written, "unpaired": unpaired, "failed": failed}
+
+
+def _predict(model, images, mask, binocular: bool, norm, device, precision, normal):
+    """Eye probabilities [B, 2, K], patient probabilities [B, K] and the driving eye per patient."""
+    if binocular:
+        with torch.inference_mode():
+            x = prepare_batch(images, device, norm["mean"], norm["std"], channels_last=False)
+            with autocast(device, precision):
+                eye_logits, logits = model(x, mask.to(device))
+                weights = model.eye_weights(x, mask.to(device))
+        eyes = torch.softmax(eye_logits.float(), -1).cpu().numpy()
+        patient = torch.softmax(logits.float(), -1).cpu().numpy()
+        return eyes, patient, weights.float().argmax(1).cpu().numpy()
+    flat = predict_proba(model, images.flatten(0, 1), norm["mean"], norm["std"], device, precision)
+    eyes = flat.reshape(len(images), 2, -1)
+    disease = 1 - eyes[..., normal] if normal is not None else eyes.max(-1)
+    disease = np.where(mask.numpy(), disease, -np.inf)
+    driver = disease.argmax(1)
+    return eyes, eyes[np.arange(len(eyes)), driver], driver
