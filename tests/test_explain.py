@@ -114,3 +114,66 @@ def test_randomising_the_weights_decorrelates_the_maps(lesion_model):
     assert [r["randomised_down_to"] for r in rows] == ["6", "2", "0"]  # output layer first, then inwards
     assert rows[-1]["spearman"] < 0.5
     assert all(torch.equal(a, b) for a, b in zip(before, lesion_model.parameters(), strict=True))  # untouched
+
+
+def test_both_eye_model_gets_one_map_per_eye_for_the_patient_decision():
+    from eyescreen.explain import compute_pair_cams
+    from eyescreen.fusion import Binocular
+
+    torch.manual_seed(0)
+    model = Binocular("tiny-cnn", num_classes=2, pooling="attention").eval()
+    x, _, _ = lesion_images(4, seed=7)
+    pairs = x.view(2, 2, 3, SIZE, SIZE)
+    mask = torch.tensor([[True, True], [True, False]])
+    for method in ("gradcam", "eigencam", "layercam"):
+        cams = compute_pair_cams(model, pairs, mask, MEAN, STD, method, targets=[1, 1])
+        assert cams.shape == (2, 2, SIZE, SIZE)
+        assert not np.isnan(cams).any() and cams.min() >= 0 and cams.max() <= 1
+        assert cams[1, 1].max() == 0  # the absent eye has no map
+        assert cams[0, 0].max() > 0 and cams[0, 1].max() > 0
+    assert not any(m._forward_hooks for m in model.modules())
+    with pytest.raises(ValueError, match="scorecam"):
+        compute_pair_cams(model, pairs, mask, MEAN, STD, "scorecam")
+
+
+def test_both_eye_map_finds_a_lesion_in_the_left_eye_after_mirroring_back():
+    from eyescreen.explain import compute_pair_cams
+    from eyescreen.fusion import LEFT, Binocular
+
+    torch.manual_seed(0)
+    rng = random.Random(3)
+
+    def pairs(n, seed):
+        xs, ys, centres = [], [], []
+        for i in range(n):
+            lesion_eye = rng.choice([None, 0, 1])
+            centre = (rng.randint(20, 44), rng.randint(20, 44))
+            eyes = [np.asarray(fundus(SIZE, "exudate" if lesion_eye == j else None, seed=seed * 1000 + 2 * i + j,
+                                      lesion_at=centre)[0]) for j in range(2)]  # fmt: skip
+            xs.append(np.stack(eyes))
+            ys.append(int(lesion_eye is not None))
+            centres.append((lesion_eye, centre))
+        x = torch.from_numpy(np.stack(xs)).permute(0, 1, 4, 2, 3).contiguous()
+        return x, torch.tensor(ys), centres
+
+    x, y, _ = pairs(96, 1)
+    model = Binocular("tiny-cnn", num_classes=2, pooling="max")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    xf = (x.float() / 255 - 0.5) / 0.25
+    for _ in range(40):
+        for idx in torch.randperm(len(x)).split(32):
+            loss = torch.nn.functional.cross_entropy(model(xf[idx])[1], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    tx, ty, centres = pairs(24, 2)
+    left = [i for i, (eye, _) in enumerate(centres) if eye == LEFT]
+    cams = compute_pair_cams(model, tx[left], torch.ones(len(left), 2, dtype=torch.bool), MEAN, STD, "gradcam",
+                             targets=[1] * len(left))  # fmt: skip
+    inside = 0
+    for cam, i in zip(cams[:, LEFT], left, strict=True):
+        cx, cy = centres[i][1]
+        py, px = np.unravel_index(cam.argmax(), cam.shape)
+        inside += (px - cx) ** 2 + (py - cy) ** 2 <= (SIZE // 8 + 2) ** 2
+    assert inside >= 0.75 * len(left), f"left-eye peak on the lesion for {inside}/{len(left)}"

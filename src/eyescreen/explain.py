@@ -86,6 +86,45 @@ def compute_cams(
     return np.concatenate(out) if out else np.zeros((0,) + tuple(images.shape[-2:]), np.float32)
 
 
+class _PatientDecision(nn.Module):
+    """pytorch-grad-cam expects one image tensor in and one logit row per input: present a both-eye
+    model as [B, 6, H, W] -> patient logits [B, K]. The CAM layer inside the shared backbone sees the
+    present eyes as one batch, so the library returns one map per present eye."""
+
+    def __init__(self, model: nn.Module, mask: torch.Tensor):
+        super().__init__()
+        self.model, self.mask = model, mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        return self.model(x.view(b, 2, 3, h, w), self.mask)[1]
+
+
+def compute_pair_cams(model: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean, std,
+                      method: str = "gradcam", targets: list[int] | None = None) -> np.ndarray:  # fmt: skip
+    """Per-eye maps [B, 2, H, W] in [0, 1] for a both-eye model's patient decision; absent eyes are 0.
+    Maps of the left eye are mirrored back, since the model sees that eye mirrored."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if method == "scorecam":
+        raise ValueError("scorecam perturbs the input image by image and does not apply to both-eye models")
+    cam_class = getattr(pytorch_grad_cam, METHODS[method])
+    device = next(model.parameters()).device
+    b, _, _, h, w = images.shape
+    x = normalize(images.to(device).flatten(0, 1), mean, std).view(b, 6, h, w)
+    wrapper = _PatientDecision(model, mask.to(device))
+    chosen = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
+    with _explainable(model), cam_class(model=wrapper, target_layers=[cam_target(model)]) as cam:
+        maps = cam(input_tensor=x, targets=chosen)  # one map per present eye, in batch order
+    out = np.zeros((b * 2, h, w), dtype=np.float32)
+    out[mask.flatten().cpu().numpy()] = np.clip(np.nan_to_num(maps), 0.0, 1.0)
+    out = out.reshape(b, 2, h, w)
+    if getattr(model, "mirror_left", False):
+        out[:, 1] = out[:, 1, :, ::-1]
+    return out
+
+
 def save_overlay(image: np.ndarray, cam: np.ndarray, path: Path, title: str) -> None:
     """The fundus and, beside it, the map over it (masked to the field of view) with a colour bar."""
     import matplotlib
