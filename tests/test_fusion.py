@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,42 @@ def test_predict_pairs_writes_one_row_per_patient(tmp_path, model_name):
     assert abs(sum(float(rows["A1"][f"prob_{c}"]) for c in ("blob", "normal")) - 1) < 1e-4
     assert "not a readable image" in rows["D4"]["error"] and rows["D4"]["predicted"] == ""
     assert "notes.jpg" in (tmp_path / "patients.unpaired.txt").read_text()
+
+
+def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path):
+    from eyescreen.cli import main
+    from eyescreen.config import preset
+    from eyescreen.train import train
+    from synthetic import fundus, write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=24)
+    cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, batch_size=4, precision="fp32")
+    best = str(train(cfg, manifest, tmp_path / "run", progress=False))
+    assert (
+        main(
+            [
+                "explain",
+                "--subset",
+                "test",
+                "--checkpoint",
+                best,
+                "--out",
+                str(tmp_path / "g"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    overlays = list((tmp_path / "g" / "overlays").glob("*.png"))
+    assert overlays and "<h2>true " in (tmp_path / "g" / "index.html").read_text()  # grouped by patient label
+    assert np.load(next((tmp_path / "g" / "maps").glob("*.npy"))).shape == (2, 40, 40)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    fundus(60, seed=1)[0].save(folder / "X_left.jpg")
+    fundus(60, seed=2)[0].save(folder / "X_right.jpg")
+    fundus(60, seed=3)[0].save(folder / "Y_right.jpg")
+    assert (
+        main(["explain", str(folder), "--checkpoint", best, "--out", str(tmp_path / "f"), "--no-progress"])
+        == 0
+    )
+    assert {p.name for p in (tmp_path / "f" / "overlays").iterdir()} == {"X.png", "Y.png"}

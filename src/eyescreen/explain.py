@@ -125,24 +125,31 @@ def compute_pair_cams(model: nn.Module, images: torch.Tensor, mask: torch.Tensor
     return out
 
 
-def save_overlay(image: np.ndarray, cam: np.ndarray, path: Path, title: str) -> None:
-    """The fundus and, beside it, the map over it (masked to the field of view) with a colour bar."""
+def save_overlay(images, cams, path: Path, title: str, names=("fundus",)) -> None:
+    """Each fundus and, beside it, its map over it (masked to the field of view) with a colour bar.
+    One image (single eye) or several side by side (right and left eye of a patient)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mask = field_of_view(image)
-    shown = np.ma.masked_where(~mask, cam)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
-    axes[0].imshow(image)
-    axes[0].set_title("fundus")
-    axes[1].imshow(image)
-    im = axes[1].imshow(shown, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    axes[1].set_title("where the model looked")
-    for ax in axes:
-        ax.axis("off")
-    fig.colorbar(im, ax=axes[1], fraction=0.046, label="relative importance")
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images, cams = [images], [cams]
+    fig, axes = plt.subplots(1, 2 * len(images), figsize=(8 * len(images), 4.3), squeeze=False)
+    for k, (image, cam, name) in enumerate(zip(images, cams, names, strict=True)):
+        left, right = axes[0, 2 * k], axes[0, 2 * k + 1]
+        left.imshow(image)
+        left.set_title(name)
+        if cam is None:  # an eye without a photograph or without a map
+            right.set_title("no image")
+        else:
+            right.imshow(image)
+            shown = np.ma.masked_where(~field_of_view(image), cam)
+            im = right.imshow(shown, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            right.set_title("where the model looked")
+            fig.colorbar(im, ax=right, fraction=0.046, label="relative importance")
+        left.axis("off")
+        right.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=90)
@@ -243,6 +250,79 @@ def explain_items(
         )
         w.writeheader()
         w.writerows(rows)
+    gallery(rows, classes, out_dir / "index.html", method)
+    for _, message in failures:
+        print(f"could not read: {message}", file=sys.stderr)
+    return {"explained": len(rows), "failed": failures, "index": out_dir / "index.html"}
+
+
+def explain_patients(
+    items: list[tuple[str, tuple, str | None]],
+    model: nn.Module,
+    meta: dict,
+    out_dir: Path,
+    load,
+    method: str = "gradcam",
+    target: str = "predicted",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict:
+    """Both-eye model: items are (patient, (right path | None, left path | None), true label | None).
+    One side-by-side overlay per patient (right eye, then left) for the patient-level decision."""
+    from .preprocess import ImageError
+
+    classes, norm = meta["classes"], meta["normalization"]
+    if target != "predicted" and target not in classes:
+        raise ValueError(f"--target {target!r}: use 'predicted' or one of {', '.join(classes)}")
+    for sub in ("overlays", "maps"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    size = meta["preprocessing"]["image_size"]
+    rows, failures = [], []
+    bar = tqdm(total=len(items), desc=f"explaining patients ({method})", disable=not progress)
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        images = torch.zeros((len(chunk), 2, 3, size, size), dtype=torch.uint8)
+        mask = torch.zeros((len(chunk), 2), dtype=torch.bool)
+        for i, (_, paths, _) in enumerate(chunk):
+            for j, path in enumerate(paths):
+                if path is None:
+                    continue
+                try:
+                    images[i, j] = torch.from_numpy(load(path)).permute(2, 0, 1)
+                    mask[i, j] = True
+                except ImageError as e:
+                    failures.append((path, str(e)))
+        keep = mask.any(1)
+        if keep.any():
+            x, m = images[keep], mask[keep]
+            with torch.inference_mode():
+                _, logits = model(
+                    normalize(x.to(device).flatten(0, 1), norm["mean"], norm["std"]).view(x.shape),
+                    m.to(device),
+                )
+            prob = torch.softmax(logits.float(), 1).cpu().numpy()
+            pred = prob.argmax(1)
+            targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
+            cams = compute_pair_cams(model, x, m, norm["mean"], norm["std"], method, list(targets))
+            kept = [c for c, k in zip(chunk, keep, strict=True) if k]
+            for (name, _, truth), eyes, present, cam, p, k, t in zip(
+                kept, x, m, cams, prob, pred, targets, strict=True
+            ):
+                stem = str(name).replace("/", "__")
+                np.save(out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
+                shown = [eyes[j].permute(1, 2, 0).numpy() for j in range(2)]
+                maps = [cam[j] if present[j] else None for j in range(2)]
+                title = f"patient {name}: predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
+                title += f"; true {truth}" if truth else ""
+                save_overlay(
+                    shown, maps, out_dir / "overlays" / f"{stem}.png", title, names=("right eye", "left eye")
+                )
+                rows.append({"name": str(name), "file": "", "true": truth or "", "predicted": classes[k],
+                             "probability": f"{p[k]:.4f}", "target": classes[t],
+                             "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"})  # fmt: skip
+        bar.update(len(chunk))
+    bar.close()
     gallery(rows, classes, out_dir / "index.html", method)
     for _, message in failures:
         print(f"could not read: {message}", file=sys.stderr)

@@ -9,6 +9,7 @@ from .checkpoint import load_model
 from .data import list_images, load_dataset, subset
 from .explain import explain_items
 from .inference import resolve_device
+from .models import is_binocular
 from .preprocess import ImageCache, Preprocessing, preprocess_image
 
 
@@ -31,6 +32,8 @@ def run_explain(args) -> dict:
         raise ValueError("give image files/folders or --subset, not both and not neither")
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
     prep = Preprocessing(**meta["preprocessing"])
+    if is_binocular(meta["model"]["name"]):
+        return _explain_binocular(args, model, meta, prep)
     if args.subset:
         dataset = load_dataset(meta["data"], meta["classes"])
         part = subset(dataset, meta["split"], args.subset)
@@ -41,6 +44,29 @@ def run_explain(args) -> dict:
         load = partial(preprocess_image, prep=prep)
     return explain_items(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
                          batch_size=args.batch_size, progress=not args.no_progress)  # fmt: skip
+
+
+def _explain_binocular(args, model, meta, prep) -> dict:
+    """Patients from the checkpoint's split (with their patient label) or from paired file names."""
+    from .explain import explain_patients
+    from .pairs import DEFAULT_PATTERN, pair_files, pair_records, patient_label
+
+    if args.subset:
+        dataset = load_dataset(meta["data"], meta["classes"])
+        pairs, _ = pair_records(subset(dataset, meta["split"], args.subset).records)
+        config = meta.get("config", {})
+        normal, rule = config.get("normal_class", "normal"), config.get("two_diseases", "exclude")
+        items = [(p.patient, (p.right, p.left), patient_label([p.right_label, p.left_label], meta["classes"], normal, rule))
+                 for p in pairs]  # fmt: skip
+        load = ImageCache(prep, args.cache_dir).get
+    else:
+        pairs, unpaired = pair_files(args.inputs, DEFAULT_PATTERN)
+        for path in unpaired:
+            print(f"not paired: {path}")
+        items = [(p.patient, (p.right, p.left), None) for p in pairs]
+        load = partial(preprocess_image, prep=prep)
+    return explain_patients(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
+                            batch_size=min(args.batch_size, 8), progress=not args.no_progress)  # fmt: skip
 
 
 def run_faithfulness(args) -> str:
