@@ -53,6 +53,9 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     ):
         assert (tmp_path / "eval" / name).is_file(), name
     assert "balanced accuracy" in (tmp_path / "eval" / "report.md").read_text()
+    patients = report["patient_level"]["metrics"]
+    assert patients["n"] == report["n_patients"]  # synthetic patients: two eyes, one class each
+    assert (tmp_path / "eval" / "patients" / "report.md").is_file()
     _, meta = load_model(best)
     assert meta["calibration"]["temperature"] > 0 and "threshold" in meta["calibration"]["referable"]
     assert report["calibration"]["ece_after"] >= 0 and "sensitivity" in report["calibration"]["referable"]

@@ -89,8 +89,47 @@ def evaluate(
     records = [part.records[i] for i in ok]
     prob = predict_proba(model, images, norm["mean"], norm["std"], dev, prec)
     groups = np.array([r.group for r in records])
-    return _score(common | {"level": "eye"}, part.labels()[ok], prob, groups, [r.key for r in records], meta, out,
-                  metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
+    y = part.labels()[ok]
+    report = _score(common | {"level": "eye"}, y, prob, groups, [r.key for r in records], meta, out,
+                    metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
+    patients = aggregate_patients(records, prob, classes, meta.get("config", {}))
+    if patients is not None:  # the same model judged per patient, for comparison with both-eye models
+        names, p_prob, p_y = patients
+        sub = _score(common | {"level": "patient"}, p_y, p_prob, np.array(names), names, meta, out / "patients",
+                     None, n_resamples, [])  # fmt: skip
+        report["patient_level"] = {k: sub[k] for k in ("metrics", "confidence_intervals", "files")}
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def aggregate_patients(records, prob: np.ndarray, classes: list[str], config: dict):
+    """Patient decisions from a single-eye model: each patient takes the probabilities of the eye with
+    the higher disease score 1 - P(normal); the patient label follows the both-eye rule (pairs.py).
+    None when there is no normal class or no patient has two eyes."""
+    from .pairs import patient_label
+
+    normal_class = config.get("normal_class", "normal")
+    if normal_class not in classes:
+        return None
+    normal = classes.index(normal_class)
+    by_patient: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        if r.group.startswith("patient:"):
+            by_patient.setdefault(r.group, []).append(i)
+    if not any(len(v) > 1 for v in by_patient.values()):
+        return None
+    names, probs, labels = [], [], []
+    for group, idx in by_patient.items():
+        label = patient_label(
+            [records[i].label for i in idx], classes, normal_class, config.get("two_diseases", "exclude")
+        )
+        if label is None:
+            continue
+        driver = max(idx, key=lambda i: 1 - prob[i, normal])
+        names.append(group.split(":", 1)[1])
+        probs.append(prob[driver])
+        labels.append(classes.index(label))
+    return names, np.array(probs), np.array(labels)
 
 
 def _score(common, y, prob, groups, names, meta, out: Path, metrics_csv, n_resamples, skipped) -> dict:
