@@ -58,3 +58,34 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200x200 = 40,000 pixels: "too large" here
     with pytest.raises(ImageError, match=r"huge\.png: image too large to decode safely"):
         preprocess_image(path, PREP)
+
+
+def _dicom(path, rgb=None):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # ophthalmic photography 8 bit
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Modality, ds.SOPInstanceUID = "OP", meta.MediaStorageSOPInstanceUID
+    if rgb is not None:
+        ds.Rows, ds.Columns = rgb.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = rgb.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_ophthalmic_photograph_is_read(tmp_path):
+    path = _dicom(tmp_path / "eye.dcm", _fundus_array())
+    out = preprocess_image(path, PREP)
+    assert out.shape == (64, 64, 3) and out.mean() > 20
+
+
+def test_dicom_without_pixel_data_is_refused(tmp_path):
+    path = _dicom(tmp_path / "report.dcm")
+    with pytest.raises(ImageError, match=r"report\.dcm: DICOM without pixel data"):
+        preprocess_image(path, PREP)

@@ -61,6 +61,8 @@ def read_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
+    if _is_dicom(path):
+        return _read_dicom(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -74,6 +76,40 @@ def read_image(path: str | Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: cannot decode image ({e})") from None
     return _to_rgb(im)
+
+
+def _is_dicom(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(128)
+        return f.read(4) == b"DICM"
+
+
+def _read_dicom(path: Path) -> Image.Image:
+    """Ophthalmic photography stored as DICOM, read with pydicom (colour or monochrome, one frame)."""
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageError(f"{path}: DICOM file, but pydicom is not installed (pip install pydicom)") from None
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # pydicom raises many types for damaged files
+        raise ImageError(f"{path}: cannot read DICOM ({e})") from None
+    if "PixelData" not in ds:
+        raise ImageError(f"{path}: DICOM without pixel data (no image in this file)")
+    try:
+        pixels = ds.pixel_array
+    except Exception as e:  # e.g. a compressed transfer syntax without a decoder installed
+        raise ImageError(f"{path}: cannot decode DICOM pixel data ({e})") from None
+    if getattr(ds, "NumberOfFrames", 1) not in (None, 1) and pixels.ndim >= 3 and pixels.shape[0] > 1:
+        pixels = pixels[0]  # a multi-frame series: the first frame
+    if ds.get("PhotometricInterpretation", "").startswith("YBR"):
+        from pydicom.pixels import convert_color_space
+
+        pixels = convert_color_space(pixels, ds.PhotometricInterpretation, "RGB")
+    if pixels.dtype != np.uint8:
+        pixels = pixels.astype(np.float64)
+        pixels = (pixels - pixels.min()) / max(pixels.max() - pixels.min(), 1e-9) * 255.0
+    return _to_rgb(Image.fromarray(pixels.astype(np.uint8)))
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
