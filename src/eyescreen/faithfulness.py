@@ -19,8 +19,16 @@ from .preprocess import normalize
 
 
 @torch.inference_mode()
-def _target_prob(model, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
-    return torch.softmax(model(x).float(), 1).gather(1, targets[:, None])[:, 0].cpu().numpy()
+def _target_prob(model, x: torch.Tensor, targets: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    from .inference import autocast, resolve_precision
+
+    device = x.device
+    out = []
+    with autocast(device, resolve_precision("auto", device)):  # bf16 where native: the curves need many passes
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start : start + batch_size]).float()
+            out.append(torch.softmax(logits, 1).gather(1, targets[start : start + batch_size, None])[:, 0])
+    return torch.cat(out).cpu().numpy()
 
 
 def _blurred(x: torch.Tensor) -> torch.Tensor:
