@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One row of the ablation table (issue 7): train a preset, optionally with one lever changed, on the
+# seed baseline's patient split, then evaluate on the test split once.
+#   bash benchmarks/recipe.sh NAME PRESET [train options...]
+#   bash benchmarks/recipe.sh screen screen
+#   bash benchmarks/recipe.sh seed+augment seed --augment fundus
+# Output: runs/recipes/NAME; re-running continues an interrupted run. Rows for RESULTS.md:
+#   python benchmarks/results_table.py runs/recipes/*
+set -euo pipefail
+name=$1 preset=$2
+shift 2
+data=${DATA:-../shared/datasets/odir5k-256/manifest.csv}
+out=${RUNS:-runs/recipes}/$name
+split=runs/seed-baseline/resnet18/split.csv  # the same patients in train/val/test as the baseline
+[ -f "$split" ] && split_args=(--split "$split") || split_args=()
+tcmalloc=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+if [ -f "$tcmalloc" ]; then export LD_PRELOAD="$tcmalloc"; fi
+if [ -f "$out/resume.pt" ]; then
+  eyescreen train --data "$data" --out "$out" --resume --no-progress
+else
+  eyescreen train --data "$data" --out "$out" --preset "$preset" --classes normal,dr,amd,glaucoma \
+    "${split_args[@]}" --no-progress "$@"
+fi
+eyescreen evaluate --checkpoint "$out/best.safetensors" --subset test --out "$out/eval-test" --no-progress
