@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the report as JSON here")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("serve", help="web page and JSON API for screening, with Grad-CAM overlays")
+    p.add_argument("--checkpoint", help="model to serve (default: the demo model, trained first if needed)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=2, help="requests computed at once (one model copy each)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted image file")
+    p.add_argument("--device", default="auto")
+
     sub.add_parser("models", help="list the available models")
     sub.add_parser("presets", help="show the training presets")
     return parser
@@ -238,6 +246,10 @@ def run(args) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(rep, indent=2))
         return 1 if problems(rep) else 0
+    elif args.command == "serve":
+        from .server import serve
+
+        serve(args.checkpoint, args.host, args.port, args.workers, args.max_upload_mb, args.device)
     elif args.command == "models":
         print("\n".join(list_models()))
     elif args.command == "presets":

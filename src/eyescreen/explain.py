@@ -125,6 +125,18 @@ def compute_pair_cams(model: nn.Module, images: torch.Tensor, mask: torch.Tensor
     return out
 
 
+def overlay_rgb(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The map in the 'jet' colour map blended over a uint8 fundus (H, W, 3), only inside the field of
+    view so the black border stays black: a plain picture for pages and reports."""
+    from matplotlib import colormaps
+
+    heat = colormaps["jet"](np.clip(cam, 0.0, 1.0))[..., :3]
+    base = image.astype(np.float32) / 255.0
+    inside = field_of_view(image)[..., None]
+    out = np.where(inside, (1 - alpha) * base + alpha * heat, base)
+    return (out * 255.0 + 0.5).astype(np.uint8)
+
+
 def save_overlay(images, cams, path: Path, title: str, names=("fundus",)) -> None:
     """Each fundus and, beside it, its map over it (masked to the field of view) with a colour bar.
     One image (single eye) or several side by side (right and left eye of a patient)."""

@@ -80,7 +80,7 @@ def predict_pairs(
             patient_prob = np.full((len(chunk), len(classes)), np.nan)
             driver = [""] * len(chunk)
             if usable.any():
-                e, p, d = _predict(model, images[usable], mask[usable], binocular, norm, dev, prec, normal)
+                e, p, d = patient_predictions(model, images[usable], mask[usable], binocular, norm, dev, prec, normal)
                 eye_prob[usable.numpy()] = apply_temperature(
                     e.reshape(-1, len(classes)), temperature
                 ).reshape(e.shape)
@@ -117,7 +117,7 @@ def predict_pairs(
     return {"csv": out_csv, "patients": written, "unpaired": unpaired, "failed": failed}
 
 
-def _predict(model, images, mask, binocular: bool, norm, device, precision, normal):
+def patient_predictions(model, images, mask, binocular: bool, norm, device, precision, normal):
     """Eye probabilities [B, 2, K], patient probabilities [B, K] and the driving eye per patient."""
     if binocular:
         with torch.inference_mode():

@@ -170,9 +170,15 @@ def crop_to_field(im: Image.Image, source: str | Path = "image") -> Image.Image:
 
 def preprocess_image(path: str | Path, prep: Preprocessing) -> np.ndarray:
     """File -> uint8 array (image_size, image_size, 3), ready to cache."""
+    return enhance(cropped_fundus(path, prep.image_size), prep.enhance)
+
+
+def cropped_fundus(path: str | Path, image_size: int) -> np.ndarray:
+    """File -> the fundus cropped, squared and resized, before enhancement: what a person should see
+    beside a heatmap (an enhanced image is what the model sees, not what a clinician reads)."""
     im = crop_to_field(read_image(path), path)
-    im = im.resize((prep.image_size, prep.image_size), Image.Resampling.BICUBIC)
-    return enhance(np.asarray(im, dtype=np.uint8).copy(), prep.enhance)
+    im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return np.asarray(im, dtype=np.uint8).copy()
 
 
 def enhance(rgb: np.ndarray, method: str) -> np.ndarray:
