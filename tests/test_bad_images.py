@@ -89,3 +89,36 @@ def test_dicom_without_pixel_data_is_refused(tmp_path):
     path = _dicom(tmp_path / "report.dcm")
     with pytest.raises(ImageError, match=r"report\.dcm: DICOM without pixel data"):
         preprocess_image(path, PREP)
+
+
+def everyday_photo(path):
+    """Sky over a meadow with a red house: fills the frame, no dark border, blue and green dominate."""
+    a = np.zeros((120, 160, 3), np.uint8)
+    a[:60] = (110, 160, 230)
+    a[60:] = (70, 150, 60)
+    a[40:80, 60:100] = (180, 40, 30)
+    Image.fromarray(a).save(path, format="JPEG")
+    return path
+
+
+def test_an_everyday_photo_is_read_but_warned_about(tmp_path):
+    notes = []
+    out = preprocess_image(everyday_photo(tmp_path / "holiday.jpg"), PREP, notes)
+    assert out.shape == (64, 64, 3)
+    assert len(notes) == 1 and "holiday.jpg: may not be a fundus photograph" in notes[0]
+
+
+def test_no_warning_on_the_real_fundus_sample():
+    from importlib import resources
+
+    folder = resources.files("eyescreen") / "sample" / "images"
+    notes = []
+    for name in sorted(p.name for p in folder.iterdir() if p.name.endswith(".jpg")):
+        preprocess_image(folder / name, PREP, notes)
+    assert notes == []
+
+
+def test_red_free_greyscale_fundus_is_not_warned_about(tmp_path):
+    notes = []
+    preprocess_image(make(tmp_path, "greyscale"), PREP, notes)
+    assert notes == []

@@ -78,6 +78,14 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     assert by_name["a.jpg"]["predicted"] in ("blob", "normal", "spots") and not by_name["a.jpg"]["error"]
     probs = [float(by_name["a.jpg"][f"prob_{c}"]) for c in ("blob", "normal", "spots")]
     assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+    assert not by_name["a.jpg"]["warning"]
+    from test_bad_images import everyday_photo
+
+    photo = everyday_photo(tmp_path / "holiday.jpg")
+    result = predict([photo], best, tmp_path / "pred2.csv", progress=False)
+    row = next(csv.DictReader(open(tmp_path / "pred2.csv")))
+    assert result["predicted"] == 1 and row["predicted"]  # predicted all the same, but flagged
+    assert "may not be a fundus photograph" in row["warning"] and result["warnings"]
 
     rc = main(
         ["explain", str(folder), "--checkpoint", str(best), "--out", str(tmp_path / "cams"), "--no-progress"]

@@ -63,6 +63,17 @@ def test_one_eye(client, screener):
     assert body["patient"]["driven_by"] == "right"
     assert body["patient"]["probabilities"] == eye["probabilities"]
     assert "overlay_png" not in eye
+    assert body["warnings"] == []
+
+
+def test_a_photo_that_may_not_be_a_fundus_is_screened_with_a_warning(client, tmp_path):
+    from test_bad_images import everyday_photo
+
+    data = everyday_photo(tmp_path / "holiday.jpg").read_bytes()
+    r = client.post("/v1/predict", files={"left": ("holiday.jpg", data, "image/jpeg")})
+    assert r.status_code == 200
+    (warning,) = r.json()["warnings"]
+    assert warning.startswith("left eye (holiday.jpg): may not be a fundus photograph")
 
 
 def test_two_eyes_with_explanations(client, screener):

@@ -27,7 +27,7 @@ def check_data(
     report["duplicate_rows"] = sorted(k for k, n in keys.items() if n > 1)
 
     by_hash: dict[str, list] = defaultdict(list)
-    sizes, unreadable, no_field = [], [], []
+    sizes, unreadable, no_field, doubtful = [], [], [], []
     for r in tqdm(raw, desc="checking images", disable=not progress):
         if not r.path.is_file():
             unreadable.append(f"{r.path}: file not found")
@@ -36,11 +36,12 @@ def check_data(
         try:
             im = read_image(r.path)
             sizes.append(im.size)
-            crop_to_field(im, r.path)
+            crop_to_field(im, r.path, doubtful)
         except ImageError as e:
             (no_field if "field of view" in str(e) else unreadable).append(str(e))
     report["unreadable"] = unreadable
     report["no_field_of_view"] = no_field
+    report["maybe_not_fundus"] = doubtful  # a warning, not a problem: the check is a heuristic
     duplicates = [[r.key for r in group] for group in by_hash.values() if len({r.key for r in group}) > 1]
     report["duplicate_images"] = duplicates
     report["same_image_two_patients"] = [
@@ -87,6 +88,7 @@ def format_report(rep: dict) -> str:
         ("duplicate rows", "duplicate_rows"),
         ("unreadable files", "unreadable"),
         ("no fundus field of view", "no_field_of_view"),
+        ("may not be fundus photographs (heuristic; look at them)", "maybe_not_fundus"),
         ("identical images under different names", "duplicate_images"),
         ("identical images under different patients", "same_image_two_patients"),
     ):

@@ -38,36 +38,48 @@ def predict(
     files = list_images(inputs)
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    n_ok, failures = 0, []
+    n_ok, failures, warnings = 0, [], []
     with open(out_csv, "w", newline="") as f:
         w = csv.writer(f)
         extra = ["referable"] if referable else []
-        w.writerow(["file", "predicted", "probability"] + [f"prob_{c}" for c in classes] + extra + ["error"])
+        w.writerow(
+            ["file", "predicted", "probability"]
+            + [f"prob_{c}" for c in classes]
+            + extra
+            + ["error", "warning"]
+        )
         bar = tqdm(total=len(files), desc="predicting", disable=not progress)
         # Chunks keep memory flat however many files there are.
         for start in range(0, len(files), batch_size):
             chunk, arrays = files[start : start + batch_size], []
-            good = []
+            good, notes = [], []
             for path in chunk:
+                note: list[str] = []
                 try:
-                    arrays.append(torch.from_numpy(preprocess_image(path, prep)).permute(2, 0, 1))
+                    arrays.append(torch.from_numpy(preprocess_image(path, prep, note)).permute(2, 0, 1))
                     good.append(path)
+                    notes.append("; ".join(note))
+                    warnings.extend(note)
                 except ImageError as e:
                     failures.append((path, str(e)))
-                    w.writerow([str(path), "", ""] + [""] * (len(classes) + len(extra)) + [str(e)])
+                    w.writerow([str(path), "", ""] + [""] * (len(classes) + len(extra)) + [str(e), ""])
             if arrays:
                 prob = predict_proba(model, torch.stack(arrays), norm["mean"], norm["std"], dev, prec)
                 prob = apply_temperature(prob, temperature)
-                for path, p in zip(good, prob, strict=True):
+                for path, p, note in zip(good, prob, notes, strict=True):
                     k = int(p.argmax())
                     flag = []
                     if referable:
                         score = 1.0 - p[classes.index(referable["normal_class"])]
                         flag = ["yes" if score > referable["threshold"] else "no"]
-                    w.writerow([str(path), classes[k], f"{p[k]:.6f}"] + [f"{v:.6f}" for v in p] + flag + [""])
+                    w.writerow(
+                        [str(path), classes[k], f"{p[k]:.6f}"] + [f"{v:.6f}" for v in p] + flag + ["", note]
+                    )
                 n_ok += len(good)
             bar.update(len(chunk))
         bar.close()
     for _, message in failures:
         print(f"could not read: {message}", file=sys.stderr)
-    return {"csv": out_csv, "predicted": n_ok, "failed": failures}
+    for message in warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    return {"csv": out_csv, "predicted": n_ok, "failed": failures, "warnings": warnings}

@@ -142,8 +142,11 @@ def field_of_view(rgb: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def crop_to_field(im: Image.Image, source: str | Path = "image") -> Image.Image:
-    """Crop to the field of view's bounding box and pad to a centred square with black."""
+def crop_to_field(
+    im: Image.Image, source: str | Path = "image", notes: list[str] | None = None
+) -> Image.Image:
+    """Crop to the field of view's bounding box and pad to a centred square with black. A warning that
+    the photograph is unlikely to show a fundus is appended to `notes` when given."""
     if min(im.size) < MIN_SIDE:
         raise ImageError(
             f"{source}: image too small ({im.width}x{im.height}; need at least {MIN_SIDE} px a side)"
@@ -153,6 +156,8 @@ def crop_to_field(im: Image.Image, source: str | Path = "image") -> Image.Image:
     mask = field_of_view(np.asarray(small))
     if mask.mean() < MIN_FIELD_FRACTION:
         raise ImageError(f"{source}: no fundus field of view found (image is almost entirely dark)")
+    if notes is not None and (doubt := fundus_doubt(np.asarray(small), mask)):
+        notes.append(f"{source}: may not be a fundus photograph ({doubt}); check the file")
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     sx, sy = im.width / small.width, im.height / small.height
     box = (
@@ -168,15 +173,34 @@ def crop_to_field(im: Image.Image, source: str | Path = "image") -> Image.Image:
     return square
 
 
-def preprocess_image(path: str | Path, prep: Preprocessing) -> np.ndarray:
+def fundus_doubt(rgb: np.ndarray, mask: np.ndarray) -> str | None:
+    """Why `rgb` (with its field-of-view mask) is unlikely to be a fundus photograph, or None.
+
+    A heuristic, so it only warns: colour fundus photographs are red-orange inside the field of view
+    (red-free and greyscale ones are grey, which passes), and the field of view is framed by a dark
+    border at least at the corners (wide-field frames too). Everyday photographs usually fail one.
+    """
+    inside = rgb[mask].astype(np.float32)
+    r, g, b = inside.mean(axis=0)
+    if max(g, b) > 1.2 * r and max(g, b) - r > 12:
+        return "colours are not those of a retina: green or blue dominate"
+    corners = np.concatenate(
+        [m.ravel() for m in (mask[:8, :8], mask[:8, -8:], mask[-8:, :8], mask[-8:, -8:])]
+    )
+    if corners.mean() > 0.9:
+        return "no dark border around the field of view"
+    return None
+
+
+def preprocess_image(path: str | Path, prep: Preprocessing, notes: list[str] | None = None) -> np.ndarray:
     """File -> uint8 array (image_size, image_size, 3), ready to cache."""
-    return enhance(cropped_fundus(path, prep.image_size), prep.enhance)
+    return enhance(cropped_fundus(path, prep.image_size, notes), prep.enhance)
 
 
-def cropped_fundus(path: str | Path, image_size: int) -> np.ndarray:
+def cropped_fundus(path: str | Path, image_size: int, notes: list[str] | None = None) -> np.ndarray:
     """File -> the fundus cropped, squared and resized, before enhancement: what a person should see
     beside a heatmap (an enhanced image is what the model sees, not what a clinician reads)."""
-    im = crop_to_field(read_image(path), path)
+    im = crop_to_field(read_image(path), path, notes)
     im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
     return np.asarray(im, dtype=np.uint8).copy()
 

@@ -124,21 +124,24 @@ class Screener:
             raise UploadError(f"{label}: not a supported image type ({SUPPORTED} expected)", 415)
         return suffix
 
-    def _read(self, uploads: list[Upload]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """(what a person sees, what the model sees) per upload, via a private temporary folder."""
-        shown, model_inputs = [], []
+    def _read(self, uploads: list[Upload]) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+        """(what a person sees, what the model sees) per upload, via a private temporary folder, and
+        warnings (a photograph that may not show a fundus)."""
+        shown, model_inputs, warnings = [], [], []
         with tempfile.TemporaryDirectory(prefix="eyescreen-upload-") as private:
             for upload in uploads:
                 path = Path(private) / f"{upload.side}{self.check(upload)}"
                 path.write_bytes(upload.data)
+                label = f"{upload.side} eye ({upload.filename or 'unnamed'})"
+                notes: list[str] = []
                 try:
-                    view = cropped_fundus(path, self.prep.image_size)
+                    view = cropped_fundus(path, self.prep.image_size, notes)
                 except ImageError as e:
-                    label = f"{upload.side} eye ({upload.filename or 'unnamed'})"
                     raise UploadError(str(e).replace(str(path), label), 422) from None
+                warnings += [note.replace(str(path), label) for note in notes]
                 shown.append(view)
                 model_inputs.append(enhance(view.copy(), self.prep.enhance))
-        return shown, model_inputs
+        return shown, model_inputs, warnings
 
     def screen(self, uploads: list[Upload], explain: bool = False, method: str = "gradcam") -> dict:
         if not uploads:
@@ -146,7 +149,7 @@ class Screener:
         sides = [u.side for u in uploads]
         if len(set(sides)) != len(sides) or not set(sides) <= set(SIDES):
             raise UploadError("send at most one 'right' and one 'left' eye photograph", 400)
-        shown, inputs = self._read(uploads)
+        shown, inputs, warnings = self._read(uploads)
         size = self.prep.image_size
         images = torch.zeros((1, 2, 3, size, size), dtype=torch.uint8)
         mask = torch.zeros((1, 2), dtype=torch.bool)
@@ -165,7 +168,7 @@ class Screener:
             maps = self._maps(model, images, mask, eyes[0], patient[0], method) if explain else {}
         finally:
             self._models.put(model)
-        result = {**self.describe(), "eyes": {}, "patient": self._decision(patient[0])}
+        result = {**self.describe(), "eyes": {}, "patient": self._decision(patient[0]), "warnings": warnings}
         result["patient"]["driven_by"] = SIDES[int(driver[0])]
         for side, view in zip(sides, shown, strict=True):
             entry = self._decision(eyes[0, SIDES.index(side)])
