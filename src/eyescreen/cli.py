@@ -8,7 +8,7 @@ from dataclasses import MISSING
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import PRESETS, config_fields, preset
+from .config import DEFAULT_PRESET, PRESETS, config_fields, preset
 from .data import DataError, parse_classes
 from .models import list_models
 from .preprocess import ImageError
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="manifest CSV (image,label[,patient_id,eye]) or root/<class>/ folder"
     )
     p.add_argument("--out", required=True, help="run directory (checkpoints, split, logs)")
-    p.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help=f"training recipe (default: {DEFAULT_PRESET}; seed = the reference study's)")  # fmt: skip
     p.add_argument(
         "--classes", help="comma-separated classes to use, in this order (default: all in the data)"
     )

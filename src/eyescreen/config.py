@@ -94,6 +94,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# The best recipe found on validation (benchmarks/RESULTS.md); `eyescreen train` uses it unless told.
+DEFAULT_PRESET = "screen"
+
+
 def preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")

@@ -95,7 +95,8 @@ def evaluate(
     patients = aggregate_patients(records, prob, classes, meta.get("config", {}))
     if patients is not None:  # the same model judged per patient, for comparison with both-eye models
         names, p_prob, p_y = patients
-        sub = _score(common | {"level": "patient"}, p_y, p_prob, np.array(names), names, meta, out / "patients",
+        note = "a single-eye model; each patient takes its eye with the higher disease score; per eye: [../report.md](../report.md)"
+        sub = _score(common | {"level": "patient", "patient_note": note}, p_y, p_prob, np.array(names), names, meta, out / "patients",
                      None, n_resamples, [])  # fmt: skip
         report["patient_level"] = {k: sub[k] for k in ("metrics", "confidence_intervals", "files")}
         (out / "report.json").write_text(json.dumps(report, indent=2))

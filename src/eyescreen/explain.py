@@ -213,9 +213,12 @@ def explain_items(
     target: str = "predicted",
     batch_size: int = 16,
     progress: bool = True,
+    view=None,
 ) -> dict:
     """Explain (name, path, true label or None) items in streamed chunks: overlay PNG + raw .npy each,
-    an index CSV and the gallery. `load(path) -> uint8 (H, W, 3)` raises ImageError for bad files."""
+    an index CSV and the gallery. `load(path) -> uint8 (H, W, 3)` raises ImageError for bad files;
+    `view(path)`, when given, is the picture the map is drawn over (the photograph before structure
+    enhancement, which is what a clinician reads)."""
     from .inference import predict_proba
     from .preprocess import ImageError
 
@@ -250,7 +253,8 @@ def explain_items(
                 title = f"predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
                 if truth:
                     title += f"; true {truth}"
-                save_overlay(image, cam, out_dir / "overlays" / f"{stem}.png", title)
+                shown = image if view is None else view(path)
+                save_overlay(shown, cam, out_dir / "overlays" / f"{stem}.png", title)
                 rows.append({"name": name, "file": str(path), "true": truth or "", "predicted": classes[k],
                              "probability": f"{p[k]:.4f}", "target": classes[t],
                              "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"})  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from .data import list_images, load_dataset, subset
 from .explain import explain_items
 from .inference import resolve_device
 from .models import is_binocular
-from .preprocess import ImageCache, Preprocessing, preprocess_image
+from .preprocess import ImageCache, Preprocessing, cropped_fundus, preprocess_image
 
 
 def _named_inputs(inputs: list[str]) -> list[tuple[str, Path, None]]:
@@ -39,11 +40,14 @@ def run_explain(args) -> dict:
         part = subset(dataset, meta["split"], args.subset)
         items = [(r.key, r.path, r.label) for r in part.records]
         load = ImageCache(prep, args.cache_dir).get
+        plain = ImageCache(dataclasses.replace(prep, enhance="none"), args.cache_dir).get
     else:
         items = _named_inputs(args.inputs)
         load = partial(preprocess_image, prep=prep)
+        plain = partial(cropped_fundus, image_size=prep.image_size)
+    view = plain if prep.enhance != "none" else None
     return explain_items(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
-                         batch_size=args.batch_size, progress=not args.no_progress)  # fmt: skip
+                         batch_size=args.batch_size, progress=not args.no_progress, view=view)  # fmt: skip
 
 
 def _explain_binocular(args, model, meta, prep) -> dict:
@@ -104,6 +108,9 @@ def run_faithfulness(args) -> str:
     targets = predict_proba(model, images, norm["mean"], norm["std"], model_device(model)).argmax(1)
     cams = compute_cams(model, images, norm["mean"], norm["std"], args.method, list(targets), args.batch_size)
     arrays = images.permute(0, 2, 3, 1).numpy()
+    if cache.prep.enhance != "none":  # landmarks are found on the photograph, not the enhanced input
+        plain = ImageCache(dataclasses.replace(cache.prep, enhance="none"), args.cache_dir)
+        arrays = np.stack([plain.get(r.path) for r in records])
     shares = shares_by_class(arrays, cams, [r.label for r in records], meta["classes"])
     (out / "anatomy.json").write_text(json.dumps(shares, indent=2))
     plot_shares(shares, out / "anatomy.png", args.method)
