@@ -24,13 +24,13 @@ def build(name: str, image_size: int):
                 # The fundus is a disc on black: rotations are natural, the corners stay black.
                 v2.RandomAffine(degrees=180, scale=(0.9, 1.1), translate=(0.03, 0.03)),
                 v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.02),
-                _RandomGamma(0.8, 1.25),
+                RandomGamma(0.8, 1.25),
             ]
         )
     raise ValueError(f"unknown augmentation {name!r}; available: {', '.join(AUGMENTATIONS)}")
 
 
-class _RandomGamma(torch.nn.Module):
+class RandomGamma(torch.nn.Module):
     """torchvision has adjust_gamma but no random-gamma transform."""
 
     def __init__(self, low: float, high: float):

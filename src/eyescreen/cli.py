@@ -137,6 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the report as JSON here")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser(
+        "pretrain", help="self-supervised pre-training (SimCLR) on photographs, labelled or not"
+    )
+    p.add_argument("data", nargs="+", help="manifests (every row, with or without a label) and/or folders")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--enhance", default="none", choices=["none", "clahe", "graham"])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--temperature", type=float, default=0.2, help="of the NT-Xent loss")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--cache-dir")
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("serve", help="web page and JSON API for screening, with Grad-CAM overlays")
     p.add_argument("--checkpoint", help="model to serve (default: the demo model, trained first if needed)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
@@ -247,6 +266,17 @@ def run(args) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(rep, indent=2))
         return 1 if problems(rep) else 0
+    elif args.command == "pretrain":
+        from .pretrain import PretrainConfig, pretrain
+
+        cfg = PretrainConfig(
+            model=args.model, image_size=args.image_size, enhance=args.enhance, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
+            precision=args.precision, device=args.device,
+        )  # fmt: skip
+        path = pretrain(cfg, args.data, args.out, resume=args.resume, cache_dir=args.cache_dir,
+                        progress=not args.no_progress)  # fmt: skip
+        print(f"pre-trained weights: {path}\nfine-tune with: eyescreen train ... --init {path}")
     elif args.command == "serve":
         from .server import serve
 

@@ -35,6 +35,7 @@ class TrainConfig:
         "exclude"  # both-eye models: a patient with two different diseases: exclude | priority
     )
     normal_class: str = "normal"  # the class that is not referable, for the screening operating point
+    init: str = ""  # start from these weights (an `eyescreen pretrain` output); "" = random
     compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start)
 
     def validate(self) -> TrainConfig:

@@ -158,6 +158,10 @@ def train(
     precision = resolve_precision(cfg.precision, device)
     channels_last = cfg.channels_last
     model, model_spec = task.build(cfg.model)
+    if cfg.init and not resume:
+        from .pretrain import load_pretrained
+
+        say(f"initialised {load_pretrained(model, cfg.init, cfg.model)} weight tensors from {cfg.init}")
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,179 @@
+"""`eyescreen pretrain`: self-supervised pre-training (SimCLR) on fundus photographs, labelled or not.
+
+No weights can be downloaded in a closed hospital network, but there are usually more photographs than
+labels. SimCLR (Chen et al. 2020) learns from two random views of each image: the network must match
+the views of the same eye among those of the whole batch (NT-Xent loss). The model's own classifier
+layer serves as a linear projection head to `projection_dim` features, so any registered model can be
+pre-trained; `train --init FILE` then starts from these weights (all but the classifier layer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from .augment import RandomGamma
+from .checkpoint import CheckpointError, load_state, read_meta, save_model, save_state
+from .data import list_images, read_class_folders, read_manifest
+from .inference import autocast, resolve_device, resolve_precision
+from .models import create_model
+from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack, normalize
+from .train import seed_everything
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "resnet18"
+    image_size: int = 128
+    enhance: str = "none"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    projection_dim: int = 128
+    seed: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+
+
+def image_paths(sources: list[str | Path]) -> list[Path]:
+    """Every image of the manifests (with or without a label), class folders and plain folders."""
+    paths: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_file() and source.suffix.lower() == ".csv":
+            paths += [r.path for r in read_manifest(source)]
+        elif source.is_dir() and any(p.is_dir() for p in source.iterdir()):
+            paths += [r.path for r in read_class_folders(source)]
+        else:
+            paths += list_images([source])
+    return list(dict.fromkeys(paths))  # the same file named twice counts once
+
+
+def views(image_size: int) -> v2.Compose:
+    """A random view of a uint8 fundus: stronger than training augmentation (SimCLR needs it)."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(0.4, 1.0), ratio=(0.8, 1.25), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomRotation(180),
+            v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.3, hue=0.05),
+            RandomGamma(0.7, 1.4),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
+        ]
+    )
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's loss: each view must pick its partner among the 2N - 1 other views of the batch."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = len(z1)
+    similarity = z @ z.T / temperature
+    similarity.fill_diagonal_(-math.inf)
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(similarity, partner)
+
+
+def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path, resume: bool = False,
+             cache_dir=None, progress: bool = True) -> Path:  # fmt: skip
+    out = Path(out_dir)
+    if resume:
+        state = load_state(out / "pretrain-resume.pt")
+        cfg = PretrainConfig(**json.loads(state["config"]))
+    elif (out / "pretrain-resume.pt").exists():
+        raise FileExistsError(f"{out}: already holds a pre-training run; use --resume or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    paths = image_paths(sources)
+    prep = Preprocessing(image_size=cfg.image_size, enhance=cfg.enhance)
+    images, ok, failed = load_stack(paths, ImageCache(prep, cache_dir), progress=progress, desc="images")
+    for _, message in failed:
+        print(f"could not read: {message}")
+    if len(ok) < 2:
+        raise ValueError("pre-training needs at least two readable images")
+    print(f"pre-training {cfg.model} on {len(ok)} images ({len(failed)} unreadable), {cfg.epochs} epochs")
+    model = create_model(cfg.model, cfg.projection_dim).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    transform = views(cfg.image_size)
+    start = 0
+    if resume:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start = state["epoch"] + 1
+    batch = min(cfg.batch_size, len(images))
+    meta = {
+        "kind": "pretrained",
+        "model": {"name": cfg.model, "args": {"num_classes": cfg.projection_dim}},
+        "preprocessing": asdict(prep),
+        "normalization": {"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)},
+        "pretrain": asdict(cfg) | {"method": "simclr", "images": len(ok)},
+    }
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        began, losses = time.perf_counter(), []
+        order = torch.randperm(len(images))
+        steps = range(0, len(order) - batch + 1, batch)  # full batches: NT-Xent needs negatives
+        for s in tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
+            chunk = images[order[s : s + batch]]
+            a = torch.stack([transform(im) for im in chunk])
+            b = torch.stack([transform(im) for im in chunk])
+            x = normalize(torch.cat([a, b]).to(device), DEFAULT_MEAN, DEFAULT_STD)
+            with autocast(device, precision):
+                z = model(x)
+            loss = nt_xent(z[: len(chunk)], z[len(chunk) :], cfg.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        scheduler.step()
+        mean = sum(losses) / max(len(losses), 1)
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}: contrastive loss {mean:.4f} | {time.perf_counter() - began:.0f}s"
+        )
+        save_model(out / "pretrained.safetensors", model, meta | {"epoch": epoch + 1, "loss": mean})
+        save_state(out / "pretrain-resume.pt", {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
+            "config": json.dumps(asdict(cfg)),
+        })  # fmt: skip
+    return out / "pretrained.safetensors"
+
+
+def load_pretrained(model: torch.nn.Module, path: str | Path, model_name: str) -> int:
+    """Copy pre-trained weights into `model` (a single-eye model or a both-eye model's backbone), all
+    but tensors whose shapes differ (the classifier layer). Returns how many tensors were copied."""
+    from safetensors.torch import load_file
+
+    meta = read_meta(path)
+    if meta.get("kind") != "pretrained":
+        raise CheckpointError(f"{path}: not an `eyescreen pretrain` output")
+    base = model_name.removesuffix("-binocular")
+    if meta["model"]["name"] != base:
+        raise CheckpointError(
+            f"{path}: pre-trained {meta['model']['name']}, but this run trains {model_name}"
+        )
+    weights = load_file(str(path))
+    own = model.state_dict()
+    copied = {}
+    for key, value in own.items():
+        source = key.removeprefix("backbone.") if key not in weights else key
+        if source in weights and weights[source].shape == value.shape:
+            copied[key] = weights[source]
+    if not copied:
+        raise CheckpointError(f"{path}: no weights match {model_name}")
+    model.load_state_dict(copied, strict=False)
+    return len(copied)

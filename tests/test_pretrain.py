@@ -1,0 +1,81 @@
+"""`eyescreen pretrain` (SimCLR on all photographs, labelled or not) and `train --init`."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eyescreen.checkpoint import CheckpointError, read_meta
+from eyescreen.cli import main
+from eyescreen.config import preset
+from eyescreen.models import create_model
+from eyescreen.pretrain import PretrainConfig, image_paths, load_pretrained, nt_xent, pretrain
+from eyescreen.train import train
+
+
+def test_nt_xent_rewards_matching_views():
+    torch.manual_seed(0)
+    z = torch.randn(8, 16)
+    matched = nt_xent(z, z + 0.01 * torch.randn(8, 16), 0.2)
+    shuffled = nt_xent(z, torch.randn(8, 16), 0.2)
+    assert matched < 0.5 < shuffled
+
+
+def test_pretrain_uses_unlabelled_images_resumes_and_initialises_training(
+    synthetic_manifest, tmp_path, monkeypatch
+):
+    paths = image_paths([synthetic_manifest])
+    rows = synthetic_manifest.read_text().splitlines()[1:]
+    assert len(paths) == len(rows)  # every row, the unlabelled ones included
+    cfg = PretrainConfig(model="tiny-cnn", image_size=40, epochs=2, batch_size=16, precision="fp32")
+    weights = pretrain(cfg, [synthetic_manifest], tmp_path / "ssl", progress=False)
+    meta = read_meta(weights)
+    assert meta["kind"] == "pretrained" and meta["pretrain"]["images"] == len(paths) and meta["epoch"] == 2
+    with pytest.raises(FileExistsError):
+        pretrain(cfg, [synthetic_manifest], tmp_path / "ssl", progress=False)
+
+    # Resume: a run interrupted after its first epoch ends with the same weights as the full one.
+    import eyescreen.pretrain as module
+
+    real_save = module.save_state
+
+    def crash_after_first_epoch(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "save_state", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, [synthetic_manifest], tmp_path / "ssl2", progress=False)
+    monkeypatch.setattr(module, "save_state", real_save)
+    pretrain(cfg, [synthetic_manifest], tmp_path / "ssl2", resume=True, progress=False)
+    a = load_file(str(tmp_path / "ssl2" / "pretrained.safetensors"))
+    b = load_file(str(weights))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # Fine-tuning starts from the pre-trained weights, all but the classifier layer.
+    model = create_model("tiny-cnn", 3)
+    copied = load_pretrained(model, weights, "tiny-cnn")
+    state, pre = model.state_dict(), load_file(str(weights))
+    assert 0 < copied < len(state)
+    same = [k for k in state if k in pre and pre[k].shape == state[k].shape]
+    assert len(same) == copied and all(torch.equal(state[k], pre[k]) for k in same)
+    with pytest.raises(CheckpointError, match="pre-trained tiny-cnn, but this run trains seed-cnn"):
+        load_pretrained(create_model("seed-cnn", 3), weights, "seed-cnn")
+
+    run = tmp_path / "fine"
+    tiny = preset(
+        "quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision="fp32", init=str(weights)
+    )
+    train(tiny, synthetic_manifest, run, progress=False)
+    assert json.loads((run / "config.json").read_text())["config"]["init"] == str(weights)
+
+
+def test_pretrain_cli(synthetic_manifest, tmp_path, capsys):
+    rc = main(["pretrain", str(synthetic_manifest), "--out", str(tmp_path / "p"), "--model", "tiny-cnn",
+               "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--precision", "fp32", "--no-progress"])  # fmt: skip
+    assert rc == 0 and "--init" in capsys.readouterr().out
+    rc = main(["train", "--data", str(synthetic_manifest), "--out", str(tmp_path / "t"), "--preset", "quick",
+               "--model", "seed-cnn", "--init", str(tmp_path / "p" / "pretrained.safetensors"), "--no-progress"])  # fmt: skip
+    assert rc == 2  # a clear error, not a traceback: the pre-trained model is not seed-cnn
+    assert "pre-trained tiny-cnn" in capsys.readouterr().err
