@@ -24,7 +24,7 @@ from eyescreen.data import DataError, load_dataset, read_split  # noqa: E402
 from eyescreen.predict import predict  # noqa: E402
 from eyescreen.service import Screener, Upload, UploadError  # noqa: E402
 from eyescreen.train import train  # noqa: E402
-from synthetic import fundus, write_dataset  # noqa: E402
+from synthetic import dicom_file, everyday_photo, fundus, write_dataset  # noqa: E402
 
 
 def image_corpus(folder: Path) -> dict[str, Path]:
@@ -57,33 +57,11 @@ def image_corpus(folder: Path) -> dict[str, Path]:
     save("huge.png", Image.new("RGB", (12000, 8000)), compress_level=1)  # 96 MP: over Pillow's bomb limit
     save("tiny-16px.png", Image.fromarray(rgb).resize((16, 16)))
     save("all-black.png", Image.new("RGB", (200, 200)))
-    photo = np.zeros((120, 160, 3), np.uint8)
-    photo[:60], photo[60:], photo[40:80, 60:100] = (110, 160, 230), (70, 150, 60), (180, 40, 30)
-    save("everyday-photo.jpg", Image.fromarray(photo))
+    files["everyday-photo.jpg"] = everyday_photo(folder / "everyday-photo.jpg")
     save("tiff.tif", Image.fromarray(rgb))
     for name, with_pixels in (("dicom.dcm", True), ("dicom-no-pixels.dcm", False)):
-        files[name] = dicom(folder / name, rgb, with_pixels)
+        files[name] = dicom_file(folder / name, rgb if with_pixels else None)
     return files
-
-
-def dicom(path: Path, rgb: np.ndarray, with_pixels: bool) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # ophthalmic photography 8 bit
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, generate_uid(), "OP"
-    if with_pixels:
-        ds.Rows, ds.Columns = rgb.shape[:2]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = rgb.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def outcome_predict(path: Path, checkpoint: Path, work: Path) -> str:

@@ -7,6 +7,7 @@ import csv
 import random
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 LESIONS = {"normal": None, "spots": "spots", "blob": "blob"}
@@ -91,3 +92,33 @@ def write_dataset(
         w.writerow(["image", "patient_id", "eye", "label"])
         w.writerows(rows)
     return manifest
+
+
+def dicom_file(path, rgb=None):
+    """An ophthalmic-photography DICOM file, with the RGB pixels given or without pixel data."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # ophthalmic photography 8 bit
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Modality, ds.SOPInstanceUID = "OP", meta.MediaStorageSOPInstanceUID
+    if rgb is not None:
+        ds.Rows, ds.Columns = rgb.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = rgb.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def everyday_photo(path):
+    """Sky over a meadow with a red house: fills the frame, no dark border, blue and green dominate."""
+    a = np.zeros((120, 160, 3), np.uint8)
+    a[:60] = (110, 160, 230)
+    a[60:] = (70, 150, 60)
+    a[40:80, 60:100] = (180, 40, 30)
+    Image.fromarray(a).save(path, format="JPEG")
+    return path

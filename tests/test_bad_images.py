@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from eyescreen.preprocess import ImageError, Preprocessing, preprocess_image
-from synthetic import fundus
+from synthetic import dicom_file, everyday_photo, fundus
 
 PREP = Preprocessing(64)
 
@@ -60,45 +60,16 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
         preprocess_image(path, PREP)
 
 
-def _dicom(path, rgb=None):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # ophthalmic photography 8 bit
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Modality, ds.SOPInstanceUID = "OP", meta.MediaStorageSOPInstanceUID
-    if rgb is not None:
-        ds.Rows, ds.Columns = rgb.shape[:2]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = rgb.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_dicom_ophthalmic_photograph_is_read(tmp_path):
-    path = _dicom(tmp_path / "eye.dcm", _fundus_array())
+    path = dicom_file(tmp_path / "eye.dcm", _fundus_array())
     out = preprocess_image(path, PREP)
     assert out.shape == (64, 64, 3) and out.mean() > 20
 
 
 def test_dicom_without_pixel_data_is_refused(tmp_path):
-    path = _dicom(tmp_path / "report.dcm")
+    path = dicom_file(tmp_path / "report.dcm")
     with pytest.raises(ImageError, match=r"report\.dcm: DICOM without pixel data"):
         preprocess_image(path, PREP)
-
-
-def everyday_photo(path):
-    """Sky over a meadow with a red house: fills the frame, no dark border, blue and green dominate."""
-    a = np.zeros((120, 160, 3), np.uint8)
-    a[:60] = (110, 160, 230)
-    a[60:] = (70, 150, 60)
-    a[40:80, 60:100] = (180, 40, 30)
-    Image.fromarray(a).save(path, format="JPEG")
-    return path
 
 
 def test_an_everyday_photo_is_read_but_warned_about(tmp_path):

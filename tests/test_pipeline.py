@@ -79,7 +79,7 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     probs = [float(by_name["a.jpg"][f"prob_{c}"]) for c in ("blob", "normal", "spots")]
     assert sum(probs) == pytest.approx(1.0, abs=1e-4)
     assert not by_name["a.jpg"]["warning"]
-    from test_bad_images import everyday_photo
+    from synthetic import everyday_photo
 
     photo = everyday_photo(tmp_path / "holiday.jpg")
     result = predict([photo], best, tmp_path / "pred2.csv", progress=False)

@@ -67,7 +67,7 @@ def test_one_eye(client, screener):
 
 
 def test_a_photo_that_may_not_be_a_fundus_is_screened_with_a_warning(client, tmp_path):
-    from test_bad_images import everyday_photo
+    from synthetic import everyday_photo
 
     data = everyday_photo(tmp_path / "holiday.jpg").read_bytes()
     r = client.post("/v1/predict", files={"left": ("holiday.jpg", data, "image/jpeg")})
