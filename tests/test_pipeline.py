@@ -223,3 +223,20 @@ def test_training_skips_and_lists_unreadable_images(tmp_path):
     train(tiny_config(epochs=1), manifest, tmp_path / "run", progress=False)
     skipped = (tmp_path / "run" / "skipped_images.txt").read_text()
     assert "3_left.jpg: empty file" in skipped
+
+
+def test_same_seed_and_data_give_the_same_metrics_and_weights(synthetic_manifest, tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        train(tiny_config(augment="fundus"), synthetic_manifest, run, progress=False)
+
+    def log(run):
+        with open(run / "metrics.csv") as f:
+            return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+    assert log(runs[0]) == log(runs[1])
+    a, b = load_file(runs[0] / "last.safetensors"), load_file(runs[1] / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    info = json.loads((runs[0] / "run_info.json").read_text())
+    assert {"git_commit", "command", "torch", "python"} <= set(info)
+    assert json.loads((runs[0] / "config.json").read_text())["config"]["seed"] == 0
