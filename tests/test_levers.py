@@ -47,3 +47,25 @@ def test_training_runs_with_every_lever_on(synthetic_manifest, tmp_path):
                  label_smoothing=0.1, warmup_epochs=0)  # fmt: skip
     train(cfg, synthetic_manifest, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_flip_tta_averages_the_four_flips_and_evaluates(synthetic_manifest, tmp_path):
+    from eyescreen.config import preset
+    from eyescreen.evaluate import evaluate
+    from eyescreen.inference import FlipAverage
+    from eyescreen.models import create_model
+    from eyescreen.train import train
+
+    torch.manual_seed(0)
+    model = create_model("tiny-cnn", 3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = (model(x) + model(x.flip(-1)) + model(x.flip(-2)) + model(x.flip(-1, -2))) / 4
+        torch.testing.assert_close(FlipAverage(model)(x), expected)
+        # Invariant to the flips it averages over.
+        torch.testing.assert_close(FlipAverage(model)(x.flip(-1)), FlipAverage(model)(x), rtol=1e-5, atol=1e-6)
+    cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision="fp32")
+    best = train(cfg, synthetic_manifest, tmp_path / "run", progress=False)
+    report = evaluate(best, tmp_path / "tta", progress=False, n_resamples=20, tta=True)
+    assert report["test_time_augmentation"] == "flips (4 views)"
+    assert 0 <= report["metrics"]["macro_auc"] <= 1

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--out", help="report directory (default: next to the checkpoint)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--tta", action="store_true", help="average over flipped copies (test-time augmentation)")
     p.add_argument("--cache-dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -197,6 +198,7 @@ def run(args) -> int:
             cache_dir=args.cache_dir,
             n_resamples=args.bootstrap,
             device=args.device,
+            tta=args.tta,
             progress=not args.no_progress,
         )
         m, ci = report["metrics"], report["confidence_intervals"]

@@ -24,7 +24,9 @@ def _target_prob(model, x: torch.Tensor, targets: torch.Tensor, batch_size: int 
 
     device = x.device
     out = []
-    with autocast(device, resolve_precision("auto", device)):  # bf16 where native: the curves need many passes
+    with autocast(
+        device, resolve_precision("auto", device)
+    ):  # bf16 where native: the curves need many passes
         for start in range(0, len(x), batch_size):
             logits = model(x[start : start + batch_size]).float()
             out.append(torch.softmax(logits, 1).gather(1, targets[start : start + batch_size, None])[:, 0])

@@ -40,6 +40,19 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class FlipAverage(nn.Module):
+    """Test-time augmentation: the mean of the logits over the image and its horizontal, vertical and
+    double flips (the same flips training augmentation uses). Single-eye models only."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))
+        return torch.stack([self.model(v) for v in views]).mean(0)
+
+
 def prepare_batch(batch: torch.Tensor, device, mean, std, channels_last: bool) -> torch.Tensor:
     x = normalize(batch.to(device, non_blocking=True), mean, std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

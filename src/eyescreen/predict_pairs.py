@@ -80,7 +80,9 @@ def predict_pairs(
             patient_prob = np.full((len(chunk), len(classes)), np.nan)
             driver = [""] * len(chunk)
             if usable.any():
-                e, p, d = patient_predictions(model, images[usable], mask[usable], binocular, norm, dev, prec, normal)
+                e, p, d = patient_predictions(
+                    model, images[usable], mask[usable], binocular, norm, dev, prec, normal
+                )
                 eye_prob[usable.numpy()] = apply_temperature(
                     e.reshape(-1, len(classes)), temperature
                 ).reshape(e.shape)

@@ -110,7 +110,9 @@ def markdown(report: dict) -> str:
         f"- data: `{report['data']}`, {m['n']} {'patients' if report.get('level') == 'patient' else 'images from ' + str(report['n_patients']) + ' patients'}",
         f"- 95% confidence intervals: bootstrap over patients, {ci['n_resamples']} resamples",
         *(
-            [f"- {report.get('patient_note') or 'per-eye metrics of this both-eye model: [eyes/report.md](eyes/report.md)'}"]
+            [
+                f"- {report.get('patient_note') or 'per-eye metrics of this both-eye model: [eyes/report.md](eyes/report.md)'}"
+            ]
             if report.get("level") == "patient"
             else []
         ),
