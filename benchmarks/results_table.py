@@ -26,7 +26,7 @@ def row(run: Path) -> str:
 
     per_class = " / ".join(f"{m['per_class'][c]['sensitivity']:.2f}" for c in report["classes"])
     return (
-        f"| {report['model']} | {len(log)}/{cfg['epochs']} (best {report['epoch']}) | {cell('accuracy')} | "
+        f"| {run.name} | {len(log)}/{cfg['epochs']} (best {report['epoch']}) | {cell('accuracy')} | "
         f"{cell('balanced_accuracy')} | {cell('macro_auc')} | {m['macro_f1']:.3f} | {m['cohen_kappa']:.3f} | "
         f"{m['ece']:.3f} | {per_class} | {minutes:.0f} min | `{(info.get('git_commit') or '?')[:8]}` |"
     )
@@ -34,7 +34,7 @@ def row(run: Path) -> str:
 
 if __name__ == "__main__":
     print(
-        "| model | epochs run (best) | accuracy [95% CI] | balanced acc. [95% CI] | macro-AUC [95% CI] | "
+        "| run | epochs run (best) | accuracy [95% CI] | balanced acc. [95% CI] | macro-AUC [95% CI] | "
         "macro-F1 | kappa | ECE | sensitivity per class | train time | commit |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
