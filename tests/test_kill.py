@@ -15,8 +15,8 @@ ARGS = ["--preset", "quick", "--model", "seed-cnn", "--image-size", "40", "--epo
         "--precision", "fp32", "--no-progress"]  # fmt: skip
 
 
-def run(manifest, out, *extra, env):
-    cmd = [
+def command(manifest, out, *extra):
+    return [
         sys.executable,
         "-m",
         "eyescreen",
@@ -28,7 +28,12 @@ def run(manifest, out, *extra, env):
         *ARGS,
         *extra,
     ]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def run(manifest, out, *extra, env):
+    return subprocess.run(
+        command(manifest, out, *extra), env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(synthetic_manifest, tmp_path):
@@ -36,18 +41,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(synthetic_manifest, tmp_
     assert run(synthetic_manifest, tmp_path / "full", env=env).returncode == 0
 
     out = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "eyescreen",
-        "train",
-        "--data",
-        str(synthetic_manifest),
-        "--out",
-        str(out),
-        *ARGS,
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(synthetic_manifest, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not (out / "resume.pt").exists() and time.time() < deadline:  # wait for the first finished epoch
         time.sleep(0.05)

@@ -170,9 +170,10 @@ class Screener:
             self._models.put(model)
         result = {**self.describe(), "eyes": {}, "patient": self._decision(patient[0]), "warnings": warnings}
         result["patient"]["driven_by"] = SIDES[int(driver[0])]
-        for side, view in zip(sides, shown, strict=True):
+        for upload, view in zip(uploads, shown, strict=True):
+            side = upload.side
             entry = self._decision(eyes[0, SIDES.index(side)])
-            entry["filename"] = next(u.filename for u in uploads if u.side == side)
+            entry["filename"] = upload.filename
             if explain:
                 entry["image_png"] = png_base64(view)
                 entry["overlay_png"] = png_base64(overlay_rgb(view, maps[side]))
