@@ -1,5 +1,6 @@
 """Training levers: augmentation, class balance, logit adjustment."""
 
+import pytest
 import torch
 
 from eyescreen import augment
@@ -30,6 +31,32 @@ def test_fundus_augmentation_is_per_image_seeded_and_keeps_uint8():
     out = augment.apply(t, same)
     assert not all(torch.equal(out[0], out[i]) for i in range(1, 4))  # each image its own draw
     assert augment.apply(augment.build("none", 64), batch) is batch
+
+
+def test_fundus_geometry_without_jitter_is_only_flips_and_keeps_black_outside():
+    """With rotation, scale, shift and colour switched off, each image comes back as itself or one of
+    its three flips: the batched affine resampling puts pixels where a flip would."""
+    batch = _batch(8)
+    t = augment.FundusAugment(degrees=0, scale=(1, 1), translate=0, brightness=0, contrast=0,
+                              saturation=0, hue=0, gamma=(1, 1))  # fmt: skip
+    torch.manual_seed(3)
+    out = augment.apply(t, batch)
+    kinds = set()
+    for image, got in zip(batch, out, strict=True):
+        flips = {"none": image, "h": image.flip(-1), "v": image.flip(-2), "hv": image.flip(-1, -2)}
+        close = [k for k, f in flips.items() if (got.int() - f.int()).abs().max() <= 1]
+        assert len(close) == 1, close
+        kinds.add(close[0])
+    assert len(kinds) >= 2  # flips are drawn per image
+    # Rotation, scale and shift keep the corners (outside the fundus disc) black.
+    geometric = augment.FundusAugment(brightness=0, contrast=0, saturation=0, hue=0, gamma=(1, 1))
+    rotated = augment.apply(geometric, batch)
+    assert int(rotated[:, :, 0, 0].max()) == 0
+
+
+def test_fundus_augmentation_rejects_non_uint8_batches():
+    with pytest.raises(ValueError, match="uint8"):
+        augment.apply(augment.build("fundus", 64), torch.zeros(2, 3, 8, 8))
 
 
 def test_balanced_sampler_draws_classes_equally_and_shards_for_ddp():

@@ -1,49 +1,121 @@
-"""Fundus-appropriate augmentation on uint8 image batches, per image, seeded by the global RNG.
+"""Fundus-appropriate augmentation of whole uint8 image batches, on the batch's device.
 
-Operating on the cached uint8 tensors (not on decoded JPEGs) keeps augmentation cheap on a 2-core
-CPU. Each image gets its own random flip, rotation, scale/crop jitter and photometric change.
+Every image gets its own random flip, rotation, scale/shift jitter and photometric change, but the
+work is done for the batch at once: one affine grid sample for all geometric changes and a few
+broadcast operations for colour. Per-image torchvision transforms spent most of a training step on
+this 2-core CPU (benchmarks/pipeline_profile.py); batched, augmentation costs a few percent of the
+step, and on a GPU it runs there. Random draws come from the global CPU generator, so a seeded run
+sees the same augmentations on any device.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
+import torch.nn.functional as F
 
 AUGMENTATIONS = ("none", "fundus")
+
+# RGB <-> YIQ: hue is a rotation of the (I, Q) chroma plane.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+_LUMA = _RGB_TO_YIQ[0]
 
 
 def build(name: str, image_size: int):
     if name == "none":
         return None
     if name == "fundus":
-        return v2.Compose(
-            [
-                v2.RandomHorizontalFlip(),
-                v2.RandomVerticalFlip(),
-                # The fundus is a disc on black: rotations are natural, the corners stay black.
-                v2.RandomAffine(degrees=180, scale=(0.9, 1.1), translate=(0.03, 0.03)),
-                v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.02),
-                RandomGamma(0.8, 1.25),
-            ]
-        )
+        return FundusAugment()
     raise ValueError(f"unknown augmentation {name!r}; available: {', '.join(AUGMENTATIONS)}")
 
 
+def _uniform(n: int, low: float, high: float) -> torch.Tensor:
+    return torch.empty(n).uniform_(low, high)
+
+
+class FundusAugment(torch.nn.Module):
+    """Flips, rotation (any angle: the fundus is a disc on black), scale and shift, then brightness,
+    contrast, saturation, hue and gamma, each drawn per image. Input and output: uint8 (N, 3, H, W)."""
+
+    def __init__(self, degrees: float = 180, scale=(0.9, 1.1), translate: float = 0.03,
+                 brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.1,
+                 hue: float = 0.02, gamma=(0.8, 1.25)):  # fmt: skip
+        super().__init__()
+        self.degrees, self.scale, self.translate = degrees, scale, translate
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.gamma = gamma
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a uint8 batch (N, 3, H, W), got {batch.dtype} {tuple(batch.shape)}")
+        n = len(batch)
+        x = batch.float().div_(255)
+        x = self.geometry(x, n)
+        x = self.colour(x, n)
+        return x.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+
+    def geometry(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """One bilinear resampling for flip, rotation, scale and shift; outside the image is black."""
+        angle = _uniform(n, -self.degrees, self.degrees) * math.pi / 180
+        scale = _uniform(n, *self.scale)
+        flip_x = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+        flip_y = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+        shift = _uniform(2 * n, -self.translate, self.translate).view(n, 2) * 2  # grid spans [-1, 1]
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        # affine_grid maps output coordinates to where they are read in the input.
+        theta = torch.stack(
+            [
+                torch.stack([cos * flip_x, -sin * flip_y, shift[:, 0]], 1),
+                torch.stack([sin * flip_x, cos * flip_y, shift[:, 1]], 1),
+            ],
+            1,
+        ).to(x.device)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def colour(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        def per_image(low, high):
+            return _uniform(n, low, high).to(x.device).view(n, 1, 1, 1)
+
+        brightness = per_image(1 - self.brightness, 1 + self.brightness)
+        contrast = per_image(1 - self.contrast, 1 + self.contrast)
+        saturation = per_image(1 - self.saturation, 1 + self.saturation)
+        hue = _uniform(n, -self.hue, self.hue) * 2 * math.pi
+        gamma = per_image(*self.gamma)
+
+        x = (x * brightness).clamp_(0, 1)
+        mean_luma = torch.einsum("c,nchw->n", _LUMA.to(x.device), x).view(n, 1, 1, 1) / x[0, 0].numel()
+        x = ((x - mean_luma) * contrast + mean_luma).clamp_(0, 1)
+        luma = torch.einsum("c,nchw->nhw", _LUMA.to(x.device), x).unsqueeze(1)
+        x = ((x - luma) * saturation + luma).clamp_(0, 1)
+        cos, sin, zero, one = torch.cos(hue), torch.sin(hue), torch.zeros(n), torch.ones(n)
+        rotate = torch.stack(
+            [torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),
+             torch.stack([zero, sin, cos], 1)], 1,
+        )  # fmt: skip
+        mix = (_YIQ_TO_RGB @ rotate @ _RGB_TO_YIQ).to(x.device)  # (n, 3, 3)
+        x = torch.einsum("nij,njhw->nihw", mix, x).clamp_(0, 1)
+        return x.pow_(gamma)
+
+
 class RandomGamma(torch.nn.Module):
-    """torchvision has adjust_gamma but no random-gamma transform."""
+    """Per-image gamma for torchvision pipelines (the self-supervised views), which lack one."""
 
     def __init__(self, low: float, high: float):
         super().__init__()
         self.low, self.high = low, high
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
         gamma = float(torch.empty(1).uniform_(self.low, self.high))
-        return F.adjust_gamma(image, gamma)
+        return TF.adjust_gamma(image, gamma)
 
 
 def apply(transform, batch: torch.Tensor) -> torch.Tensor:
-    """Apply `transform` to each uint8 image of (N, 3, H, W) independently."""
+    """Augment a uint8 batch (N, 3, H, W); each image gets its own draw. None leaves it unchanged."""
     if transform is None:
         return batch
-    return torch.stack([transform(image) for image in batch])
+    return transform(batch)

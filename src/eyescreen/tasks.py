@@ -60,7 +60,9 @@ class SingleEye:
                        groups=tuple(r.group for r in kept))  # fmt: skip
 
     def batch(self, s: Samples, idx, transform, device, mean, std, channels_last):
-        x = prepare_batch(augment.apply(transform, s.inputs[idx]), device, mean, std, channels_last)
+        # Augment on the training device: batched, it is cheap on a CPU and free on a GPU.
+        x = augment.apply(transform, s.inputs[idx].to(device, non_blocking=True))
+        x = prepare_batch(x, device, mean, std, channels_last)
         return x, None, s.targets[idx].to(device)
 
     def loss(self, net, x, mask, y, loss_fn, log_prior, adjust: bool):
@@ -122,7 +124,7 @@ class BothEyes(SingleEye):
         return Samples(inputs[keep], targets[keep], targets[keep, 2], mask[keep], skipped, ids, ids)
 
     def batch(self, s: Samples, idx, transform, device, mean, std, channels_last):
-        eyes = s.inputs[idx]
+        eyes = s.inputs[idx].to(device, non_blocking=True)
         if transform is not None:
             eyes = augment.apply(transform, eyes.flatten(0, 1)).view_as(eyes)
         x = prepare_batch(eyes, device, mean, std, channels_last=False)  # 5-D; the model handles the layout
