@@ -35,8 +35,18 @@ from .tasks import BothEyes, SingleEye
 
 LOG_COLUMNS = [
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss",
-    "val_accuracy", "val_balanced_accuracy", "val_macro_auc", "seconds",
+    "val_accuracy", "val_balanced_accuracy", "val_macro_auc", "seconds", "peak_rss_mb",
 ]  # fmt: skip
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (logged per epoch: it should stop growing)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def seed_everything(seed: int) -> None:
@@ -266,7 +276,7 @@ def train(
             "epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen, "train_accuracy": correct / max(scored, 1),
             "val_loss": val_loss, "val_accuracy": val["accuracy"],
             "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_auc": val["macro_auc"],
-            "seconds": round(time.perf_counter() - t0, 2),
+            "seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak_rss_mb(),
         }  # fmt: skip
         history.append(row)
         _write_log(out / "metrics.csv", history)
