@@ -34,6 +34,15 @@ BATCH = 32
 STAGES = ("augment", "normalise", "forward", "backward+step")
 
 
+class RandomGamma(torch.nn.Module):
+    def __init__(self, low: float, high: float):
+        super().__init__()
+        self.low, self.high = low, high
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return v2.functional.adjust_gamma(image, float(torch.empty(1).uniform_(self.low, self.high)))
+
+
 def per_image_fundus():
     """The augmentation eyescreen used before batching (same ranges as FundusAugment's defaults)."""
     each = v2.Compose(
@@ -42,7 +51,7 @@ def per_image_fundus():
             v2.RandomVerticalFlip(),
             v2.RandomAffine(degrees=180, scale=(0.9, 1.1), translate=(0.03, 0.03)),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.02),
-            augment.RandomGamma(0.8, 1.25),
+            RandomGamma(0.8, 1.25),
         ]
     )
     return lambda batch: torch.stack([each(image) for image in batch])

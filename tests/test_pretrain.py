@@ -79,3 +79,20 @@ def test_pretrain_cli(synthetic_manifest, tmp_path, capsys):
                "--model", "seed-cnn", "--init", str(tmp_path / "p" / "pretrained.safetensors"), "--no-progress"])  # fmt: skip
     assert rc == 2  # a clear error, not a traceback: the pre-trained model is not seed-cnn
     assert "pre-trained tiny-cnn" in capsys.readouterr().err
+
+
+def test_holdout_split_leaves_out_every_photograph_of_validation_and_test_patients(synthetic_manifest, tmp_path):
+    from eyescreen.data import load_dataset, make_split, read_manifest, write_split
+    from eyescreen.pretrain import holdout_patients
+
+    dataset = load_dataset(synthetic_manifest)
+    split_file = tmp_path / "split.csv"
+    write_split(make_split(dataset, 0.2, 0.2, seed=0), dataset, split_file)
+    held = holdout_patients(split_file)
+    rows = read_manifest(synthetic_manifest)
+    assert held and held < {r.group for r in rows}
+    kept = set(image_paths([synthetic_manifest], held))
+    # Unlabelled photographs of held-out patients (they have no split row) are left out too.
+    assert kept == {r.path for r in rows if r.group not in held}
+    with pytest.raises(ValueError, match="split file"):
+        holdout_patients(synthetic_manifest)

@@ -41,8 +41,9 @@ class FundusAugment(torch.nn.Module):
 
     def __init__(self, degrees: float = 180, scale=(0.9, 1.1), translate: float = 0.03,
                  brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.1,
-                 hue: float = 0.02, gamma=(0.8, 1.25)):  # fmt: skip
+                 hue: float = 0.02, gamma=(0.8, 1.25), blur: float = 0.0):  # fmt: skip
         super().__init__()
+        self.blur = blur  # probability of a Gaussian blur (sigma 0.1-1.5 px), for self-supervised views
         self.degrees, self.scale, self.translate = degrees, scale, translate
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.gamma = gamma
@@ -54,6 +55,8 @@ class FundusAugment(torch.nn.Module):
         x = batch.float().div_(255)
         x = self.geometry(x, n)
         x = self.colour(x, n)
+        if self.blur:
+            x = self.blurred(x, n)
         return x.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
     def geometry(self, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -100,18 +103,14 @@ class FundusAugment(torch.nn.Module):
         return x.pow_(gamma)
 
 
-class RandomGamma(torch.nn.Module):
-    """Per-image gamma for torchvision pipelines (the self-supervised views), which lack one."""
+    def blurred(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        from torchvision.transforms.v2.functional import gaussian_blur
 
-    def __init__(self, low: float, high: float):
-        super().__init__()
-        self.low, self.high = low, high
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
-        gamma = float(torch.empty(1).uniform_(self.low, self.high))
-        return TF.adjust_gamma(image, gamma)
+        chosen = torch.rand(n) < self.blur
+        sigmas = _uniform(n, 0.1, 1.5)
+        for i in chosen.nonzero().flatten().tolist():
+            x[i] = gaussian_blur(x[i], [5, 5], [float(sigmas[i])])
+        return x
 
 
 def apply(transform, batch: torch.Tensor) -> torch.Tensor:

@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--holdout-split", default="",
+                   help="split file of the fine-tuning run (train's split.csv): its validation and test "
+                        "patients' photographs are left out, so they stay unseen")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
@@ -274,7 +277,7 @@ def run(args) -> int:
         cfg = PretrainConfig(
             model=args.model, image_size=args.image_size, enhance=args.enhance, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
-            precision=args.precision, device=args.device,
+            precision=args.precision, device=args.device, holdout_split=args.holdout_split,
         )  # fmt: skip
         path = pretrain(cfg, args.data, args.out, resume=args.resume, cache_dir=args.cache_dir,
                         progress=not args.no_progress)  # fmt: skip

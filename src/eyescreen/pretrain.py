@@ -9,6 +9,7 @@ pre-trained; `train --init FILE` then starts from these weights (all but the cla
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import time
@@ -17,10 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 from tqdm import tqdm
 
-from .augment import RandomGamma
+from .augment import FundusAugment
 from .checkpoint import CheckpointError, load_state, read_meta, save_model, save_state
 from .data import list_images, read_class_folders, read_manifest
 from .inference import autocast, resolve_device, resolve_precision
@@ -43,34 +43,38 @@ class PretrainConfig:
     seed: int = 0
     precision: str = "auto"
     device: str = "auto"
+    holdout_split: str = ""  # a fine-tuning split file: its val/test patients are left out
 
 
-def image_paths(sources: list[str | Path]) -> list[Path]:
-    """Every image of the manifests (with or without a label), class folders and plain folders."""
+def image_paths(sources: list[str | Path], holdout: frozenset[str] = frozenset()) -> list[Path]:
+    """Every image of the manifests (with or without a label), class folders and plain folders, but
+    those of the `holdout` patients."""
     paths: list[Path] = []
     for source in map(Path, sources):
         if source.is_file() and source.suffix.lower() == ".csv":
-            paths += [r.path for r in read_manifest(source)]
+            paths += [r.path for r in read_manifest(source) if r.group not in holdout]
         elif source.is_dir() and any(p.is_dir() for p in source.iterdir()):
-            paths += [r.path for r in read_class_folders(source)]
+            paths += [r.path for r in read_class_folders(source) if r.group not in holdout]
         else:
             paths += list_images([source])
     return list(dict.fromkeys(paths))  # the same file named twice counts once
 
 
-def views(image_size: int) -> v2.Compose:
-    """A random view of a uint8 fundus: stronger than training augmentation (SimCLR needs it)."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(image_size, scale=(0.4, 1.0), ratio=(0.8, 1.25), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.RandomRotation(180),
-            v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.3, hue=0.05),
-            RandomGamma(0.7, 1.4),
-            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
-        ]
-    )
+def holdout_patients(split_file: str | Path) -> frozenset[str]:
+    """The patients a training split file (`train --out`'s split.csv) puts in validation or test:
+    pre-training on their photographs, even without labels, would let the test patients leak in."""
+    with open(split_file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"patient", "split"} <= set(rows[0]):
+        raise ValueError(f"{split_file}: expected a split file with columns image,patient,label,split")
+    return frozenset(r["patient"] for r in rows if r["split"] in ("val", "test"))
+
+
+def views() -> FundusAugment:
+    """Random views of uint8 fundus batches, stronger than training augmentation (SimCLR needs it):
+    zoomed in up to 1.6x (a crop of ~40% of the area), shifted, rotated, flipped, recoloured, blurred."""
+    return FundusAugment(degrees=180, scale=(1.0, 1.6), translate=0.15, brightness=0.4, contrast=0.4,
+                         saturation=0.3, hue=0.05, gamma=(0.7, 1.4), blur=0.3)  # fmt: skip
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -95,18 +99,20 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    paths = image_paths(sources)
+    holdout = holdout_patients(cfg.holdout_split) if cfg.holdout_split else frozenset()
+    paths = image_paths(sources, holdout)
     prep = Preprocessing(image_size=cfg.image_size, enhance=cfg.enhance)
     images, ok, failed = load_stack(paths, ImageCache(prep, cache_dir), progress=progress, desc="images")
     for _, message in failed:
         print(f"could not read: {message}")
     if len(ok) < 2:
         raise ValueError("pre-training needs at least two readable images")
-    print(f"pre-training {cfg.model} on {len(ok)} images ({len(failed)} unreadable), {cfg.epochs} epochs")
+    print(f"pre-training {cfg.model} on {len(ok)} images ({len(failed)} unreadable; "
+          f"{len(holdout)} held-out patients left out), {cfg.epochs} epochs")  # fmt: skip
     model = create_model(cfg.model, cfg.projection_dim).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    transform = views(cfg.image_size)
+    transform = views()
     start = 0
     if resume:
         model.load_state_dict(state["model"])
@@ -120,7 +126,7 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
         "model": {"name": cfg.model, "args": {"num_classes": cfg.projection_dim}},
         "preprocessing": asdict(prep),
         "normalization": {"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)},
-        "pretrain": asdict(cfg) | {"method": "simclr", "images": len(ok)},
+        "pretrain": asdict(cfg) | {"method": "simclr", "images": len(ok), "holdout_patients": len(holdout)},
     }
     for epoch in range(start, cfg.epochs):
         model.train()
@@ -129,9 +135,8 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
         steps = range(0, len(order) - batch + 1, batch)  # full batches: NT-Xent needs negatives
         for s in tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
             chunk = images[order[s : s + batch]]
-            a = torch.stack([transform(im) for im in chunk])
-            b = torch.stack([transform(im) for im in chunk])
-            x = normalize(torch.cat([a, b]).to(device), DEFAULT_MEAN, DEFAULT_STD)
+            chunk = chunk.to(device)
+            x = normalize(torch.cat([transform(chunk), transform(chunk)]), DEFAULT_MEAN, DEFAULT_STD)
             with autocast(device, precision):
                 z = model(x)
             loss = nt_xent(z[: len(chunk)], z[len(chunk) :], cfg.temperature)
