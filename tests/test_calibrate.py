@@ -47,3 +47,41 @@ def test_calibrate_needs_both_normal_and_disease():
     assert "referable" not in calibrate(prob, y, ["a", "b", "c"])  # no normal class: temperature only
     with pytest.raises(ValueError, match="both normal and diseased"):
         referable_threshold(prob[y == 0], y[y == 0], normal=0)
+
+
+def imbalanced(n=2000, seed=0):
+    """A frequent class and two rare ones whose probabilities rank well but rarely win the argmax."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(3, n, p=[0.8, 0.1, 0.1])
+    logits = rng.normal(0, 1, (n, 3)) + np.log([0.8, 0.1, 0.1])
+    logits[np.arange(n), y] += 1.5
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True), y
+
+
+def test_decision_weights_raise_balanced_accuracy_on_rare_classes():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from eyescreen.calibrate import decide, fit_decision
+
+    prob, y = imbalanced()
+    d = fit_decision(prob, y, 3)
+    weights = np.asarray(d["class_weights"])
+    assert d["prior_power"] > 0 and weights[1] > weights[0] and weights[2] > weights[0]
+    assert d["val_balanced_accuracy"] > d["val_balanced_accuracy_argmax"] + 0.1
+    # On fresh data from the same source the rule still beats plain argmax.
+    prob2, y2 = imbalanced(seed=1)
+    assert balanced_accuracy_score(y2, decide(prob2, weights)) > balanced_accuracy_score(y2, prob2.argmax(1)) + 0.1
+    assert decide(prob2[0], weights) == decide(prob2[:1], weights)[0]  # one vector or a batch
+    # Balanced classes: the prior is flat, the weights are near 1 and change next to nothing.
+    prob3, y3 = overconfident()
+    d3 = fit_decision(prob3, y3, 3)
+    assert max(d3["class_weights"]) / min(d3["class_weights"]) < 1.3
+    assert d3["val_balanced_accuracy"] - d3["val_balanced_accuracy_argmax"] < 0.02
+    assert np.array_equal(decide(prob3, None), prob3.argmax(1))
+
+
+def test_calibrate_stores_the_decision_rule():
+    prob, y = imbalanced()
+    out = calibrate(prob, y, ["normal", "dr", "amd"])
+    assert len(out["decision"]["class_weights"]) == 3

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from eyescreen import checkpoint as ckpt
 from eyescreen import train as train_module
-from eyescreen.checkpoint import CheckpointError, load_model, load_state
+from eyescreen.checkpoint import CheckpointError, load_model, load_state, save_model
 from eyescreen.cli import main
 from eyescreen.config import preset
 from eyescreen.evaluate import evaluate
@@ -79,6 +79,15 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     probs = [float(by_name["a.jpg"][f"prob_{c}"]) for c in ("blob", "normal", "spots")]
     assert sum(probs) == pytest.approx(1.0, abs=1e-4)
     assert not by_name["a.jpg"]["warning"]
+    # predict, evaluate and serve name the class the checkpoint's decision rule picks.
+    assert len(meta["calibration"]["decision"]["class_weights"]) == 3 and "decision" in report
+    model, forced = load_model(best)
+    forced["calibration"]["decision"]["class_weights"] = [1e-6, 1e-6, 1e6]
+    save_model(tmp_path / "forced.safetensors", model, forced)
+    predict([folder], tmp_path / "forced.safetensors", tmp_path / "forced.csv", progress=False)
+    assert {r["predicted"] for r in csv.DictReader(open(tmp_path / "forced.csv")) if not r["error"]} == {
+        forced["classes"][2]
+    }
     from synthetic import everyday_photo
 
     photo = everyday_photo(tmp_path / "holiday.jpg")

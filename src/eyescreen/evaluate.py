@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .calibrate import apply_temperature, operating_point
+from .calibrate import apply_temperature, class_weights, decide, operating_point
 from .checkpoint import load_model
 from .data import DataError, load_dataset, read_split, subset
 from .inference import FlipAverage, predict_proba, resolve_device, resolve_precision
@@ -162,21 +162,37 @@ def _score(common, y, prob, groups, names, meta, out: Path, metrics_csv, n_resam
             section["referable"] = {"threshold": ref["threshold"], "normal_class": ref["normal_class"]}
             section["referable"] |= operating_point(calibrated, y, normal, ref["threshold"])
         report["calibration"] = section
+        weights = class_weights(calibration)
+        if weights is not None:  # the rule predict and serve use: its class decisions, with intervals
+            # Fitted on temperature-scaled probabilities, so applied to them, as predict does.
+            decided = classification_metrics(y, calibrated, classes, weights)
+            report["decision"] = calibration["decision"] | {
+                "metrics": {k: decided[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                    "confusion_matrix", "per_class")},
+                "confidence_intervals": bootstrap_ci(y, calibrated, groups, n_resamples=n_resamples,
+                                                     weights=weights),
+            }  # fmt: skip
     if names is not None:
         first = "image" if common["level"] == "eye" else "patient_id"
-        _write_predictions(out / "predictions.csv", first, names, groups, classes, y, prob)
+        predicted = (
+            decide(apply_temperature(prob, calibration["temperature"]), class_weights(calibration))
+            if calibration
+            else prob.argmax(axis=1)
+        )
+        _write_predictions(out / "predictions.csv", first, names, groups, classes, y, prob, predicted)
     files = write_report(out, report, y, prob, metrics_csv if metrics_csv and metrics_csv.is_file() else None)
     report["files"] = {k: str(v) for k, v in files.items()}
     return report
 
 
-def _write_predictions(path: Path, first: str, names, groups, classes, y, prob) -> None:
+def _write_predictions(path: Path, first: str, names, groups, classes, y, prob, predicted) -> None:
+    """One row per unit; "predicted" follows the checkpoint's decision rule, as `predict` does."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([first, "patient", "true", "predicted"] + [f"prob_{c}" for c in classes])
-        for name, group, t, p in zip(names, groups, y, prob, strict=True):
-            w.writerow([name, group, classes[t], classes[int(p.argmax())]] + [f"{v:.6f}" for v in p])
+        for name, group, t, p, k in zip(names, groups, y, prob, predicted, strict=True):
+            w.writerow([name, group, classes[t], classes[int(k)]] + [f"{v:.6f}" for v in p])
 
 
 def calibrate_from_split(checkpoint, normal_class="normal", cache_dir=None, device="auto") -> dict | None:

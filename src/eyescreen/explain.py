@@ -203,6 +203,14 @@ def gallery(rows: list[dict], classes: list[str], path: Path, method: str) -> No
     )
 
 
+def decided(prob: np.ndarray, meta: dict) -> np.ndarray:
+    """The class `predict` would name: the checkpoint's decision rule on temperature-scaled probabilities."""
+    from .calibrate import apply_temperature, class_weights, decide
+
+    calibration = meta.get("calibration") or {}
+    return decide(apply_temperature(prob, calibration.get("temperature", 1.0)), class_weights(calibration))
+
+
 def explain_items(
     items: list[tuple[str, Path, str | None]],
     model: nn.Module,
@@ -242,7 +250,7 @@ def explain_items(
         if arrays:
             images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
             prob = predict_proba(model, images, norm["mean"], norm["std"], device)
-            pred = prob.argmax(1)
+            pred = decided(prob, meta)
             targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
             cams = compute_cams(model, images, norm["mean"], norm["std"], method, list(targets), batch_size)
             for (name, path, truth), image, cam, p, k, t in zip(
@@ -318,7 +326,7 @@ def explain_patients(
                     m.to(device),
                 )
             prob = torch.softmax(logits.float(), 1).cpu().numpy()
-            pred = prob.argmax(1)
+            pred = decided(prob, meta)
             targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
             cams = compute_pair_cams(model, x, m, norm["mean"], norm["std"], method, list(targets))
             kept = [c for c, k in zip(chunk, keep, strict=True) if k]

@@ -51,9 +51,14 @@ def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = 15
     return float(ece)
 
 
-def headline_metrics(y: np.ndarray, prob: np.ndarray) -> dict:
+def _predicted(prob: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """argmax, or argmax under decision weights (calibrate.fit_decision); AUCs never use them."""
+    return (prob if weights is None else prob * weights).argmax(axis=1)
+
+
+def headline_metrics(y: np.ndarray, prob: np.ndarray, weights: np.ndarray | None = None) -> dict:
     """The three numbers used for model selection and bootstrap intervals."""
-    pred = prob.argmax(axis=1)
+    pred = _predicted(prob, weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # balanced accuracy warns when a class is absent from y
         return {
@@ -63,16 +68,18 @@ def headline_metrics(y: np.ndarray, prob: np.ndarray) -> dict:
         }
 
 
-def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: list[str]) -> dict:
+def classification_metrics(
+    y: np.ndarray, prob: np.ndarray, classes: list[str], weights: np.ndarray | None = None
+) -> dict:
     n = len(classes)
     labels = list(range(n))
-    pred = prob.argmax(axis=1)
+    pred = _predicted(prob, weights)
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     mcm = multilabel_confusion_matrix(y, pred, labels=labels)  # per class [[tn, fp], [fn, tp]]
     tn, fp = mcm[:, 0, 0], mcm[:, 0, 1]
     specificity = np.divide(tn, tn + fp, out=np.full(n, np.nan), where=(tn + fp) > 0)
     aucs = _per_class_auc(y, prob, n)
-    out = headline_metrics(y, prob)
+    out = headline_metrics(y, prob, weights)
     out.update(
         {
             "n": int(len(y)),
@@ -103,6 +110,7 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    weights: np.ndarray | None = None,
 ) -> dict:
     """Percentile confidence intervals of the headline metrics, resampling whole patients.
 
@@ -115,7 +123,7 @@ def bootstrap_ci(
     for _ in range(n_resamples):
         pick = rng.integers(0, len(unique), len(unique))
         idx = np.concatenate([members[g] for g in pick])
-        for k, v in headline_metrics(y[idx], prob[idx]).items():
+        for k, v in headline_metrics(y[idx], prob[idx], weights).items():
             samples[k].append(v)
     alpha = (1 - level) / 2
     out = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .calibrate import apply_temperature
+from .calibrate import apply_temperature, class_weights, decide
 from .checkpoint import load_model
 from .data import list_images
 from .inference import predict_proba, resolve_device, resolve_precision
@@ -25,13 +25,14 @@ def predict(
     precision: str = "auto",
     progress: bool = True,
 ) -> dict:
-    """Write one CSV row per file: predicted class, per-class probabilities (temperature-scaled when the
-    checkpoint is calibrated), the referable flag at the checkpoint's operating point, or the error."""
+    """Write one CSV row per file: predicted class (by the checkpoint's decision rule), per-class
+    probabilities (temperature-scaled when the checkpoint is calibrated), the referable flag at the checkpoint's operating point, or the error."""
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     classes, norm = meta["classes"], meta["normalization"]
     calibration = meta.get("calibration", {})
     temperature = calibration.get("temperature", 1.0)
+    weights = class_weights(calibration)
     referable = calibration.get("referable")
     prep = Preprocessing(**meta["preprocessing"])
     prec = resolve_precision(precision, dev)
@@ -67,7 +68,7 @@ def predict(
                 prob = predict_proba(model, torch.stack(arrays), norm["mean"], norm["std"], dev, prec)
                 prob = apply_temperature(prob, temperature)
                 for path, p, note in zip(good, prob, notes, strict=True):
-                    k = int(p.argmax())
+                    k = int(decide(p, weights))
                     flag = []
                     if referable:
                         score = 1.0 - p[classes.index(referable["normal_class"])]

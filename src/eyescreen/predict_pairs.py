@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .calibrate import apply_temperature
+from .calibrate import apply_temperature, class_weights, decide
 from .checkpoint import load_model
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
 from .models import is_binocular
@@ -41,6 +41,7 @@ def predict_pairs(
     prep, prec = Preprocessing(**meta["preprocessing"]), resolve_precision(precision, dev)
     calibration = meta.get("calibration", {})
     temperature, referable = calibration.get("temperature", 1.0), calibration.get("referable")
+    weights = class_weights(calibration)
     normal = (
         classes.index(referable["normal_class"])
         if referable
@@ -94,7 +95,7 @@ def predict_pairs(
                 row = [pair.patient, str(pair.right or ""), str(pair.left or "")]
                 row += ["" if np.isnan(v) else f"{v:.6f}" for v in eye_prob[i].ravel()]
                 if mask[i].any():
-                    k = int(patient_prob[i].argmax())
+                    k = int(decide(patient_prob[i], weights))
                     row += (
                         [classes[k], f"{patient_prob[i, k]:.6f}"]
                         + [f"{v:.6f}" for v in patient_prob[i]]

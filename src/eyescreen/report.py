@@ -147,6 +147,19 @@ def markdown(report: dict) -> str:
                 f"(threshold set for 90% specificity on validation): sensitivity {_fmt(r['sensitivity'])}, "
                 f"specificity {_fmt(r['specificity'])} on this split"
             )
+    if report.get("decision"):
+        d = report["decision"]
+        dm, dci = d["metrics"], d["confidence_intervals"]
+        lines += ["", "## Decision rule used by predict and serve", ""]
+        lines.append(
+            f"- predicted class = argmax of P(class) x prior^-{d['prior_power']:.2f} (chosen on validation: "
+            f"balanced accuracy {d['val_balanced_accuracy_argmax']:.3f} with plain argmax, "
+            f"{d['val_balanced_accuracy']:.3f} with the weights)"
+        )
+        lines.append(f"- on this split: accuracy {_fmt(dm['accuracy'])} {_ci(dci['accuracy'])}, balanced accuracy "
+                     f"{_fmt(dm['balanced_accuracy'])} {_ci(dci['balanced_accuracy'])}, macro F1 {_fmt(dm['macro_f1'])}")  # fmt: skip
+        lines.append("- per class sensitivity / specificity: " + "; ".join(
+            f"{c} {_fmt(p['sensitivity'])} / {_fmt(p['specificity'])}" for c, p in dm["per_class"].items()))  # fmt: skip
     lines += ["", "## Confusion matrix (rows: true, columns: predicted)", ""]
     lines.append("| | " + " | ".join(classes) + " |")
     lines.append("|---" * (len(classes) + 1) + "|")

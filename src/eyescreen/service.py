@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .calibrate import apply_temperature
+from .calibrate import apply_temperature, class_weights, decide
 from .checkpoint import load_model
 from .explain import compute_cams, compute_pair_cams, overlay_rgb
 from .inference import resolve_device, resolve_precision
@@ -88,6 +88,7 @@ class Screener:
         self.binocular = is_binocular(meta["model"]["name"])
         calibration = meta.get("calibration", {})
         self.temperature = calibration.get("temperature", 1.0)
+        self.weights = class_weights(calibration)
         self.referable = calibration.get("referable")
         normal = self.referable["normal_class"] if self.referable else "normal"
         self.normal = self.classes.index(normal) if normal in self.classes else None
@@ -186,7 +187,7 @@ class Screener:
         return result
 
     def _decision(self, prob: np.ndarray) -> dict:
-        k = int(prob.argmax())
+        k = int(decide(prob, self.weights))
         out = {
             "predicted": self.classes[k],
             "probability": float(prob[k]),
@@ -202,9 +203,9 @@ class Screener:
         decision (both-eye model, whose fusion sees both eyes at once)."""
         if self.binocular:
             cams = compute_pair_cams(model, images, mask, self.norm["mean"], self.norm["std"], method,
-                                     targets=[int(patient_prob.argmax())])[0]  # fmt: skip
+                                     targets=[int(decide(patient_prob, self.weights))])[0]  # fmt: skip
             return {side: cams[j] for j, side in enumerate(SIDES) if mask[0, j]}
         present = [j for j in range(2) if mask[0, j]]
         cams = compute_cams(model, images[0, present], self.norm["mean"], self.norm["std"], method,
-                            targets=[int(eye_prob[j].argmax()) for j in present])  # fmt: skip
+                            targets=[int(decide(eye_prob[j], self.weights)) for j in present])  # fmt: skip
         return {SIDES[j]: cam for j, cam in zip(present, cams, strict=True)}
