@@ -1,6 +1,7 @@
 """Print Markdown table rows for RESULTS.md from evaluated run directories.
 
 python benchmarks/results_table.py runs/seed-baseline/resnet18 runs/seed-baseline/seed-cnn
+python benchmarks/results_table.py --decision runs/recipes/screen ...   # plain argmax vs decision rule
 """
 
 from __future__ import annotations
@@ -32,7 +33,33 @@ def row(run: Path) -> str:
     )
 
 
+def decision_row(run: Path) -> str:
+    report = json.loads((run / "eval-test" / "report.json").read_text())
+    d = report["decision"]
+    m, ci, dm, dci = report["metrics"], report["confidence_intervals"], d["metrics"], d["confidence_intervals"]
+
+    def cell(metrics, intervals, key):
+        lo, hi = intervals[key]
+        return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    per_class = " / ".join(f"{dm['per_class'][c]['sensitivity']:.2f}" for c in report["classes"])
+    return (
+        f"| {run.name} | {d['prior_power']:.2f} | {d['val_balanced_accuracy_argmax']:.3f} -> "
+        f"{d['val_balanced_accuracy']:.3f} | {cell(m, ci, 'balanced_accuracy')} | "
+        f"{cell(dm, dci, 'balanced_accuracy')} | {cell(dm, dci, 'accuracy')} | {per_class} |"
+    )
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--decision"]:
+        print(
+            "| run | tau | val balanced acc. argmax -> rule | test balanced acc. argmax [95% CI] | "
+            "test balanced acc. rule [95% CI] | test accuracy rule [95% CI] | sensitivity per class (rule) |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for arg in sys.argv[2:]:
+            print(decision_row(Path(arg)))
+        sys.exit(0)
     print(
         "| run | epochs run (best) | accuracy [95% CI] | balanced acc. [95% CI] | macro-AUC [95% CI] | "
         "macro-F1 | kappa | ECE | sensitivity per class | train time | commit |"
