@@ -2,6 +2,7 @@
 
 python benchmarks/results_table.py runs/seed-baseline/resnet18 runs/seed-baseline/seed-cnn
 python benchmarks/results_table.py --decision runs/recipes/screen ...   # plain argmax vs decision rule
+python benchmarks/results_table.py --levels runs/binocular/*            # per eye and per patient
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import sys
 from pathlib import Path
 
 
+def cell(metrics: dict, intervals: dict, key: str) -> str:
+    lo, hi = intervals[key]
+    return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def row(run: Path) -> str:
     report = json.loads((run / "eval-test" / "report.json").read_text())
     info = json.loads((run / "run_info.json").read_text())
@@ -20,15 +26,10 @@ def row(run: Path) -> str:
         log = list(csv.DictReader(f))
     minutes = sum(float(r["seconds"]) for r in log) / 60
     m, ci = report["metrics"], report["confidence_intervals"]
-
-    def cell(key):
-        lo, hi = ci[key]
-        return f"{m[key]:.3f} [{lo:.3f}, {hi:.3f}]"
-
     per_class = " / ".join(f"{m['per_class'][c]['sensitivity']:.2f}" for c in report["classes"])
     return (
-        f"| {run.name} | {len(log)}/{cfg['epochs']} (best {report['epoch']}) | {cell('accuracy')} | "
-        f"{cell('balanced_accuracy')} | {cell('macro_auc')} | {m['macro_f1']:.3f} | {m['cohen_kappa']:.3f} | "
+        f"| {run.name} | {len(log)}/{cfg['epochs']} (best {report['epoch']}) | {cell(m, ci, 'accuracy')} | "
+        f"{cell(m, ci, 'balanced_accuracy')} | {cell(m, ci, 'macro_auc')} | {m['macro_f1']:.3f} | {m['cohen_kappa']:.3f} | "
         f"{m['ece']:.3f} | {per_class} | {minutes:.0f} min | `{(info.get('git_commit') or '?')[:8]}` |"
     )
 
@@ -37,11 +38,6 @@ def decision_row(run: Path) -> str:
     report = json.loads((run / "eval-test" / "report.json").read_text())
     d = report["decision"]
     m, ci, dm, dci = report["metrics"], report["confidence_intervals"], d["metrics"], d["confidence_intervals"]
-
-    def cell(metrics, intervals, key):
-        lo, hi = intervals[key]
-        return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}]"
-
     per_class = " / ".join(f"{dm['per_class'][c]['sensitivity']:.2f}" for c in report["classes"])
     return (
         f"| {run.name} | {d['prior_power']:.2f} | {d['val_balanced_accuracy_argmax']:.3f} -> "
@@ -50,7 +46,29 @@ def decision_row(run: Path) -> str:
     )
 
 
+def levels_row(run: Path) -> str:
+    """Per-eye and per-patient metrics of a single-eye run (patients: the more diseased eye) or a
+    both-eye run (eyes: its per-eye outputs)."""
+    report = json.loads((run / "eval-test" / "report.json").read_text())
+    if report.get("level") == "patient":
+        patient, eye = report, report["eye_level"]
+    else:
+        eye, patient = report, report["patient_level"]
+    cells = [
+        cell(level["metrics"], level["confidence_intervals"], key)
+        for level in (eye, patient)
+        for key in ("balanced_accuracy", "macro_auc")
+    ]
+    return f"| {run.name} | {eye['metrics']['n']} / {patient['metrics']['n']} | " + " | ".join(cells) + " |"
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--levels"]:
+        print("| run | eyes / patients | eye balanced acc. | eye macro-AUC | patient balanced acc. | patient macro-AUC |")
+        print("|---|---|---|---|---|---|")
+        for arg in sys.argv[2:]:
+            print(levels_row(Path(arg)))
+        sys.exit(0)
     if sys.argv[1:2] == ["--decision"]:
         print(
             "| run | tau | val balanced acc. argmax -> rule | test balanced acc. argmax [95% CI] | "
