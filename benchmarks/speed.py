@@ -3,7 +3,10 @@
 naive:     decode + resize the JPEG every time (PIL, torchvision transforms), fp32, NCHW
 eyescreen: uint8 images preprocessed once (the cache), channels_last, bf16 autocast where supported
 
-    python benchmarks/speed.py [--steps 8] [--data MANIFEST]
+    python benchmarks/speed.py [--steps 8] [--data MANIFEST] [--compile]
+
+Also prints the cached pipeline in fp32, which splits the ratio into data path and arithmetic, and
+with --compile the same trainer under torch.compile (compile time reported apart).
 
 Prints images/s for a ResNet-18 training step at 224 px (batch 32), ms/image for inference at batch 1
 and 32, predict + Grad-CAM at batch 1, and the ratios.
@@ -49,16 +52,21 @@ def fast_batches(images, labels, channels_last):
         yield prepare_batch(images[idx], "cpu", DEFAULT_MEAN, DEFAULT_STD, channels_last), labels[idx]
 
 
-def train_rate(batches, precision: str, channels_last: bool, steps: int) -> float:
+def train_rate(batches, precision: str, channels_last: bool, steps: int, compile: bool = False) -> float:
     torch.manual_seed(0)
     model = create_model("resnet18", 4)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
+    if compile:
+        model = torch.compile(model)
     device = torch.device("cpu")
-    for step in range(steps + 2):  # two warm-up steps
+    warm_start = time.perf_counter()
+    for step in range(steps + 2):  # two warm-up steps (where torch.compile compiles)
         if step == 2:
             start = time.perf_counter()
+            if compile:
+                print(f"torch.compile: first two steps took {start - warm_start:.0f} s")
         x, y = next(batches)  # loading counts: it is part of the loop
         with autocast(device, precision):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
@@ -72,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--data", default=str(sample_manifest()))
+    parser.add_argument("--compile", action="store_true", help="also time the trainer under torch.compile")
     args = parser.parse_args()
     precision = "bf16" if cpu_supports_bf16() else "fp32"
     ds = load_dataset(args.data)
@@ -88,6 +97,13 @@ def main() -> None:
     print(
         f"training  eyescreen (cached uint8, channels_last, {precision}): {fast:6.1f} img/s   ratio {fast / naive:.2f}x"
     )
+    fp32 = train_rate(fast_batches(images, labels_ok, True), "fp32", True, args.steps)
+    print(f"training  cached uint8, channels_last, fp32: {fp32:6.1f} img/s   vs naive {fp32 / naive:.2f}x")
+    if args.compile:
+        compiled = train_rate(
+            fast_batches(images, labels_ok, True), precision, True, args.steps, compile=True
+        )
+        print(f"training  eyescreen + torch.compile: {compiled:6.1f} img/s   vs eager {compiled / fast:.2f}x")
 
     model = create_model("resnet18", 4).eval().to(memory_format=torch.channels_last)
     device = torch.device("cpu")
