@@ -32,6 +32,10 @@ def test_mirroring_makes_a_left_eye_look_like_a_right_eye():
     as_left = right.flip(-1)  # the same retina photographed as a left eye
     eyes, _ = m(torch.stack([right, as_left], dim=1))
     assert torch.allclose(eyes[0, RIGHT], eyes[0, LEFT], atol=1e-5)
+    torch.manual_seed(0)
+    plain = Binocular("tiny-cnn", num_classes=3, pooling="mean", mirror_left=False).eval()
+    eyes, _ = plain(torch.stack([right, right], dim=1))  # unmirrored: the same input, the same logits
+    assert torch.allclose(eyes[0, RIGHT], eyes[0, LEFT], atol=1e-5)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "max", "attention"])
@@ -77,10 +81,13 @@ def test_both_eye_model_trains_resumes_and_loads(tmp_path, monkeypatch):
         batch_size=4,
         precision="fp32",
         pooling="attention",
+        mirror_left=False,
     )
     best = train(preset("quick", **cfg), manifest, tmp_path / "full", progress=False)
     model, meta = load_model(best)
-    assert meta["model"] == {"name": "tiny-cnn-binocular", "args": {"num_classes": 3, "pooling": "attention"}}
+    args = {"num_classes": 3, "pooling": "attention", "mirror_left": False}
+    assert meta["model"] == {"name": "tiny-cnn-binocular", "args": args}
+    assert model.mirror_left is False
     eyes, patient = model(torch.zeros(1, 2, 3, 40, 40), torch.tensor([[True, False]]))
     assert eyes.shape == (1, 2, 3) and patient.shape == (1, 3)
 

@@ -31,6 +31,7 @@ class TrainConfig:
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     pooling: str = "attention"  # both-eye models: mean | max | attention | concat
+    mirror_left: bool = True  # both-eye models: flip the left eye so both discs fall on the same side
     two_diseases: str = (
         "exclude"  # both-eye models: a patient with two different diseases: exclude | priority
     )

@@ -82,12 +82,13 @@ class BothEyes(SingleEye):
     binocular = True
 
     def __init__(self, classes: list[str], normal_class: str = "normal", pooling: str = "attention",
-                 two_diseases: str = "exclude"):  # fmt: skip
+                 two_diseases: str = "exclude", mirror_left: bool = True):  # fmt: skip
         super().__init__(classes)
         self.normal_class, self.pooling, self.two_diseases = normal_class, pooling, two_diseases
+        self.mirror_left = mirror_left
 
     def build(self, model_name: str) -> tuple[nn.Module, dict]:
-        args = {"num_classes": len(self.classes), "pooling": self.pooling}
+        args = {"num_classes": len(self.classes), "pooling": self.pooling, "mirror_left": self.mirror_left}
         return create_model(model_name, **args), {"name": model_name, "args": args}
 
     def load(self, ds: Dataset, cache: ImageCache, name: str, show: bool, report: bool) -> Samples:

@@ -153,7 +153,7 @@ def train(
     cache = ImageCache(prep, cache_dir)
     show = progress and ctx.main
     task = (
-        BothEyes(dataset.classes, cfg.normal_class, cfg.pooling, cfg.two_diseases)
+        BothEyes(dataset.classes, cfg.normal_class, cfg.pooling, cfg.two_diseases, cfg.mirror_left)
         if is_binocular(cfg.model)
         else SingleEye(dataset.classes)
     )
