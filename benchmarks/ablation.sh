@@ -13,4 +13,8 @@ run seed+augment seed --augment fundus
 run seed+adamw seed --optimizer adamw --lr 0.002 --weight-decay 0.05 --warmup-epochs 1 --label-smoothing 0.1
 run seed+logit-adjust seed --logit-adjust 1.0
 run seed+graham seed --enhance graham
+run seed+clahe seed --enhance clahe
+run seed+class-weights seed --class-weighting balanced
+run seed+balanced-sampler seed --sampler balanced
+run seed+adamw+graham seed --enhance graham --optimizer adamw --lr 0.002 --weight-decay 0.05 --warmup-epochs 1 --label-smoothing 0.1
 run screen screen
