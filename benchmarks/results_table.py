@@ -18,6 +18,10 @@ def cell(metrics: dict, intervals: dict, key: str) -> str:
     return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def sensitivities(metrics: dict, classes: list[str]) -> str:
+    return " / ".join(f"{metrics['per_class'][c]['sensitivity']:.2f}" for c in classes)
+
+
 def row(run: Path) -> str:
     report = json.loads((run / "eval-test" / "report.json").read_text())
     info = json.loads((run / "run_info.json").read_text())
@@ -26,7 +30,7 @@ def row(run: Path) -> str:
         log = list(csv.DictReader(f))
     minutes = sum(float(r["seconds"]) for r in log) / 60
     m, ci = report["metrics"], report["confidence_intervals"]
-    per_class = " / ".join(f"{m['per_class'][c]['sensitivity']:.2f}" for c in report["classes"])
+    per_class = sensitivities(m, report["classes"])
     return (
         f"| {run.name} | {len(log)}/{cfg['epochs']} (best {report['epoch']}) | {cell(m, ci, 'accuracy')} | "
         f"{cell(m, ci, 'balanced_accuracy')} | {cell(m, ci, 'macro_auc')} | {m['macro_f1']:.3f} | {m['cohen_kappa']:.3f} | "
@@ -38,7 +42,7 @@ def decision_row(run: Path) -> str:
     report = json.loads((run / "eval-test" / "report.json").read_text())
     d = report["decision"]
     m, ci, dm, dci = report["metrics"], report["confidence_intervals"], d["metrics"], d["confidence_intervals"]
-    per_class = " / ".join(f"{dm['per_class'][c]['sensitivity']:.2f}" for c in report["classes"])
+    per_class = sensitivities(dm, report["classes"])
     return (
         f"| {run.name} | {d['prior_power']:.2f} | {d['val_balanced_accuracy_argmax']:.3f} -> "
         f"{d['val_balanced_accuracy']:.3f} | {cell(m, ci, 'balanced_accuracy')} | "
