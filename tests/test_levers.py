@@ -76,6 +76,26 @@ def test_training_runs_with_every_lever_on(synthetic_manifest, tmp_path):
     assert (tmp_path / "run" / "best.safetensors").is_file()
 
 
+def test_weight_average_is_what_gets_validated_and_saved(synthetic_manifest, tmp_path):
+    from safetensors.torch import load_file
+
+    from eyescreen.checkpoint import load_state
+
+    def saved_and_trained(ema):
+        cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=2, batch_size=8, precision="fp32", ema=ema)
+        train(cfg, synthetic_manifest, tmp_path / f"ema{ema}", progress=False)
+        saved = load_file(tmp_path / f"ema{ema}" / "last.safetensors")
+        return saved, load_state(tmp_path / f"ema{ema}" / "resume.pt")["model"]
+
+    saved, trained = saved_and_trained(0.0)
+    assert all(torch.equal(saved[k], trained[k]) for k in saved)
+    saved, trained = saved_and_trained(0.9)
+    weights = [k for k in saved if saved[k].is_floating_point()]
+    assert weights and not all(torch.equal(saved[k], trained[k]) for k in weights)
+    with pytest.raises(ValueError, match="ema"):
+        preset("graham", ema=1.0)
+
+
 def test_flip_tta_averages_the_four_flips_and_evaluates(synthetic_manifest, tmp_path):
     from eyescreen.config import preset
     from eyescreen.evaluate import evaluate

@@ -115,8 +115,10 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     assert shares and all(abs(r["disc_mass"] + r["macula_mass"] + r["rest_mass"] - 1) < 1e-6 for r in shares)
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(synthetic_manifest, tmp_path, monkeypatch):
-    cfg = dict(model="seed-cnn", epochs=3)  # seed-cnn has dropout: the RNG state must be restored too
+@pytest.mark.parametrize("ema", [0.0, 0.9], ids=["plain", "weight-average"])
+def test_resume_after_interruption_equals_uninterrupted_run(synthetic_manifest, tmp_path, monkeypatch, ema):
+    # seed-cnn has dropout: the RNG state must be restored too; with ema, the running average as well
+    cfg = dict(model="seed-cnn", epochs=3, ema=ema)
     train(tiny_config(**cfg), synthetic_manifest, tmp_path / "full", progress=False)
 
     real_save_state, calls = train_module.save_state, []

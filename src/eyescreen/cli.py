@@ -19,19 +19,19 @@ def _add_config_overrides(p: argparse.ArgumentParser) -> None:
     for f in config_fields():
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
+        # What the default preset sets, so the help matches a plain `eyescreen train`.
+        default = f"{PRESETS[DEFAULT_PRESET].get(f.name, default)} in the {DEFAULT_PRESET} preset"
         if f.type in ("bool", bool):
             group.add_argument(
                 flag,
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"(preset default: {default})",
+                help=f"({default})",
             )
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            group.add_argument(
-                flag, dest=f.name, type=kind, default=None, help=f"(preset default: {default})"
-            )
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=f"({default})")
 
 
 def _overrides(args) -> dict:

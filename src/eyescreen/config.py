@@ -38,6 +38,7 @@ class TrainConfig:
     normal_class: str = "normal"  # the class that is not referable, for the screening operating point
     init: str = ""  # start from these weights (an `eyescreen pretrain` output); "" = random
     compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, per step; 0 = off
 
     def validate(self) -> TrainConfig:
         choices = {
@@ -58,6 +59,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if not 0 <= self.ema < 1:
+            raise ValueError("ema must be in [0, 1): the decay per optimiser step, 0 = off")
         if not 0 <= self.warmup_epochs < max(self.epochs, 1):
             raise ValueError("warmup_epochs must be smaller than epochs")
         return self

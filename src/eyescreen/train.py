@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import __version__, augment, distributed
@@ -62,6 +63,17 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of the weights (and batch-norm statistics), updated every step.
+
+    Averaging the last few hundred steps smooths the noisy end of a short from-scratch run; with it on,
+    the average is what is validated and saved.
+    """
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def lr_factor(cfg: TrainConfig, epoch: int) -> float:
@@ -183,6 +195,8 @@ def train(
     if cfg.compile:
         net = torch.compile(net)
     optimizer = make_optimizer(cfg, model)
+    ema = make_ema(model, cfg.ema)
+    evaluated = ema.module if ema else model  # what is validated and saved
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
     labelled = train_set.labels[train_set.labels >= 0]
     counts = torch.bincount(labelled, minlength=len(dataset.classes)).double().clamp_min(1)
@@ -211,6 +225,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if ema:
+            ema.load_state_dict(state["ema"])
         start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
         history = json.loads(state["history"])
         say(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
@@ -254,6 +270,8 @@ def train(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if ema:
+                ema.update_parameters(model)
             total_loss += loss.item() * len(idx)
             correct += n_correct
             scored += n_scored
@@ -265,7 +283,7 @@ def train(
         if not ctx.main:
             continue  # validation, logs and checkpoints are rank 0's job
 
-        prob, y_val = task.probabilities(model, val_set, mean, std, device, precision, channels_last)
+        prob, y_val = task.probabilities(evaluated, val_set, mean, std, device, precision, channels_last)
         val = headline_metrics(y_val, prob)
         val_loss = float(
             nn.functional.nll_loss(
@@ -285,14 +303,15 @@ def train(
         epoch_meta = meta | {"epoch": epoch + 1, "val_metrics": val}
         if score > best:
             best, best_epoch = score, epoch + 1
-            save_model(out / "best.safetensors", model, epoch_meta)
-        save_model(out / "last.safetensors", model, epoch_meta)
+            save_model(out / "best.safetensors", evaluated, epoch_meta)
+        save_model(out / "last.safetensors", evaluated, epoch_meta)
         save_state(
             out / "resume.pt",
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema else None,
                 "rng": torch.get_rng_state(),
                 "epoch": epoch,
                 "best": best,
