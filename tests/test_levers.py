@@ -54,6 +54,22 @@ def test_fundus_geometry_without_jitter_is_only_flips_and_keeps_black_outside():
     assert int(rotated[:, :, 0, 0].max()) == 0
 
 
+def test_light_augmentation_stays_close_to_a_flip_of_the_image():
+    """`light` tilts by at most 15 degrees and leaves colour alone, so each output is near one of the four
+    flips of its input, much nearer than with the full `fundus` augmentation (any angle, colour)."""
+    batch = _batch(8)
+
+    def distance_to_nearest_flip(name):
+        torch.manual_seed(0)
+        out = augment.apply(augment.build(name, 64), batch).float()
+        flips = [batch, batch.flip(-1), batch.flip(-2), batch.flip(-1, -2)]
+        return torch.stack([(out - f.float()).abs().mean((1, 2, 3)) for f in flips]).min(0).values
+
+    light, full = distance_to_nearest_flip("light"), distance_to_nearest_flip("fundus")
+    assert light.mean() < 0.6 * full.mean()
+    assert (light > 0).all()  # but every image is changed
+
+
 def test_fundus_augmentation_rejects_non_uint8_batches():
     with pytest.raises(ValueError, match="uint8"):
         augment.apply(augment.build("fundus", 64), torch.zeros(2, 3, 8, 8))
@@ -82,7 +98,9 @@ def test_weight_average_is_what_gets_validated_and_saved(synthetic_manifest, tmp
     from eyescreen.checkpoint import load_state
 
     def saved_and_trained(ema):
-        cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=2, batch_size=8, precision="fp32", ema=ema)
+        cfg = preset(
+            "quick", model="tiny-cnn", image_size=40, epochs=2, batch_size=8, precision="fp32", ema=ema
+        )
         train(cfg, synthetic_manifest, tmp_path / f"ema{ema}", progress=False)
         saved = load_file(tmp_path / f"ema{ema}" / "last.safetensors")
         return saved, load_state(tmp_path / f"ema{ema}" / "resume.pt")["model"]
@@ -110,7 +128,9 @@ def test_flip_tta_averages_the_four_flips_and_evaluates(synthetic_manifest, tmp_
         expected = (model(x) + model(x.flip(-1)) + model(x.flip(-2)) + model(x.flip(-1, -2))) / 4
         torch.testing.assert_close(FlipAverage(model)(x), expected)
         # Invariant to the flips it averages over.
-        torch.testing.assert_close(FlipAverage(model)(x.flip(-1)), FlipAverage(model)(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            FlipAverage(model)(x.flip(-1)), FlipAverage(model)(x), rtol=1e-5, atol=1e-6
+        )
     cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision="fp32")
     best = train(cfg, synthetic_manifest, tmp_path / "run", progress=False)
     report = evaluate(best, tmp_path / "tta", progress=False, n_resamples=20, tta=True)

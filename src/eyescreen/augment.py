@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("none", "fundus")
+AUGMENTATIONS = ("none", "fundus", "light")
 
 # RGB <-> YIQ: hue is a rotation of the (I, Q) chroma plane.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -28,6 +28,11 @@ def build(name: str, image_size: int):
         return None
     if name == "fundus":
         return FundusAugment()
+    if name == "light":
+        # Flips, a small tilt and zoom, a little brightness/contrast: the disc and macula stay roughly
+        # where they are, so a network trained from scratch need not learn rotation invariance first.
+        return FundusAugment(degrees=15, scale=(0.95, 1.05), translate=0.02, brightness=0.1,
+                             contrast=0.1, saturation=0.0, hue=0.0, gamma=(1.0, 1.0))  # fmt: skip
     raise ValueError(f"unknown augmentation {name!r}; available: {', '.join(AUGMENTATIONS)}")
 
 
@@ -101,7 +106,6 @@ class FundusAugment(torch.nn.Module):
         mix = (_YIQ_TO_RGB @ rotate @ _RGB_TO_YIQ).to(x.device)  # (n, 3, 3)
         x = torch.einsum("nij,njhw->nihw", mix, x).clamp_(0, 1)
         return x.pow_(gamma)
-
 
     def blurred(self, x: torch.Tensor, n: int) -> torch.Tensor:
         from torchvision.transforms.v2.functional import gaussian_blur

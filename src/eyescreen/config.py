@@ -19,7 +19,7 @@ class TrainConfig:
     scheduler: str = "cosine"  # cosine (annealed to zero over all epochs) | constant
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
-    augment: str = "none"  # none | fundus (flips, rotation, scale, colour, gamma)
+    augment: str = "none"  # none | fundus (flips, any rotation, scale, colour, gamma) | light (flips, ±15°)
     class_weighting: str = "none"  # none | balanced (loss weights inverse to class frequency)
     sampler: str = "shuffle"  # shuffle | balanced (each class drawn equally often)
     logit_adjust: float = 0.0  # tau of logit-adjusted loss (Menon et al. 2021); 0 = off
@@ -44,7 +44,7 @@ class TrainConfig:
         choices = {
             "optimizer": ("adam", "adamw", "sgd"),
             "scheduler": ("cosine", "constant"),
-            "augment": ("none", "fundus"),
+            "augment": ("none", "fundus", "light"),
             "enhance": ("none", "clahe", "graham"),
             "class_weighting": ("none", "balanced"),
             "sampler": ("shuffle", "balanced"),
