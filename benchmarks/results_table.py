@@ -3,6 +3,7 @@
 python benchmarks/results_table.py runs/seed-baseline/resnet18 runs/seed-baseline/seed-cnn
 python benchmarks/results_table.py --decision runs/recipes/screen ...   # plain argmax vs decision rule
 python benchmarks/results_table.py --levels runs/binocular/*            # per eye and per patient
+python benchmarks/results_table.py --validation runs/recipes/* ...       # what a choice may use, best first
 """
 
 from __future__ import annotations
@@ -66,7 +67,28 @@ def levels_row(run: Path) -> str:
     return f"| {run.name} | {eye['metrics']['n']} / {patient['metrics']['n']} | " + " | ".join(cells) + " |"
 
 
+def validation_row(run: Path) -> tuple[float, str]:
+    """The validation numbers a recipe is chosen on (selected epoch and last epoch), then test AUC."""
+    report = json.loads((run / "eval-test" / "report.json").read_text())
+    with open(run / "metrics.csv") as f:
+        log = list(csv.DictReader(f))
+    best, last = log[report["epoch"] - 1], log[-1]
+    minutes = sum(float(r["seconds"]) for r in log) / 60
+    auc = float(best["val_macro_auc"])
+    return auc, (
+        f"| {run.name} | {report['epoch']}/{len(log)} | {auc:.3f} | {float(best['val_balanced_accuracy']):.3f} | "
+        f"{float(last['val_macro_auc']):.3f} | {report['metrics']['macro_auc']:.3f} | {minutes:.0f} min |"
+    )
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--validation"]:
+        print("| run | selected epoch | val macro-AUC | val balanced acc. (arg-max) | val macro-AUC, last epoch | "
+              "test macro-AUC | train time |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        for _, line in sorted((validation_row(Path(arg)) for arg in sys.argv[2:]), reverse=True):
+            print(line)
+        sys.exit(0)
     if sys.argv[1:2] == ["--levels"]:
         print("| run | eyes / patients | eye balanced acc. | eye macro-AUC | patient balanced acc. | patient macro-AUC |")
         print("|---|---|---|---|---|---|")
