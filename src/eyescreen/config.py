@@ -66,6 +66,23 @@ class TrainConfig:
         return self
 
 
+# The fast recipe (benchmarks/RESULTS.md, issue 7): the seed recipe with the levers that helped within
+# 10 epochs: Graham background subtraction (the big one) and AdamW at a sane learning rate with
+# warm-up and label smoothing, at 128 px. Without augmentation longer runs over-fit; logit adjustment
+# is left to the decision rule fitted on validation after training. 6 minutes on 2 CPU cores.
+_GRAHAM = {
+    "image_size": 128,
+    "epochs": 10,
+    "optimizer": "adamw",
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "warmup_epochs": 1,
+    "label_smoothing": 0.1,
+    "enhance": "graham",
+    "select_metric": "macro_auc",
+}
+
+
 PRESETS: dict[str, dict] = {
     # The reference study's recipe, exactly: 224 px, no augmentation, Adam lr 0.01, cosine annealing
     # over 40 epochs, cross-entropy, batch 32, best epoch by validation accuracy.
@@ -86,36 +103,11 @@ PRESETS: dict[str, dict] = {
         "logit_adjust": 1.0,
         "select_metric": "macro_auc",
     },
-    # The fast recipe (benchmarks/RESULTS.md, issue 7): the seed recipe with the levers that helped within
-    # 10 epochs: Graham background subtraction (the big one) and AdamW at a sane learning rate with
-    # warm-up and label smoothing, at 128 px. Without augmentation longer runs over-fit; logit adjustment
-    # is left to the decision rule fitted on validation after training. 6 minutes on 2 CPU cores.
-    "graham": {
-        "image_size": 128,
-        "epochs": 10,
-        "optimizer": "adamw",
-        "lr": 2e-3,
-        "weight_decay": 0.05,
-        "warmup_epochs": 1,
-        "label_smoothing": 0.1,
-        "enhance": "graham",
-        "select_metric": "macro_auc",
-    },
+    "graham": _GRAHAM,
     # The best recipe found on validation (benchmarks/RESULTS.md, issue 7): `graham` with fundus
     # augmentation, which stops the over-fitting, so that it can train four times longer. 25 minutes on
     # 2 CPU cores for ODIR-5K.
-    "graham-augment": {
-        "image_size": 128,
-        "epochs": 40,
-        "optimizer": "adamw",
-        "lr": 2e-3,
-        "weight_decay": 0.05,
-        "warmup_epochs": 1,
-        "label_smoothing": 0.1,
-        "enhance": "graham",
-        "augment": "fundus",
-        "select_metric": "macro_auc",
-    },
+    "graham-augment": {**_GRAHAM, "epochs": 40, "augment": "fundus"},
     # A few minutes on a CPU, for demos and smoke tests on small data.
     "quick": {
         "image_size": 128,
