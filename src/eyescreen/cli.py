@@ -20,7 +20,8 @@ def _add_config_overrides(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         # What the default preset sets, so the help matches a plain `eyescreen train`.
-        default = f"{PRESETS[DEFAULT_PRESET].get(f.name, default)} in the {DEFAULT_PRESET} preset"
+        value = PRESETS[DEFAULT_PRESET].get(f.name, default)
+        default = f"{'unset' if value == '' else value} in the {DEFAULT_PRESET} preset"
         if f.type in ("bool", bool):
             group.add_argument(
                 flag,

@@ -39,6 +39,8 @@ class TrainConfig:
     init: str = ""  # start from these weights (an `eyescreen pretrain` output); "" = random
     compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start)
     ema: float = 0.0  # decay of an exponential moving average of the weights, per step; 0 = off
+    findings: str = ""  # manifest column of ';'-separated findings, predicted by a training-only head
+    findings_weight: float = 0.5  # weight of the findings loss beside the class loss
 
     def validate(self) -> TrainConfig:
         choices = {
@@ -61,6 +63,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 <= self.ema < 1:
             raise ValueError("ema must be in [0, 1): the decay per optimiser step, 0 = off")
+        if self.findings_weight < 0:
+            raise ValueError("findings_weight must be zero or more")
         if not 0 <= self.warmup_epochs < max(self.epochs, 1):
             raise ValueError("warmup_epochs must be smaller than epochs")
         return self

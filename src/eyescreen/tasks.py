@@ -15,6 +15,7 @@ from torch import nn
 
 from . import augment
 from .data import Dataset
+from .findings import Findings, WithFindings, class_targets, findings_loss
 from .inference import autocast, prepare_batch
 from .models import create_model
 from .preprocess import ImageCache, load_stack
@@ -59,6 +60,13 @@ class SingleEye:
         return Samples(images, labels, labels, skipped=skipped, names=tuple(r.key for r in kept),
                        groups=tuple(r.group for r in kept))  # fmt: skip
 
+    def load_train(self, ds: Dataset, cache: ImageCache, show: bool, report: bool) -> Samples:
+        return self.load(ds, cache, "train", show, report)
+
+    def trainable(self, model: nn.Module) -> nn.Module:
+        """What the optimiser trains: the model itself, or the model with training-only parts."""
+        return model
+
     def batch(self, s: Samples, idx, transform, device, mean, std, channels_last):
         # Augment on the training device: batched, it is cheap on a CPU and free on a GPU.
         x = augment.apply(transform, s.inputs[idx].to(device, non_blocking=True))
@@ -74,6 +82,38 @@ class SingleEye:
         from .inference import predict_proba
 
         return predict_proba(model, s.inputs, mean, std, device, precision, channels_last), s.targets.numpy()
+
+
+class SingleEyeWithFindings(SingleEye):
+    """One eye per sample, plus a findings head trained on every eye of the training patients.
+
+    Targets are [N, 1 + F]: the class (-1 for an eye outside the selected classes), then the findings.
+    """
+
+    def __init__(self, classes: list[str], findings: Findings, weight: float):
+        super().__init__(classes)
+        self.findings, self.weight = findings, weight
+
+    def load_train(self, ds: Dataset, cache: ImageCache, show: bool, report: bool) -> Samples:
+        records = ds.records + self.findings.extra
+        images, ok, skipped = _load([r.path for r in records], cache, "train", show, report)
+        kept = [records[i] for i in ok]
+        labels = torch.as_tensor(class_targets(kept, self.classes))
+        targets = torch.cat([labels[:, None], self.findings.targets(kept)], 1)
+        return Samples(images, targets, labels, skipped=skipped, names=tuple(r.key for r in kept),
+                       groups=tuple(r.group for r in kept))  # fmt: skip
+
+    def trainable(self, model: nn.Module) -> nn.Module:
+        return WithFindings(model, len(self.findings.vocabulary))
+
+    def loss(self, net, x, mask, t, loss_fn, log_prior, adjust: bool):
+        logits, finding_logits = net(x)
+        logits, y = logits.float(), t[:, 0]
+        loss = self.weight * findings_loss(finding_logits, t[:, 1:])
+        has = y >= 0
+        if has.any():
+            loss = loss + loss_fn(logits[has] + log_prior if adjust else logits[has], y[has])
+        return loss, int((logits.argmax(1)[has] == y[has]).sum()), int(has.sum())
 
 
 class BothEyes(SingleEye):

@@ -27,12 +27,13 @@ from . import __version__, augment, distributed
 from .calibrate import calibrate_checkpoint
 from .checkpoint import load_model, load_state, save_model, save_state
 from .config import TrainConfig
-from .data import load_dataset, make_split, read_split, split_counts, subset, write_split
+from .data import Dataset, load_dataset, make_split, read_split, split_counts, subset, write_split
+from .findings import training_findings
 from .inference import autocast, resolve_device, resolve_precision
 from .metrics import headline_metrics
 from .models import is_binocular
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
-from .tasks import BothEyes, SingleEye
+from .tasks import BothEyes, SingleEye, SingleEyeWithFindings
 
 LOG_COLUMNS = [
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss",
@@ -121,6 +122,19 @@ def _write_log(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
+def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
+    """One eye or both eyes per sample; with --findings, one eye plus the findings head."""
+    if is_binocular(cfg.model):
+        if cfg.findings:
+            raise ValueError("--findings trains a single-eye model; it cannot be used with a both-eye model")
+        return BothEyes(dataset.classes, cfg.normal_class, cfg.pooling, cfg.two_diseases, cfg.mirror_left)
+    if cfg.findings:
+        findings = training_findings(dataset, split, cfg.findings)
+        say(findings.summary())
+        return SingleEyeWithFindings(dataset.classes, findings, cfg.findings_weight)
+    return SingleEye(dataset.classes)
+
+
 def train(
     cfg: TrainConfig | None,
     data: str | Path,
@@ -164,12 +178,8 @@ def train(
     prep = Preprocessing(image_size=cfg.image_size, enhance=cfg.enhance)
     cache = ImageCache(prep, cache_dir)
     show = progress and ctx.main
-    task = (
-        BothEyes(dataset.classes, cfg.normal_class, cfg.pooling, cfg.two_diseases, cfg.mirror_left)
-        if is_binocular(cfg.model)
-        else SingleEye(dataset.classes)
-    )
-    train_set = task.load(subset(dataset, split, "train"), cache, "train", show, ctx.main)
+    task = make_task(cfg, dataset, split, say)
+    train_set = task.load_train(subset(dataset, split, "train"), cache, show, ctx.main)
     val_set = task.load(subset(dataset, split, "val"), cache, "val", show, ctx.main)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{data}: no readable images in the train or validation split")
@@ -187,14 +197,15 @@ def train(
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net = model  # what runs forward/backward: the DistributedDataParallel wrapper when distributed
+    trainable = task.trainable(model).to(device)  # the model, plus any training-only head
+    net = trainable  # what runs forward/backward: the DistributedDataParallel wrapper when distributed
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None
+            trainable, device_ids=[device] if device.type == "cuda" else None
         )
     if cfg.compile:
         net = torch.compile(net)
-    optimizer = make_optimizer(cfg, model)
+    optimizer = make_optimizer(cfg, trainable)
     ema = make_ema(model, cfg.ema)
     evaluated = ema.module if ema else model  # what is validated and saved
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
@@ -221,7 +232,7 @@ def train(
     }
     start_epoch, best, best_epoch, history = 0, -math.inf, -1, []
     if resume:
-        model.load_state_dict(state["model"])
+        trainable.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -308,7 +319,7 @@ def train(
         save_state(
             out / "resume.pt",
             {
-                "model": model.state_dict(),
+                "model": trainable.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "ema": ema.state_dict() if ema else None,

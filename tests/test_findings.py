@@ -1,0 +1,91 @@
+"""The findings head: extra supervision from a manifest column, from training patients only."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pytest
+import torch
+
+from eyescreen.checkpoint import load_model, load_state
+from eyescreen.config import preset
+from eyescreen.data import DataError, load_dataset
+from eyescreen.findings import WithFindings, training_findings
+from eyescreen.models import create_model
+from eyescreen.train import train
+
+from synthetic import write_dataset
+
+
+@pytest.fixture(scope="module")
+def manifest_with_findings(tmp_path_factory):
+    """The synthetic set plus a `findings` column and two eyes without a class: one of patient 0, one
+    of a patient in no split."""
+    root = tmp_path_factory.mktemp("findings")
+    manifest = write_dataset(root, patients=30, unlabelled=1)
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    shutil.copy(root / "images/0_left.jpg", root / "images/0_extra.jpg")
+    rows.append({"image": "images/0_extra.jpg", "patient_id": "0", "eye": "left", "label": ""})
+    for r in rows:
+        r["findings"] = {"normal": "", "": "cataract; lens dust"}.get(r["label"], "lesion;  Lesion ; disc")
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return manifest
+
+
+def split_with_patient_0_in(ds, part):
+    return {r.key: part if r.group == "patient:0" else "train" for r in ds.records}
+
+
+def test_extra_eyes_and_vocabulary_come_from_training_patients_only(manifest_with_findings):
+    ds = load_dataset(manifest_with_findings)
+    held_out = training_findings(ds, split_with_patient_0_in(ds, "test"), "findings", min_count=1)
+    # patient 0 is a test patient: its eye without a class stays out; the unassigned patient joins
+    assert [r.key for r in held_out.extra] == ["images/u0.jpg"]
+    assert held_out.vocabulary == ["disc", "lesion", "cataract", "lens dust"]  # by count, then name; case-folded
+    in_train = training_findings(ds, split_with_patient_0_in(ds, "train"), "findings", min_count=1)
+    assert sorted(r.key for r in in_train.extra) == ["images/0_extra.jpg", "images/u0.jpg"]
+    targets = in_train.targets(in_train.extra)
+    assert targets.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1]]
+    frequent = training_findings(ds, split_with_patient_0_in(ds, "train"), "findings", min_count=20)
+    assert frequent.vocabulary == ["disc", "lesion"]  # the two unlabelled eyes' findings are too rare
+
+
+def test_findings_errors_name_the_file_and_the_problem(manifest_with_findings, synthetic_manifest, tmp_path):
+    ds = load_dataset(manifest_with_findings)
+    split = split_with_patient_0_in(ds, "train")
+    with pytest.raises(DataError, match=r"manifest\.csv.*no column 'keywords'"):
+        training_findings(ds, split, "keywords")
+    with pytest.raises(DataError, match="occurs 1000 times"):
+        training_findings(ds, split, "findings", min_count=1000)
+    cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, findings="findings")
+    with pytest.raises(ValueError, match="both-eye"):
+        train(cfg, manifest_with_findings, tmp_path / "both", progress=False)
+
+
+def test_the_findings_head_sees_the_pooled_features_and_leaves_the_model_unchanged():
+    model = create_model("tiny-cnn", num_classes=3)
+    wrapped = WithFindings(model, n_findings=5)
+    x = torch.rand(4, 3, 24, 24)
+    logits, findings = wrapped(x)
+    assert logits.shape == (4, 3) and findings.shape == (4, 5)
+    features = model[:-1](x)  # everything before the classifier layer
+    torch.testing.assert_close(findings, wrapped.findings(features))
+    assert set(model.state_dict()) == set(create_model("tiny-cnn", num_classes=3).state_dict())
+
+
+def test_training_with_findings_saves_a_plain_classifier_and_resumes(manifest_with_findings, tmp_path):
+    cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=2, batch_size=8, precision="fp32",
+                 findings="findings", findings_weight=1.0)  # fmt: skip
+    out = tmp_path / "run"
+    train(cfg, manifest_with_findings, out, progress=False)
+    state = load_state(out / "resume.pt")["model"]
+    assert {"findings.weight", "findings.bias"} <= set(state)  # the head trained and is resumable
+    model, meta = load_model(out / "best.safetensors", "cpu")
+    assert set(model.state_dict()) == set(create_model("tiny-cnn", num_classes=3).state_dict())
+    assert meta["config"]["findings"] == "findings"
+    train(None, manifest_with_findings, out, resume=True, progress=False)  # loads the head's state
