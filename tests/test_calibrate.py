@@ -71,7 +71,10 @@ def test_decision_weights_raise_balanced_accuracy_on_rare_classes():
     assert d["val_balanced_accuracy"] > d["val_balanced_accuracy_argmax"] + 0.1
     # On fresh data from the same source the rule still beats plain argmax.
     prob2, y2 = imbalanced(seed=1)
-    assert balanced_accuracy_score(y2, decide(prob2, weights)) > balanced_accuracy_score(y2, prob2.argmax(1)) + 0.1
+    assert (
+        balanced_accuracy_score(y2, decide(prob2, weights))
+        > balanced_accuracy_score(y2, prob2.argmax(1)) + 0.1
+    )
     assert decide(prob2[0], weights) == decide(prob2[:1], weights)[0]  # one vector or a batch
     # Balanced classes: the prior is flat, the weights are near 1 and change next to nothing.
     prob3, y3 = overconfident()

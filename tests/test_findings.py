@@ -14,7 +14,6 @@ from eyescreen.data import DataError, load_dataset
 from eyescreen.findings import WithFindings, training_findings
 from eyescreen.models import create_model
 from eyescreen.train import train
-
 from synthetic import write_dataset
 
 
@@ -46,7 +45,12 @@ def test_extra_eyes_and_vocabulary_come_from_training_patients_only(manifest_wit
     held_out = training_findings(ds, split_with_patient_0_in(ds, "test"), "findings", min_count=1)
     # patient 0 is a test patient: its eye without a class stays out; the unassigned patient joins
     assert [r.key for r in held_out.extra] == ["images/u0.jpg"]
-    assert held_out.vocabulary == ["disc", "lesion", "cataract", "lens dust"]  # by count, then name; case-folded
+    assert held_out.vocabulary == [
+        "disc",
+        "lesion",
+        "cataract",
+        "lens dust",
+    ]  # by count, then name; case-folded
     in_train = training_findings(ds, split_with_patient_0_in(ds, "train"), "findings", min_count=1)
     assert sorted(r.key for r in in_train.extra) == ["images/0_extra.jpg", "images/u0.jpg"]
     targets = in_train.targets(in_train.extra)

@@ -81,7 +81,9 @@ def test_pretrain_cli(synthetic_manifest, tmp_path, capsys):
     assert "pre-trained tiny-cnn" in capsys.readouterr().err
 
 
-def test_holdout_split_leaves_out_every_photograph_of_validation_and_test_patients(synthetic_manifest, tmp_path):
+def test_holdout_split_leaves_out_every_photograph_of_validation_and_test_patients(
+    synthetic_manifest, tmp_path
+):
     from eyescreen.data import load_dataset, make_split, read_manifest, write_split
     from eyescreen.pretrain import holdout_patients
 
