@@ -80,6 +80,7 @@ def test_the_findings_head_sees_the_pooled_features_and_leaves_the_model_unchang
     features = model[:-1](x)  # everything before the classifier layer
     torch.testing.assert_close(findings, wrapped.findings(features))
     assert set(model.state_dict()) == set(create_model("tiny-cnn", num_classes=3).state_dict())
+    assert not model[-1]._forward_pre_hooks  # nothing left behind on the classifier
 
 
 def test_training_with_findings_saves_a_plain_classifier_and_resumes(manifest_with_findings, tmp_path):

@@ -149,5 +149,7 @@ def test_presets_are_the_recipes_measured_in_results():
     assert preset("graham-augment") == preset(
         "graham", augment="fundus", epochs=40
     )  # graham+augment-128px-40ep
-    assert preset("graham-findings") == preset("graham-augment", findings="keywords")  # graham-augment-findings
+    assert preset("graham-findings") == preset(
+        "graham-augment", findings="keywords"
+    )  # graham-augment-findings
     assert DEFAULT_PRESET == "graham-augment"

@@ -84,12 +84,12 @@ def training_findings(dataset: Dataset, split: dict, column: str, min_count: int
     return Findings(vocabulary, extra, tags)
 
 
-def classifier_head(model: nn.Module) -> nn.Linear:
-    """The model's last linear layer: its input is the pooled feature vector."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
+def classifier_head(model: nn.Module) -> str:
+    """The name of the model's last linear layer: its input is the pooled feature vector."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
         raise ValueError(f"{type(model).__name__}: no linear classifier layer for a findings head")
-    return linears[-1]
+    return names[-1]
 
 
 class WithFindings(nn.Module):
@@ -98,22 +98,21 @@ class WithFindings(nn.Module):
     def __init__(self, model: nn.Module, n_findings: int):
         super().__init__()
         self.model = model
-        head = classifier_head(model)
-        self.findings = nn.Linear(head.in_features, n_findings)
-        self._features: torch.Tensor | None = None
-        self._hook = head.register_forward_pre_hook(self._keep)
-
-    def _keep(self, module, inputs) -> None:
-        self._features = inputs[0]
+        self.head_name = classifier_head(model)
+        self.findings = nn.Linear(model.get_submodule(self.head_name).in_features, n_findings)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)
-        features, self._features = self._features, None
-        return logits, self.findings(features)
-
-    def detach_head(self) -> None:
-        """Remove the hook, leaving the classifier exactly as it was built."""
-        self._hook.remove()
+        # The hook lives only for this call, so the model (and any copy of it, such as an EMA) is
+        # left exactly as built.
+        seen: list[torch.Tensor] = []
+        hook = self.model.get_submodule(self.head_name).register_forward_pre_hook(
+            lambda module, inputs: seen.append(inputs[0])
+        )
+        try:
+            logits = self.model(x)
+        finally:
+            hook.remove()
+        return logits, self.findings(seen[0])
 
 
 def findings_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
