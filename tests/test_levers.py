@@ -150,6 +150,6 @@ def test_presets_are_the_recipes_measured_in_results():
         "graham", augment="fundus", epochs=40
     )  # graham+augment-128px-40ep
     assert preset("graham-findings") == preset(
-        "graham-augment", findings="keywords"
-    )  # graham-augment-findings
+        "graham-augment", findings="keywords", epochs=60
+    )  # graham-augment-findings-60ep
     assert DEFAULT_PRESET == "graham-augment"
