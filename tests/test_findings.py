@@ -59,7 +59,7 @@ def test_extra_eyes_and_vocabulary_come_from_training_patients_only(manifest_wit
     assert frequent.vocabulary == ["disc", "lesion"]  # the two unlabelled eyes' findings are too rare
 
 
-def test_findings_errors_name_the_file_and_the_problem(manifest_with_findings, synthetic_manifest, tmp_path):
+def test_findings_errors_name_the_file_and_the_problem(manifest_with_findings, tmp_path):
     ds = load_dataset(manifest_with_findings)
     split = split_with_patient_0_in(ds, "train")
     with pytest.raises(DataError, match=r"manifest\.csv.*no column 'keywords'"):

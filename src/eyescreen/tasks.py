@@ -54,10 +54,17 @@ class SingleEye:
         return create_model(model_name, **args), {"name": model_name, "args": args}
 
     def load(self, ds: Dataset, cache: ImageCache, name: str, show: bool, report: bool) -> Samples:
-        images, ok, skipped = _load([r.path for r in ds.records], cache, name, show, report)
-        labels = torch.as_tensor(ds.labels()[ok])
-        kept = [ds.records[i] for i in ok]
-        return Samples(images, labels, labels, skipped=skipped, names=tuple(r.key for r in kept),
+        return self._eyes(ds.records, cache, name, show, report)
+
+    def _eyes(
+        self, records, cache: ImageCache, name: str, show: bool, report: bool, findings=None
+    ) -> Samples:
+        """One sample per readable eye; targets are the class (-1: none), then any findings."""
+        images, ok, skipped = _load([r.path for r in records], cache, name, show, report)
+        kept = [records[i] for i in ok]
+        labels = torch.as_tensor(class_targets(kept, self.classes))
+        targets = labels if findings is None else torch.cat([labels[:, None], findings.targets(kept)], 1)
+        return Samples(images, targets, labels, skipped=skipped, names=tuple(r.key for r in kept),
                        groups=tuple(r.group for r in kept))  # fmt: skip
 
     def load_train(self, ds: Dataset, cache: ImageCache, show: bool, report: bool) -> Samples:
@@ -96,12 +103,7 @@ class SingleEyeWithFindings(SingleEye):
 
     def load_train(self, ds: Dataset, cache: ImageCache, show: bool, report: bool) -> Samples:
         records = ds.records + self.findings.extra
-        images, ok, skipped = _load([r.path for r in records], cache, "train", show, report)
-        kept = [records[i] for i in ok]
-        labels = torch.as_tensor(class_targets(kept, self.classes))
-        targets = torch.cat([labels[:, None], self.findings.targets(kept)], 1)
-        return Samples(images, targets, labels, skipped=skipped, names=tuple(r.key for r in kept),
-                       groups=tuple(r.group for r in kept))  # fmt: skip
+        return self._eyes(records, cache, "train", show, report, self.findings)
 
     def trainable(self, model: nn.Module) -> nn.Module:
         return WithFindings(model, len(self.findings.vocabulary))
