@@ -114,10 +114,10 @@ def test_weight_average_is_what_gets_validated_and_saved(synthetic_manifest, tmp
         preset("graham", ema=1.0)
 
 
-def test_flip_tta_averages_the_four_flips_and_evaluates(synthetic_manifest, tmp_path):
+def test_tta_averages_its_views_and_evaluates(synthetic_manifest, tmp_path):
     from eyescreen.config import preset
     from eyescreen.evaluate import evaluate
-    from eyescreen.inference import FlipAverage
+    from eyescreen.inference import ViewAverage
     from eyescreen.models import create_model
     from eyescreen.train import train
 
@@ -126,15 +126,24 @@ def test_flip_tta_averages_the_four_flips_and_evaluates(synthetic_manifest, tmp_
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         expected = (model(x) + model(x.flip(-1)) + model(x.flip(-2)) + model(x.flip(-1, -2))) / 4
-        torch.testing.assert_close(FlipAverage(model)(x), expected)
-        # Invariant to the flips it averages over.
-        torch.testing.assert_close(
-            FlipAverage(model)(x.flip(-1)), FlipAverage(model)(x), rtol=1e-5, atol=1e-6
-        )
+        torch.testing.assert_close(ViewAverage(model)(x), expected)
+        turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+        views = turns + [t.flip(-1) for t in turns]
+        expected = torch.stack([model(v) for v in views]).mean(0)
+        torch.testing.assert_close(ViewAverage(model, "dihedral")(x), expected)
+        # Each is invariant to the transformations it averages over; flips alone are not to a turn.
+        for views, moved in (("flips", x.flip(-1)), ("dihedral", torch.rot90(x, 1, dims=(-2, -1)))):
+            torch.testing.assert_close(
+                ViewAverage(model, views)(moved), ViewAverage(model, views)(x), rtol=1e-5, atol=1e-6
+            )
+        turned = torch.rot90(x, 1, dims=(-2, -1))
+        assert not torch.allclose(ViewAverage(model)(turned), ViewAverage(model)(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="dihedral"):
+        ViewAverage(model, "rotations")
     cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision="fp32")
     best = train(cfg, synthetic_manifest, tmp_path / "run", progress=False)
-    report = evaluate(best, tmp_path / "tta", progress=False, n_resamples=20, tta=True)
-    assert report["test_time_augmentation"] == "flips (4 views)"
+    report = evaluate(best, tmp_path / "tta", progress=False, n_resamples=20, tta="dihedral")
+    assert report["test_time_augmentation"] == "quarter turns x flips (8 views)"
     assert 0 <= report["metrics"]["macro_auc"] <= 1
 
 

@@ -66,7 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--out", help="report directory (default: next to the checkpoint)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
-    p.add_argument("--tta", action="store_true", help="average over flipped copies (test-time augmentation)")
+    p.add_argument(
+        "--tta",
+        nargs="?",
+        const="flips",
+        choices=("flips", "dihedral"),
+        help="test-time augmentation: average the logits over flipped copies (`--tta`, `--tta flips`) or "
+        "over the 8 quarter turns and mirror images (`--tta dihedral`)",
+    )
     p.add_argument("--cache-dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

@@ -12,7 +12,7 @@ import torch
 from .calibrate import apply_temperature, class_weights, decide, operating_point
 from .checkpoint import load_model
 from .data import DataError, load_dataset, read_split, subset
-from .inference import FlipAverage, predict_proba, resolve_device, resolve_precision
+from .inference import TTA_DESCRIPTIONS, ViewAverage, predict_proba, resolve_device, resolve_precision
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error
 from .models import is_binocular
 from .preprocess import ImageCache, Preprocessing, load_stack
@@ -31,15 +31,16 @@ def evaluate(
     device: str = "auto",
     precision: str = "auto",
     progress: bool = True,
-    tta: bool = False,
+    tta: str | None = None,
 ) -> dict:
+    """`tta`: None, or a key of `inference.TTA_VIEWS` ("flips", "dihedral")."""
     checkpoint = Path(checkpoint)
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     if tta:
         if is_binocular(meta["model"]["name"]):
             raise ValueError("--tta applies to single-eye models")
-        model = FlipAverage(model)
+        model = ViewAverage(model, tta)
     classes = meta["classes"]
     dataset = load_dataset(data or meta["data"], classes)
     if split_name == "all":
@@ -69,7 +70,7 @@ def evaluate(
         "epoch": meta.get("epoch"),
         "data": str(dataset.source),
         "split": split_name,
-        "test_time_augmentation": "flips (4 views)" if tta else "none",
+        "test_time_augmentation": TTA_DESCRIPTIONS[tta] if tta else "none",
         "classes": classes,
     }
     if is_binocular(meta["model"]["name"]):

@@ -40,17 +40,34 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-class FlipAverage(nn.Module):
-    """Test-time augmentation: the mean of the logits over the image and its horizontal, vertical and
-    double flips (the same flips training augmentation uses). Single-eye models only."""
+def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
+    turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    return turns + [t.flip(-1) for t in turns]
 
-    def __init__(self, model: nn.Module):
+
+# Views for test-time augmentation. A fundus photograph has no preferred orientation once training has
+# seen it flipped and turned at any angle; quarter turns and flips need no interpolation.
+TTA_VIEWS = {
+    "flips": lambda x: [x, x.flip(-1), x.flip(-2), x.flip(-2, -1)],
+    "dihedral": _dihedral,
+}
+TTA_DESCRIPTIONS = {"flips": "flips (4 views)", "dihedral": "quarter turns x flips (8 views)"}
+
+
+class ViewAverage(nn.Module):
+    """Test-time augmentation: the mean of the logits over transformed copies of the image (`TTA_VIEWS`):
+    its horizontal, vertical and double flips, or the 8 quarter turns and mirror images. Single-eye
+    models only."""
+
+    def __init__(self, model: nn.Module, views: str = "flips"):
         super().__init__()
+        if views not in TTA_VIEWS:
+            raise ValueError(f"test-time augmentation {views!r}: choose one of {', '.join(TTA_VIEWS)}")
         self.model = model
+        self.views = views
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        views = (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))
-        return torch.stack([self.model(v) for v in views]).mean(0)
+        return torch.stack([self.model(v) for v in TTA_VIEWS[self.views](x)]).mean(0)
 
 
 def prepare_batch(batch: torch.Tensor, device, mean, std, channels_last: bool) -> torch.Tensor:
