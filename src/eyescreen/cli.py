@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pair-pattern", help="regular expression with groups 'id' and 'side' matched on file stems"
     )
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of an interrupted run into --out (same checkpoint) and predict only the rest",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
@@ -227,10 +232,11 @@ def run(args) -> int:
         from .predict_pairs import predict_pairs
 
         result = predict_pairs(args.inputs, args.checkpoint, args.out, pattern=args.pair_pattern or DEFAULT_PATTERN,
-                               device=args.device, progress=not args.no_progress)  # fmt: skip
-        print(f"{result['patients']} patients predicted, {len(result['unpaired'])} unpaired files, "
+                               device=args.device, progress=not args.no_progress, resume=args.resume)  # fmt: skip
+        kept = f" ({result['resumed']} kept from the earlier run)" if result["resumed"] else ""
+        print(f"{result['patients']} patients predicted{kept}, {len(result['unpaired'])} unpaired files, "
               f"{len(result['failed'])} unreadable -> {result['csv']}")  # fmt: skip
-        return 0 if result["patients"] else 1
+        return 0 if result["patients"] or result["resumed"] else 1
     elif args.command == "predict":
         from .predict import predict
 
@@ -241,9 +247,11 @@ def run(args) -> int:
             batch_size=args.batch_size,
             device=args.device,
             progress=not args.no_progress,
+            resume=args.resume,
         )
-        print(f"{result['predicted']} predicted, {len(result['failed'])} unreadable -> {result['csv']}")
-        return 0 if result["predicted"] or not result["failed"] else 1
+        kept = f" ({result['resumed']} kept from the earlier run)" if result["resumed"] else ""
+        print(f"{result['predicted']} predicted{kept}, {len(result['failed'])} unreadable -> {result['csv']}")
+        return 0 if result["predicted"] or result["resumed"] or not result["failed"] else 1
     elif args.command == "explain":
         from .explain_cli import run_explain
 
@@ -310,5 +318,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eyescreen {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue a training run with --resume", file=sys.stderr)
+        print("interrupted; continue with the same command and --resume (train, predict)", file=sys.stderr)
         return 130

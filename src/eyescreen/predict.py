@@ -1,14 +1,15 @@
-"""Predict classes for files or folders, streaming in chunks; unreadable files are listed, not fatal."""
+"""Predict classes for files or folders, streaming in chunks; unreadable files are listed, not fatal,
+and an interrupted job resumes where it stopped."""
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from .batch_output import BatchOutput
 from .calibrate import apply_temperature, class_weights, decide
 from .checkpoint import load_model
 from .data import list_images
@@ -24,9 +25,12 @@ def predict(
     device: str = "auto",
     precision: str = "auto",
     progress: bool = True,
+    resume: bool = False,
 ) -> dict:
     """Write one CSV row per file: predicted class (by the checkpoint's decision rule), per-class
-    probabilities (temperature-scaled when the checkpoint is calibrated), the referable flag at the checkpoint's operating point, or the error."""
+    probabilities (temperature-scaled when the checkpoint is calibrated), the referable flag at the
+    checkpoint's operating point, or the error. `resume`: keep the rows of an interrupted run of the
+    same checkpoint into `out_csv` and predict only the other files (unreadable ones again)."""
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     classes, norm = meta["classes"], meta["normalization"]
@@ -37,18 +41,13 @@ def predict(
     prep = Preprocessing(**meta["preprocessing"])
     prec = resolve_precision(precision, dev)
     files = list_images(inputs)
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    extra = ["referable"] if referable else []
+    header = (
+        ["file", "predicted", "probability"] + [f"prob_{c}" for c in classes] + extra + ["error", "warning"]
+    )
     n_ok, failures, warnings = 0, [], []
-    with open(out_csv, "w", newline="") as f:
-        w = csv.writer(f)
-        extra = ["referable"] if referable else []
-        w.writerow(
-            ["file", "predicted", "probability"]
-            + [f"prob_{c}" for c in classes]
-            + extra
-            + ["error", "warning"]
-        )
+    with BatchOutput(out_csv, header, checkpoint, resume) as out:
+        files = [path for path in files if str(path) not in out.done]
         bar = tqdm(total=len(files), desc="predicting", disable=not progress)
         # Chunks keep memory flat however many files there are.
         for start in range(0, len(files), batch_size):
@@ -63,7 +62,7 @@ def predict(
                     warnings.extend(note)
                 except ImageError as e:
                     failures.append((path, str(e)))
-                    w.writerow([str(path), "", ""] + [""] * (len(classes) + len(extra)) + [str(e), ""])
+                    out.write([str(path), "", ""] + [""] * (len(classes) + len(extra)) + [str(e), ""])
             if arrays:
                 prob = predict_proba(model, torch.stack(arrays), norm["mean"], norm["std"], dev, prec)
                 prob = apply_temperature(prob, temperature)
@@ -73,14 +72,22 @@ def predict(
                     if referable:
                         score = 1.0 - p[classes.index(referable["normal_class"])]
                         flag = ["yes" if score > referable["threshold"] else "no"]
-                    w.writerow(
+                    out.write(
                         [str(path), classes[k], f"{p[k]:.6f}"] + [f"{v:.6f}" for v in p] + flag + ["", note]
                     )
                 n_ok += len(good)
+            out.flush()
             bar.update(len(chunk))
         bar.close()
+        resumed = out.kept
     for _, message in failures:
         print(f"could not read: {message}", file=sys.stderr)
     for message in warnings:
         print(f"warning: {message}", file=sys.stderr)
-    return {"csv": out_csv, "predicted": n_ok, "failed": failures, "warnings": warnings}
+    return {
+        "csv": Path(out_csv),
+        "predicted": n_ok,
+        "resumed": resumed,
+        "failed": failures,
+        "warnings": warnings,
+    }

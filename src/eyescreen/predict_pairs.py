@@ -7,7 +7,6 @@ disease score, 1 - P(normal) ("any disease in either eye"). Either way the row s
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .batch_output import BatchOutput
 from .calibrate import apply_temperature, class_weights, decide
 from .checkpoint import load_model
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
@@ -34,7 +34,10 @@ def predict_pairs(
     device: str = "auto",
     precision: str = "auto",
     progress: bool = True,
+    resume: bool = False,
 ) -> dict:
+    """`resume`: keep the predicted patients of an interrupted run of the same checkpoint into
+    `out_csv` and predict only the others."""
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     classes, norm = meta["classes"], meta["normalization"]
@@ -49,16 +52,17 @@ def predict_pairs(
     )
     pairs, unpaired = pair_files(inputs, pattern)
     binocular = is_binocular(meta["model"]["name"])
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
     header = ["patient", "right_file", "left_file"]
     header += [f"{side}_prob_{c}" for side in SIDES for c in classes]
     header += ["predicted", "probability"] + [f"prob_{c}" for c in classes] + ["driven_by"]
     header += (["referable"] if referable else []) + ["error"]
     written, failed = 0, []
-    with open(out_csv, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
+    out_csv = Path(out_csv)
+    done = BatchOutput(
+        out_csv, header, checkpoint, resume, key="patient", is_done=lambda row: bool(row["predicted"])
+    )
+    with done as out:
+        pairs = [pair for pair in pairs if pair.patient not in out.done]
         bar = tqdm(total=len(pairs), desc="predicting patients", disable=not progress)
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
@@ -106,7 +110,8 @@ def predict_pairs(
                     written += 1
                 else:
                     row += ["", ""] + [""] * len(classes) + [""] + ([""] if referable else [])
-                w.writerow(row + ["; ".join(errors[i])])
+                out.write(row + ["; ".join(errors[i])])
+            out.flush()
             bar.update(len(chunk))
         bar.close()
     if unpaired:
@@ -117,7 +122,7 @@ def predict_pairs(
         )
     for message in failed:
         print(f"could not read: {message}", file=sys.stderr)
-    return {"csv": out_csv, "patients": written, "unpaired": unpaired, "failed": failed}
+    return {"csv": out_csv, "patients": written, "resumed": done.kept, "unpaired": unpaired, "failed": failed}
 
 
 def patient_predictions(model, images, mask, binocular: bool, norm, device, precision, normal):

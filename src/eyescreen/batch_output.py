@@ -1,0 +1,89 @@
+"""The CSV of a batch job (`predict`), written so that an interrupted job can resume.
+
+Rows are flushed a chunk at a time. With `resume`, the complete rows of the earlier run are kept (a row
+torn by the interruption is dropped) and their keys are skipped, so only the rest is computed. A side
+file records which checkpoint wrote the rows: resuming with another checkpoint is refused, because a
+CSV that mixes two models' predictions looks like one model's.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class BatchOutput:
+    """Context manager: `done` holds the keys already written, `write(row)` adds a row, `flush()` makes
+    the rows so far survive a kill. `is_done(row)` says whether an earlier row counts as finished (rows
+    that are not, e.g. unreadable files, are computed again)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        header: list[str],
+        checkpoint: str | Path,
+        resume: bool = False,
+        key: str = "file",
+        is_done: Callable[[dict], bool] = lambda row: not row.get("error"),
+    ):
+        self.path, self.header, self.key = Path(path), list(header), key
+        self.job_file = self.path.with_name(self.path.name + ".job.json")
+        self.job = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint)}
+        self.resume, self.is_done = resume, is_done
+        self.done: set[str] = set()
+        self.kept = 0
+
+    def __enter__(self) -> BatchOutput:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = self._earlier_rows() if self.resume and self.path.exists() else []
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([self.header] + kept)
+        os.replace(tmp, self.path)
+        self.job_file.write_text(json.dumps(self.job, indent=2) + "\n")
+        self.done = {row[self.header.index(self.key)] for row in kept}
+        self.kept = len(kept)
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        return self
+
+    def _earlier_rows(self) -> list[list[str]]:
+        earlier = json.loads(self.job_file.read_text()) if self.job_file.exists() else {}
+        if earlier.get("checkpoint_sha256") != self.job["checkpoint_sha256"]:
+            was = earlier.get("checkpoint", "an unknown checkpoint")
+            raise ValueError(
+                f"{self.path}: written by {was}, not by {self.job['checkpoint']} (or its record "
+                f"{self.job_file.name} is missing); resume with the same checkpoint, or choose another --out"
+            )
+        with open(self.path, newline="") as f:
+            text = f.read()
+        if not text.endswith("\n"):  # the last row was cut off mid-write
+            text = text[: text.rfind("\n") + 1]
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+        if not rows or rows[0] != self.header:
+            raise ValueError(f"{self.path}: its columns are not this job's; choose another --out")
+        complete = [r for r in rows[1:] if len(r) == len(self.header)]
+        return [r for r in complete if self.is_done(dict(zip(self.header, r, strict=True)))]
+
+    def write(self, row: list) -> None:
+        self._writer.writerow(row)
+
+    def flush(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()

@@ -1,0 +1,126 @@
+"""An interrupted `predict` job resumes: the rows already written are kept, the rest is predicted, and
+the result equals an uninterrupted run."""
+
+import csv
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from eyescreen import predict as predict_module
+from eyescreen.config import preset
+from eyescreen.predict import predict
+from eyescreen.predict_pairs import predict_pairs
+from eyescreen.train import train
+from synthetic import fundus, write_dataset
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    manifest = write_dataset(root / "data", patients=12)
+    cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision="fp32")
+    first = train(cfg, manifest, root / "a", progress=False, cache_dir=root / "cache")
+    second = train(replace(cfg, seed=1), manifest, root / "b", progress=False, cache_dir=root / "cache")
+    return first, second
+
+
+@pytest.fixture
+def folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(9):
+        fundus(64, ("spots", None, "blob")[i % 3], seed=i)[0].save(folder / f"{i}_right.jpg")
+        fundus(64, None, seed=100 + i)[0].save(folder / f"{i}_left.jpg")
+    (folder / "broken.jpg").write_text("not an image")
+    return folder
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_rows(a, b, key):
+    """The same rows in any order; probabilities equal up to float noise (chunks differ after a resume)."""
+    a, b = {r[key]: r for r in a}, {r[key]: r for r in b}
+    assert a.keys() == b.keys()
+    for k in a:
+        for column, value in a[k].items():
+            if "prob" in column and value:
+                assert float(value) == pytest.approx(float(b[k][column]), abs=1e-4), (k, column)
+            else:
+                assert value == b[k][column], (k, column)
+
+
+def test_interrupted_predict_resumes_and_equals_an_uninterrupted_run(
+    checkpoints, folder, tmp_path, monkeypatch
+):
+    best, other = checkpoints
+    full = predict([folder], best, tmp_path / "full.csv", batch_size=4, precision="fp32", progress=False)
+    assert full["predicted"] == 18 and len(full["failed"]) == 1
+
+    # Interrupted at the 10th image: the rows of the chunks before it were flushed.
+    out = tmp_path / "out.csv"
+    real, calls = predict_module.preprocess_image, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "preprocess_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict([folder], best, out, batch_size=4, precision="fp32", progress=False)
+    monkeypatch.setattr(predict_module, "preprocess_image", real)
+    written = rows(out)
+    assert len(written) == 8  # two whole chunks
+    with open(out, "a") as f:  # and a row torn by the interruption
+        f.write(f"{folder / 'x.jpg'},norm")
+
+    with pytest.raises(ValueError, match="same checkpoint"):
+        predict([folder], other, out, progress=False, resume=True)
+    resumed = predict([folder], best, out, batch_size=4, precision="fp32", progress=False, resume=True)
+    kept_ok = sum(1 for r in written if not r["error"])
+    assert resumed["resumed"] == kept_ok  # an unreadable file is tried again
+    assert resumed["predicted"] == 18 - kept_ok and len(resumed["failed"]) == 1
+    after = rows(out)
+    assert len(after) == 19 and len({r["file"] for r in after}) == 19
+    assert_same_rows(after, rows(tmp_path / "full.csv"), "file")
+
+    # Resuming a finished job predicts nothing; without --resume the file starts again.
+    again = predict([folder], best, out, progress=False, resume=True)
+    assert again["predicted"] == 0 and again["resumed"] == 18 and len(rows(out)) == 19
+    fresh = predict([folder / "0_right.jpg"], best, out, progress=False)
+    assert fresh["resumed"] == 0 and len(rows(out)) == 1
+
+
+def test_resume_refuses_a_csv_it_did_not_write(checkpoints, folder, tmp_path):
+    best, _ = checkpoints
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("file,score\na.jpg,0.3\n")
+    with pytest.raises(ValueError, match="foreign.csv"):
+        predict([folder], best, foreign, progress=False, resume=True)
+    assert foreign.read_text() == "file,score\na.jpg,0.3\n"  # left as it was
+    # A record from this checkpoint but other columns (say, an edited file) is refused too.
+    predict([folder / "0_right.jpg"], best, tmp_path / "mine.csv", progress=False)
+    shutil.copy(tmp_path / "mine.csv.job.json", tmp_path / "foreign.csv.job.json")
+    with pytest.raises(ValueError, match="columns"):
+        predict([folder], best, foreign, progress=False, resume=True)
+
+
+def test_interrupted_predict_pairs_resumes(checkpoints, folder, tmp_path):
+    best, _ = checkpoints
+    full = predict_pairs(
+        [folder], best, tmp_path / "full.csv", batch_size=4, precision="fp32", progress=False
+    )
+    assert full["patients"] == 9
+    out = tmp_path / "out.csv"
+    shutil.copy(tmp_path / "full.csv.job.json", tmp_path / "out.csv.job.json")
+    with open(tmp_path / "full.csv") as f:
+        lines = f.readlines()
+    (out).write_text("".join(lines[:5]) + lines[5][:20])  # four patients and a torn row
+    resumed = predict_pairs([folder], best, out, batch_size=4, precision="fp32", progress=False, resume=True)
+    assert resumed["resumed"] == 4 and resumed["patients"] == 5
+    assert_same_rows(rows(out), rows(tmp_path / "full.csv"), "patient")
