@@ -5,6 +5,7 @@ Each run must have been evaluated on both splits (evaluate writes predictions.cs
     eyescreen evaluate --checkpoint RUN/best.safetensors --subset test --out RUN/eval-test
 then
     python benchmarks/ensemble.py RUN [RUN ...]
+    python benchmarks/ensemble.py --tta dihedral RUN [RUN ...]   # RUN/eval-{val,test}-tta-dihedral (benchmarks/tta.py)
 
 Greedy forward selection (Caruana et al. 2004) on validation macro-AUC picks the members, without
 replacement; the test split is scored once, for the chosen ensemble and for the average of all runs.
@@ -22,8 +23,10 @@ import numpy as np
 from eyescreen.metrics import bootstrap_ci, headline_metrics
 
 
-def load(run: Path, split: str):
-    with open(run / f"eval-{split}" / "predictions.csv", newline="") as f:
+def load(run: Path, split: str, tta: str = ""):
+    """`tta`: read the evaluation made with that test-time augmentation (benchmarks/tta.py)."""
+    folder = f"eval-{split}" + (f"-tta-{tta}" if tta else "")
+    with open(run / folder / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     classes = [k.removeprefix("prob_") for k in rows[0] if k.startswith("prob_")]
     keys = [r["image"] for r in rows]
@@ -33,9 +36,9 @@ def load(run: Path, split: str):
     return classes, keys, prob, y, groups
 
 
-def aligned(runs: list[Path], split: str):
+def aligned(runs: list[Path], split: str, tta: str = ""):
     """Probabilities [runs, images, classes] over the images every run could read, in one order."""
-    loaded = [load(r, split) for r in runs]
+    loaded = [load(r, split, tta) for r in runs]
     classes = loaded[0][0]
     if any(c != classes for c, *_ in loaded):
         raise SystemExit("the runs do not share their classes")
@@ -67,14 +70,19 @@ def greedy(val_probs: np.ndarray, y: np.ndarray) -> list[int]:
 
 def line(name: str, y, prob, groups) -> str:
     m, ci = headline_metrics(y, prob), bootstrap_ci(y, prob, groups)
-    cells = [f"{m[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" for k in ("accuracy", "balanced_accuracy", "macro_auc")]
+    cells = [
+        f"{m[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" for k in ("accuracy", "balanced_accuracy", "macro_auc")
+    ]
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
 def main(args: list[str]) -> None:
+    tta = ""
+    if args[:1] == ["--tta"]:
+        tta, args = args[1], args[2:]
     runs = [Path(a) for a in args]
-    val, y_val, _ = aligned(runs, "val")
-    test, y_test, g_test = aligned(runs, "test")
+    val, y_val, _ = aligned(runs, "val", tta)
+    test, y_test, g_test = aligned(runs, "test", tta)
     print("validation macro-AUC per run: " + ", ".join(
         f"{r.name} {headline_metrics(y_val, p)['macro_auc']:.3f}" for r, p in zip(runs, val, strict=True)))  # fmt: skip
     chosen = greedy(val, y_val)
