@@ -1,10 +1,12 @@
 """Test-time augmentation, chosen on validation: none, flips (4 views) or quarter turns x flips (8 views).
 
     python benchmarks/tta.py RUN [RUN ...]
+    python benchmarks/tta.py --chosen flips RUN [RUN ...]   # the way was chosen before, on other runs
 
 Each run is evaluated on its validation split in the three ways (RUN/eval-val, RUN/eval-val-tta-MODE;
 reports already there are reused). The way with the best mean validation macro-AUC over the runs is
-chosen, and only that way is evaluated on the test split (RUN/eval-test-tta-MODE), once per run.
+chosen (or the one given by --chosen), and only that way is evaluated on the test split
+(RUN/eval-test-tta-MODE), once per run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def scores(r: dict) -> str:
 
 
 def main(args: list[str]) -> None:
+    given = None
+    if args[:1] == ["--chosen"]:
+        given, args = args[1], args[2:]
+        if given not in MODES:
+            raise SystemExit(f"--chosen {given}: choose one of {', '.join(m for m in MODES if m)}")
     runs = [Path(a) for a in args]
     val = {(run, mode): report(run, "val", mode) for run in runs for mode in MODES}
     print("| run | validation: no TTA | flips (4 views) | quarter turns x flips (8 views) |")
@@ -42,7 +49,10 @@ def main(args: list[str]) -> None:
     mean = {m: sum(val[r, m]["metrics"]["macro_auc"] for r in runs) / len(runs) for m in MODES}
     chosen = max(MODES, key=lambda m: (mean[m], m is None))  # a tie keeps the cheaper way
     print("\nmean validation macro-AUC: " + ", ".join(f"{m or 'none'} {v:.4f}" for m, v in mean.items()))
-    print(f"chosen on validation: {chosen or 'no TTA'}")
+    print(f"best on these runs' validation: {chosen or 'no TTA'}")
+    if given:
+        chosen = given
+        print(f"used, as chosen before: {chosen}")
     if chosen is None:
         return
     print(f"\n| run | test, {chosen} (read once) | test, no TTA (RUN/eval-test) |")
