@@ -80,7 +80,9 @@ def main() -> None:
         base = ms["pytorch fp32"]
         print(f"\nbatch {batch} (max |p_onnx - p_torch| = {diff:.1e})")
         for name, v in ms.items():
-            print(f"  {name:18s} {v:7.2f} ms/image  {1000 / v:7.1f} img/s   speed vs pytorch fp32 {base / v:.2f}x")
+            print(
+                f"  {name:18s} {v:7.2f} ms/image  {1000 / v:7.1f} img/s   speed vs pytorch fp32 {base / v:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -120,7 +120,9 @@ def main() -> None:
     args = parser.parse_args()
     precision = "bf16" if cpu_supports_bf16() else "fp32"
     ds = load_dataset(args.data)
-    images, ok, _ = load_stack([r.path for r in ds.records], ImageCache(Preprocessing(args.image_size)), False)
+    images, ok, _ = load_stack(
+        [r.path for r in ds.records], ImageCache(Preprocessing(args.image_size)), False
+    )
     labels = (torch.as_tensor(ds.labels()) % 4)[ok]
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {precision}, {args.image_size} px, batch {BATCH}")  # fmt: skip
@@ -131,7 +133,9 @@ def main() -> None:
     }
     for name, transform in variants.items():
         profile_variant(name, step_fn(images, labels, transform, precision), args.steps)
-    measured = rates({name: step_fn(images, labels, t, precision) for name, t in variants.items()}, args.steps)
+    measured = rates(
+        {name: step_fn(images, labels, t, precision) for name, t in variants.items()}, args.steps
+    )
     print()
     for name, r in measured.items():
         print(f"training {name:32s} {r:6.1f} img/s")

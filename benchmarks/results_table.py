@@ -42,7 +42,12 @@ def row(run: Path) -> str:
 def decision_row(run: Path) -> str:
     report = json.loads((run / "eval-test" / "report.json").read_text())
     d = report["decision"]
-    m, ci, dm, dci = report["metrics"], report["confidence_intervals"], d["metrics"], d["confidence_intervals"]
+    m, ci, dm, dci = (
+        report["metrics"],
+        report["confidence_intervals"],
+        d["metrics"],
+        d["confidence_intervals"],
+    )
     per_class = sensitivities(dm, report["classes"])
     return (
         f"| {run.name} | {d['prior_power']:.2f} | {d['val_balanced_accuracy_argmax']:.3f} -> "
@@ -90,7 +95,9 @@ if __name__ == "__main__":
             print(line)
         sys.exit(0)
     if sys.argv[1:2] == ["--levels"]:
-        print("| run | eyes / patients | eye balanced acc. | eye macro-AUC | patient balanced acc. | patient macro-AUC |")
+        print(
+            "| run | eyes / patients | eye balanced acc. | eye macro-AUC | patient balanced acc. | patient macro-AUC |"
+        )
         print("|---|---|---|---|---|---|")
         for arg in sys.argv[2:]:
             print(levels_row(Path(arg)))

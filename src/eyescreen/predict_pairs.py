@@ -58,10 +58,10 @@ def predict_pairs(
     header += (["referable"] if referable else []) + ["error"]
     written, failed = 0, []
     out_csv = Path(out_csv)
-    done = BatchOutput(
+    output = BatchOutput(
         out_csv, header, checkpoint, resume, key="patient", is_done=lambda row: bool(row["predicted"])
     )
-    with done as out:
+    with output as out:
         pairs = [pair for pair in pairs if pair.patient not in out.done]
         bar = tqdm(total=len(pairs), desc="predicting patients", disable=not progress)
         for start in range(0, len(pairs), batch_size):
@@ -122,7 +122,13 @@ def predict_pairs(
         )
     for message in failed:
         print(f"could not read: {message}", file=sys.stderr)
-    return {"csv": out_csv, "patients": written, "resumed": done.kept, "unpaired": unpaired, "failed": failed}
+    return {
+        "csv": out_csv,
+        "patients": written,
+        "resumed": output.kept,
+        "unpaired": unpaired,
+        "failed": failed,
+    }
 
 
 def patient_predictions(model, images, mask, binocular: bool, norm, device, precision, normal):
