@@ -124,3 +124,36 @@ def test_interrupted_predict_pairs_resumes(checkpoints, folder, tmp_path):
     resumed = predict_pairs([folder], best, out, batch_size=4, precision="fp32", progress=False, resume=True)
     assert resumed["resumed"] == 4 and resumed["patients"] == 5
     assert_same_rows(rows(out), rows(tmp_path / "full.csv"), "patient")
+
+
+def test_interrupted_explain_resumes(checkpoints, folder, tmp_path, monkeypatch):
+    from eyescreen import explain as explain_module
+    from eyescreen.cli import main
+
+    best, other = checkpoints
+    (folder / "broken.jpg").unlink()
+    args = ["explain", str(folder), "--checkpoint", str(best), "--batch-size", "4", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "full")]) == 0
+    real, calls = explain_module.save_overlay, []
+
+    def interrupted(*a, **k):
+        calls.append(a)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(explain_module, "save_overlay", interrupted)
+    out = tmp_path / "out"
+    assert main(args + ["--out", str(out)]) == 130  # interrupted, as by Ctrl-C
+    # The first chunk, and the one row of the second whose overlay was saved before the interruption.
+    assert len(rows(out / "explanations.csv")) == 5
+    assert main(args + ["--out", str(out), "--method", "gradcam++", "--resume"]) == 2  # other settings
+    calls.clear()
+    calls.extend([None] * 100)  # no more interruptions: count the overlays the resumed run draws
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    assert len(calls) == 100 + 18 - 5  # only the rest was explained
+    assert_same_rows(rows(out / "explanations.csv"), rows(tmp_path / "full" / "explanations.csv"), "name")
+    assert len(list((out / "overlays").glob("*.png"))) == 18
+    assert (out / "index.html").read_text().count("<img") == (
+        tmp_path / "full" / "index.html"
+    ).read_text().count("<img")

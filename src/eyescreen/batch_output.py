@@ -1,4 +1,4 @@
-"""The CSV of a batch job (`predict`), written so that an interrupted job can resume.
+"""The CSV of a batch job (`predict`, `explain`), written so that an interrupted job can resume.
 
 Rows are flushed a chunk at a time. With `resume`, the complete rows of the earlier run are kept (a row
 torn by the interruption is dropped) and their keys are skipped, so only the rest is computed. A side
@@ -26,24 +26,32 @@ def file_sha256(path: str | Path) -> str:
 
 
 class BatchOutput:
-    """Context manager: `done` holds the keys already written, `write(row)` adds a row, `flush()` makes
-    the rows so far survive a kill. `is_done(row)` says whether an earlier row counts as finished (rows
+    """Context manager: `done` holds the keys already written (`kept_rows` the rows, as dicts), `write(row)`
+    adds a row, `flush()` makes the rows so far survive a kill. `settings` (e.g. the CAM method) must also
+    match for a resume. `is_done(row)` says whether an earlier row counts as finished (rows
     that are not, e.g. unreadable files, are computed again)."""
 
     def __init__(
         self,
         path: str | Path,
         header: list[str],
-        checkpoint: str | Path,
+        checkpoint: str | Path | None,
         resume: bool = False,
         key: str = "file",
         is_done: Callable[[dict], bool] = lambda row: not row.get("error"),
+        settings: dict | None = None,
     ):
         self.path, self.header, self.key = Path(path), list(header), key
         self.job_file = self.path.with_name(self.path.name + ".job.json")
-        self.job = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint)}
+        known = checkpoint is not None  # a model handed over in Python: its weights are not fingerprinted
+        self.job = {
+            "checkpoint": str(checkpoint) if known else None,
+            "checkpoint_sha256": file_sha256(checkpoint) if known else None,
+        }
+        self.job["settings"] = settings or {}
         self.resume, self.is_done = resume, is_done
         self.done: set[str] = set()
+        self.kept_rows: list[dict] = []
         self.kept = 0
 
     def __enter__(self) -> BatchOutput:
@@ -54,7 +62,8 @@ class BatchOutput:
             csv.writer(f).writerows([self.header] + kept)
         os.replace(tmp, self.path)
         self.job_file.write_text(json.dumps(self.job, indent=2) + "\n")
-        self.done = {row[self.header.index(self.key)] for row in kept}
+        self.kept_rows = [dict(zip(self.header, row, strict=True)) for row in kept]
+        self.done = {row[self.key] for row in self.kept_rows}
         self.kept = len(kept)
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
@@ -67,6 +76,11 @@ class BatchOutput:
             raise ValueError(
                 f"{self.path}: written by {was}, not by {self.job['checkpoint']} (or its record "
                 f"{self.job_file.name} is missing); resume with the same checkpoint, or choose another --out"
+            )
+        if earlier.get("settings", {}) != self.job["settings"]:
+            raise ValueError(
+                f"{self.path}: written with {earlier.get('settings')}, not {self.job['settings']}; resume with "
+                "the same settings, or choose another --out"
             )
         with open(self.path, newline="") as f:
             text = f.read()

@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", default="predicted", help="'predicted' or a class name to explain")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep what an interrupted run into --out explained (same checkpoint, method, target); do the rest",
+    )
+    p.add_argument(
         "--evaluate",
         action="store_true",
         help="with --subset: deletion/insertion AUC and the randomisation sanity check for each method",
@@ -318,5 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eyescreen {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with the same command and --resume (train, predict)", file=sys.stderr)
+        print(
+            "interrupted; continue with the same command and --resume (train, predict, explain)",
+            file=sys.stderr,
+        )
         return 130

@@ -9,7 +9,6 @@ The library does the CAM mathematics and removes its hooks on exit. What it lack
 from __future__ import annotations
 
 import contextlib
-import csv
 import html
 import sys
 from collections.abc import Iterator
@@ -222,11 +221,15 @@ def explain_items(
     batch_size: int = 16,
     progress: bool = True,
     view=None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Explain (name, path, true label or None) items in streamed chunks: overlay PNG + raw .npy each,
     an index CSV and the gallery. `load(path) -> uint8 (H, W, 3)` raises ImageError for bad files;
     `view(path)`, when given, is the picture the map is drawn over (the photograph before structure
-    enhancement, which is what a clinician reads)."""
+    enhancement, which is what a clinician reads). The index is written a chunk at a time; `resume`
+    keeps the items an interrupted run of the same `checkpoint`, method and target explained."""
+    from .batch_output import BatchOutput
     from .inference import predict_proba
     from .preprocess import ImageError
 
@@ -237,43 +240,46 @@ def explain_items(
     (out_dir / "overlays").mkdir(exist_ok=True)
     (out_dir / "maps").mkdir(exist_ok=True)
     device = next(model.parameters()).device
-    rows, failures = [], []
-    bar = tqdm(total=len(items), desc=f"explaining ({method})", disable=not progress)
-    for start in range(0, len(items), batch_size):
-        chunk, arrays = [], []
-        for name, path, truth in items[start : start + batch_size]:
-            try:
-                arrays.append(load(path))
-                chunk.append((name, path, truth))
-            except ImageError as e:
-                failures.append((path, str(e)))
-        if arrays:
-            images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-            prob = predict_proba(model, images, norm["mean"], norm["std"], device)
-            pred = decided(prob, meta)
-            targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
-            cams = compute_cams(model, images, norm["mean"], norm["std"], method, list(targets), batch_size)
-            for (name, path, truth), image, cam, p, k, t in zip(
-                chunk, arrays, cams, prob, pred, targets, strict=True
-            ):
-                stem = Path(name).with_suffix("").as_posix().replace("/", "__")
-                np.save(out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
-                title = f"predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
-                if truth:
-                    title += f"; true {truth}"
-                shown = image if view is None else view(path)
-                save_overlay(shown, cam, out_dir / "overlays" / f"{stem}.png", title)
-                rows.append({"name": name, "file": str(path), "true": truth or "", "predicted": classes[k],
-                             "probability": f"{p[k]:.4f}", "target": classes[t],
-                             "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"})  # fmt: skip
-        bar.update(len(items[start : start + batch_size]))
-    bar.close()
-    with open(out_dir / "explanations.csv", "w", newline="") as f:
-        w = csv.DictWriter(
-            f, fieldnames=["name", "file", "true", "predicted", "probability", "target", "overlay", "map"]
-        )
-        w.writeheader()
-        w.writerows(rows)
+    fields = ["name", "file", "true", "predicted", "probability", "target", "overlay", "map"]
+    index = BatchOutput(out_dir / "explanations.csv", fields, checkpoint, resume, key="name",
+                        settings={"method": method, "target": target})  # fmt: skip
+    with index:
+        rows, failures = index.kept_rows, []
+        items = [item for item in items if item[0] not in index.done]
+        bar = tqdm(total=len(items), desc=f"explaining ({method})", disable=not progress)
+        for start in range(0, len(items), batch_size):
+            chunk, arrays = [], []
+            for name, path, truth in items[start : start + batch_size]:
+                try:
+                    arrays.append(load(path))
+                    chunk.append((name, path, truth))
+                except ImageError as e:
+                    failures.append((path, str(e)))
+            if arrays:
+                images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+                prob = predict_proba(model, images, norm["mean"], norm["std"], device)
+                pred = decided(prob, meta)
+                targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
+                cams = compute_cams(
+                    model, images, norm["mean"], norm["std"], method, list(targets), batch_size
+                )
+                for (name, path, truth), image, cam, p, k, t in zip(
+                    chunk, arrays, cams, prob, pred, targets, strict=True
+                ):
+                    stem = Path(name).with_suffix("").as_posix().replace("/", "__")
+                    np.save(out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
+                    title = f"predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
+                    if truth:
+                        title += f"; true {truth}"
+                    shown = image if view is None else view(path)
+                    save_overlay(shown, cam, out_dir / "overlays" / f"{stem}.png", title)
+                    rows.append({"name": name, "file": str(path), "true": truth or "", "predicted": classes[k],
+                                 "probability": f"{p[k]:.4f}", "target": classes[t],
+                                 "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"})  # fmt: skip
+                    index.write([rows[-1][f] for f in fields])
+                index.flush()
+            bar.update(len(items[start : start + batch_size]))
+        bar.close()
     gallery(rows, classes, out_dir / "index.html", method)
     for _, message in failures:
         print(f"could not read: {message}", file=sys.stderr)

@@ -34,6 +34,8 @@ def run_explain(args) -> dict:
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
     prep = Preprocessing(**meta["preprocessing"])
     if is_binocular(meta["model"]["name"]):
+        if args.resume:
+            raise ValueError("explain --resume applies to single-eye checkpoints; re-run a both-eye job whole")
         return _explain_binocular(args, model, meta, prep)
     if args.subset:
         dataset = load_dataset(meta["data"], meta["classes"])
@@ -47,7 +49,8 @@ def run_explain(args) -> dict:
         plain = partial(cropped_fundus, image_size=prep.image_size)
     view = plain if prep.enhance != "none" else None
     return explain_items(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
-                         batch_size=args.batch_size, progress=not args.no_progress, view=view)  # fmt: skip
+                         batch_size=args.batch_size, progress=not args.no_progress, view=view,
+                         checkpoint=args.checkpoint, resume=args.resume)  # fmt: skip
 
 
 def _explain_binocular(args, model, meta, prep) -> dict:
