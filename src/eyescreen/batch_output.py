@@ -52,7 +52,6 @@ class BatchOutput:
         self.resume, self.is_done = resume, is_done
         self.done: set[str] = set()
         self.kept_rows: list[dict] = []
-        self.kept = 0
 
     def __enter__(self) -> BatchOutput:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +63,6 @@ class BatchOutput:
         self.job_file.write_text(json.dumps(self.job, indent=2) + "\n")
         self.kept_rows = [dict(zip(self.header, row, strict=True)) for row in kept]
         self.done = {row[self.key] for row in self.kept_rows}
-        self.kept = len(kept)
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
         return self
@@ -91,6 +89,10 @@ class BatchOutput:
             raise ValueError(f"{self.path}: its columns are not this job's; choose another --out")
         complete = [r for r in rows[1:] if len(r) == len(self.header)]
         return [r for r in complete if self.is_done(dict(zip(self.header, r, strict=True)))]
+
+    @property
+    def kept(self) -> int:
+        return len(self.kept_rows)
 
     def write(self, row: list) -> None:
         self._writer.writerow(row)

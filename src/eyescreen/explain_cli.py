@@ -35,7 +35,9 @@ def run_explain(args) -> dict:
     prep = Preprocessing(**meta["preprocessing"])
     if is_binocular(meta["model"]["name"]):
         if args.resume:
-            raise ValueError("explain --resume applies to single-eye checkpoints; re-run a both-eye job whole")
+            raise ValueError(
+                "explain --resume applies to single-eye checkpoints; re-run a both-eye job whole"
+            )
         return _explain_binocular(args, model, meta, prep)
     if args.subset:
         dataset = load_dataset(meta["data"], meta["classes"])
