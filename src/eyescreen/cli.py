@@ -8,7 +8,7 @@ from dataclasses import MISSING
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import DEFAULT_PRESET, PRESETS, config_fields, preset
+from .config import DEFAULT_PRESET, FALLBACK_PRESET, PRESETS, config_fields, default_preset, preset
 from .data import DataError, parse_classes
 from .models import list_models
 from .preprocess import ImageError
@@ -19,9 +19,15 @@ def _add_config_overrides(p: argparse.ArgumentParser) -> None:
     for f in config_fields():
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        # What the default preset sets, so the help matches a plain `eyescreen train`.
-        value = PRESETS[DEFAULT_PRESET].get(f.name, default)
-        default = f"{'unset' if value == '' else value} in the {DEFAULT_PRESET} preset"
+        # What the default presets set, so the help matches a plain `eyescreen train`.
+        shown = []
+        for name in (DEFAULT_PRESET, FALLBACK_PRESET):
+            value = PRESETS[name].get(f.name, default)
+            shown.append((name, "unset" if value == "" else value))
+        if shown[0][1] == shown[1][1]:
+            default = f"{shown[0][1]} in the default presets"
+        else:
+            default = ", ".join(f"{value} in {name}" for name, value in shown)
         if f.type in ("bool", bool):
             group.add_argument(
                 flag,
@@ -48,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="manifest CSV (image,label[,patient_id,eye]) or root/<class>/ folder"
     )
     p.add_argument("--out", required=True, help="run directory (checkpoints, split, logs)")
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-                   help=f"training recipe (default: {DEFAULT_PRESET}; seed = the reference study's)")  # fmt: skip
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"training recipe (default: {DEFAULT_PRESET} where the manifest has a "
+                        f"{PRESETS[DEFAULT_PRESET]['findings']!r} column of diagnoses and the model is single-eye, "
+                        f"else {FALLBACK_PRESET}; seed = the reference study's)")  # fmt: skip
     p.add_argument(
         "--classes", help="comma-separated classes to use, in this order (default: all in the data)"
     )
@@ -195,7 +203,11 @@ def run(args) -> int:
     if args.command == "train":
         from .train import train
 
-        cfg = preset(args.preset, **_overrides(args))
+        name = args.preset
+        if name is None and not args.resume:  # a resumed run keeps the settings it started with
+            name, why = default_preset(args.data, args.model)
+            print(f"preset: {name} (the default here: {why})")
+        cfg = preset(name or DEFAULT_PRESET, **_overrides(args))
         train(
             cfg,
             args.data,
@@ -311,7 +323,8 @@ def run(args) -> int:
         print("\n".join(list_models()))
     elif args.command == "presets":
         for name in PRESETS:
-            print(f"{name}: {preset(name)}")
+            role = {DEFAULT_PRESET: " (default)", FALLBACK_PRESET: " (default without a diagnoses column)"}
+            print(f"{name}{role.get(name, '')}: {preset(name)}")
     return 0
 
 

@@ -112,11 +112,10 @@ PRESETS: dict[str, dict] = {
     # augmentation, which stops the over-fitting, so that it can train four times longer. 25 minutes on
     # 2 CPU cores for ODIR-5K.
     "graham-augment": {**_GRAHAM, "epochs": 40, "augment": "fundus"},
-    # The best recipe on ODIR-5K (benchmarks/RESULTS.md, issue 7): `graham-augment` plus the findings head
-    # on the manifest's `keywords` column of per-eye diagnoses, which also brings in the eyes outside the
-    # classes. Needs that column, so it is not the default; with another column name, use
-    # `--preset graham-augment --findings COLUMN`. 60 epochs: still rising at 40 with the extra data.
-    # 50 minutes on 2 CPU cores for ODIR-5K.
+    # The best recipe found (benchmarks/RESULTS.md, issue 7), and the default where the data allows it:
+    # `graham-augment` plus the findings head on the manifest's `keywords` column of per-eye diagnoses,
+    # which also brings in the eyes outside the classes. 60 epochs: still rising at 40 with the extra
+    # data. 55 minutes on 2 CPU cores for ODIR-5K.
     "graham-findings": {**_GRAHAM, "epochs": 60, "augment": "fundus", "findings": "keywords"},
     # A few minutes on a CPU, for demos and smoke tests on small data.
     "quick": {
@@ -131,9 +130,24 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# The best recipe found on validation that trains on any manifest (benchmarks/RESULTS.md); `eyescreen
-# train` uses it unless told.
-DEFAULT_PRESET = "graham-augment"
+# The best recipe found on validation (benchmarks/RESULTS.md); it needs a manifest column of per-eye
+# diagnoses and a single-eye model. Without them, `eyescreen train` falls back to the best recipe that
+# trains on any `image,label` manifest.
+DEFAULT_PRESET = "graham-findings"
+FALLBACK_PRESET = "graham-augment"
+
+
+def default_preset(data, model: str | None = None) -> tuple[str, str]:
+    """The preset `eyescreen train` uses when none is named, and why, for this data and model."""
+    from .data import manifest_columns
+    from .models import is_binocular
+
+    column = PRESETS[DEFAULT_PRESET]["findings"]
+    if model and is_binocular(model):
+        return FALLBACK_PRESET, "a both-eye model has no findings head"
+    if column not in manifest_columns(data):
+        return FALLBACK_PRESET, f"no {column!r} column of per-eye diagnoses for the findings head"
+    return DEFAULT_PRESET, f"the manifest's {column!r} column feeds the findings head"
 
 
 def preset(name: str, **overrides) -> TrainConfig:

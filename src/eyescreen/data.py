@@ -71,6 +71,15 @@ def load_dataset(source: str | Path, classes: list[str] | None = None) -> Datase
     return _select_classes(raw, classes, source)
 
 
+def manifest_columns(data: str | Path) -> list[str]:
+    """The header of a manifest CSV; none for a folder of class folders."""
+    path = Path(data)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), [])
+
+
 def read_manifest(manifest: Path) -> list[Record]:
     """Rows of a CSV with columns image,label and optional patient_id,eye; paths relative to it."""
     with open(manifest, newline="", encoding="utf-8-sig") as f:

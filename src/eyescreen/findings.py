@@ -79,7 +79,8 @@ def training_findings(dataset: Dataset, split: dict, column: str, min_count: int
     if not vocabulary:
         raise DataError(
             f"{dataset.source}: no finding in column {column!r} occurs {min_count} times among the "
-            "training eyes; nothing for the findings head to learn"
+            "training eyes; nothing for the findings head to learn (train without it: --findings '' or "
+            "--preset graham-augment)"
         )
     return Findings(vocabulary, extra, tags)
 
