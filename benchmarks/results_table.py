@@ -4,6 +4,7 @@ python benchmarks/results_table.py runs/seed-baseline/resnet18 runs/seed-baselin
 python benchmarks/results_table.py --decision runs/recipes/screen ...   # plain argmax vs decision rule
 python benchmarks/results_table.py --levels runs/binocular/*            # per eye and per patient
 python benchmarks/results_table.py --validation runs/recipes/* ...       # what a choice may use, best first
+python benchmarks/results_table.py --fellow runs/recipes/* ...           # each eye alone vs with its fellow eye
 """
 
 from __future__ import annotations
@@ -86,7 +87,41 @@ def validation_row(run: Path) -> tuple[float, str]:
     )
 
 
+def fellow_row(run: Path) -> str:
+    """Each eye alone vs blended with its fellow eye (weight chosen on validation): validation, then the
+    test split (macro-AUC, balanced accuracy with the decision rule, screening sensitivity)."""
+    val = json.loads((run / "eval-val" / "report.json").read_text())
+    test = json.loads((run / "eval-test" / "report.json").read_text())
+    vf, tf = val["with_fellow_eye"], test["with_fellow_eye"]
+
+    def rule(block):
+        return cell(
+            block["decision"]["metrics"], block["decision"]["confidence_intervals"], "balanced_accuracy"
+        )
+
+    def screening(block):
+        r = block["calibration"]["referable"]
+        return f"{r['sensitivity']:.3f} at {r['specificity']:.3f}"
+
+    per_class = " / ".join(f"{tf['metrics']['per_class'][c]['roc_auc']:.2f}" for c in test["classes"])
+    return (
+        f"| {run.name} | {tf['weight']:.2f} | {vf['eyes_with_fellow']}/{val['metrics']['n']}, "
+        f"{tf['eyes_with_fellow']}/{test['metrics']['n']} | {val['metrics']['macro_auc']:.3f} -> "
+        f"{vf['metrics']['macro_auc']:.3f} | {cell(test['metrics'], test['confidence_intervals'], 'macro_auc')} | "
+        f"{cell(tf['metrics'], tf['confidence_intervals'], 'macro_auc')} | {rule(test)} | {rule(tf)} | "
+        f"{screening(test)} | {screening(tf)} | {per_class} |"
+    )
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--fellow"]:
+        print("| run | weight | eyes with a fellow (val, test) | val macro-AUC alone -> with | test macro-AUC alone | "
+              "test macro-AUC with fellow | test bal. acc. rule, alone | with fellow | test screening sens. at spec., "
+              "alone | with fellow | test AUC per class with fellow |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for arg in sys.argv[2:]:
+            print(fellow_row(Path(arg)))
+        sys.exit(0)
     if sys.argv[1:2] == ["--validation"]:
         print("| run | selected epoch | val macro-AUC | val balanced acc. (arg-max) | val macro-AUC, last epoch | "
               "test macro-AUC | train time |")  # fmt: skip

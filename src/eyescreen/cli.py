@@ -239,6 +239,11 @@ def run(args) -> int:
             lo, hi = ci[key]
             interval = f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None else ""
             print(f"{key:>18}: {m[key]:.4f}{interval}")
+        if "with_fellow_eye" in report:
+            f = report["with_fellow_eye"]
+            lo, hi = f["confidence_intervals"]["macro_auc"]
+            print(f"with the fellow eye (weight {f['weight']:.2f}, {f['eyes_with_fellow']} eyes): "
+                  f"macro_auc {f['metrics']['macro_auc']:.4f} (95% CI {lo:.3f}-{hi:.3f})")  # fmt: skip
         print(f"report: {report['files']['html']}")
     elif args.command == "calibrate":
         from .evaluate import calibrate_from_split

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .calibrate import apply_temperature, class_weights, decide, operating_point
-from .checkpoint import load_model
-from .data import DataError, load_dataset, read_split, subset
+from .checkpoint import load_model, save_model
+from .data import DataError, Dataset, load_dataset, read_split, subset
+from .fellow import blend, choose_weight, fellow_probabilities
 from .inference import TTA_DESCRIPTIONS, ViewAverage, predict_proba, resolve_device, resolve_precision
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error
 from .models import is_binocular
@@ -99,6 +99,18 @@ def evaluate(
     y = part.labels()[ok]
     report = _score(common | {"level": "eye"}, y, prob, groups, [r.key for r in records], meta, out,
                     metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
+    fellow = (meta.get("calibration") or {}).get("fellow_eye")
+    if fellow and fellow["weight"] > 0:  # the same eyes, each with its fellow eye's photograph as evidence
+        predict = paths_predictor(model, cache, norm, dev, prec)
+        fellow_prob, has = fellow_probabilities(predict, records, prob, _manifest(dataset))
+        note = f"each eye blended with its fellow eye (weight {fellow['weight']:.2f}, fitted on validation); {int(has.sum())} of {len(records)} eyes have one"
+        sub = _score(common | {"level": "eye", "fellow_eye": note}, y, blend(prob, fellow_prob, has, fellow["weight"]), groups,
+                     [r.key for r in records], meta, out / "fellow-eye", None, n_resamples, [])  # fmt: skip
+        report["with_fellow_eye"] = {
+            k: sub[k] for k in ("metrics", "confidence_intervals", "calibration", "decision", "files")
+        }
+        report["with_fellow_eye"] |= {"weight": fellow["weight"], "eyes_with_fellow": int(has.sum())}
+        (out / "report.json").write_text(json.dumps(report, indent=2))
     patients = aggregate_patients(records, prob, classes, meta.get("config", {}))
     if patients is not None:  # the same model judged per patient, for comparison with both-eye models
         names, p_prob, p_y = patients
@@ -197,18 +209,66 @@ def _write_predictions(path: Path, first: str, names, groups, classes, y, prob, 
 
 
 def calibrate_from_split(checkpoint, normal_class="normal", cache_dir=None, device="auto") -> dict | None:
-    """Calibrate an existing checkpoint on the validation split stored in it (rewrites the checkpoint)."""
+    """Calibrate an existing checkpoint on the validation split stored in it (rewrites the checkpoint):
+    temperature, decision rule and screening threshold, then the fellow-eye weight."""
     from .calibrate import calibrate_checkpoint
 
-    dev = resolve_device(device)
+    val = _validation_probabilities(checkpoint, cache_dir, device)
+    calibration = calibrate_checkpoint(checkpoint, val["prob"], val["y"], normal_class)
+    if calibration is not None:
+        fit_fellow_weight(checkpoint, val)
+    return calibration
+
+
+def fit_fellow_from_split(checkpoint, cache_dir=None, device="auto") -> dict | None:
+    """The fellow-eye weight alone, for a checkpoint calibrated by training (single-eye models)."""
+    return fit_fellow_weight(checkpoint, _validation_probabilities(checkpoint, cache_dir, device))
+
+
+def _validation_probabilities(checkpoint, cache_dir, device) -> dict:
+    dev = resolve_device(str(device))
     model, meta = load_model(checkpoint, dev)
     dataset = load_dataset(meta["data"], meta["classes"])
     part = subset(dataset, meta["split"], "val")
-    images, ok, _ = load_stack(
-        [r.path for r in part.records], ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
-    )
-    labels = torch.as_tensor(part.labels()[ok])
+    cache = ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
+    images, ok, _ = load_stack([r.path for r in part.records], cache)
     precision = resolve_precision(meta.get("config", {}).get("precision", "auto"), dev)  # as in training
     norm = meta["normalization"]
-    prob = predict_proba(model, images, norm["mean"], norm["std"], dev, precision)
-    return calibrate_checkpoint(checkpoint, prob, labels.numpy(), normal_class)
+    return {
+        "prob": predict_proba(model, images, norm["mean"], norm["std"], dev, precision),
+        "y": part.labels()[ok],
+        "records": [part.records[i] for i in ok],
+        "manifest": _manifest(dataset),
+        "predict": paths_predictor(model, cache, norm, dev, precision),
+    }
+
+
+def fit_fellow_weight(checkpoint, val: dict) -> dict | None:
+    """Choose the fellow-eye weight on the validation eyes and store it in the checkpoint's calibration
+    (fellow.py); nothing is stored when no validation eye has a fellow."""
+    saved, meta = load_model(checkpoint)
+    if not meta.get("calibration"):
+        return None
+    fellow_prob, has = fellow_probabilities(val["predict"], val["records"], val["prob"], val["manifest"])
+    if not has.any():
+        return None
+    fit = choose_weight(val["prob"], fellow_prob, has, val["y"], meta["classes"])
+    meta["calibration"]["fellow_eye"] = fit
+    save_model(checkpoint, saved, meta)
+    print(f"fellow eye: weight {fit['weight']:.2f} (val macro-AUC {fit['val_macro_auc_alone']:.3f} alone -> "
+          f"{fit['val_macro_auc']:.3f}; {fit['eyes_with_fellow']} of {fit['eyes']} eyes have one)")  # fmt: skip
+    return fit
+
+
+def paths_predictor(model, cache, norm, device, precision):
+    """predict(paths) -> (probabilities of the readable ones, their indices), for fellow eyes."""
+
+    def predict(paths):
+        images, ok, _ = load_stack(paths, cache, progress=False)
+        return predict_proba(model, images, norm["mean"], norm["std"], device, precision), ok
+
+    return predict
+
+
+def _manifest(dataset: Dataset):
+    return dataset.source if dataset.source.is_file() else None

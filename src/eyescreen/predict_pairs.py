@@ -1,8 +1,10 @@
 """`eyescreen predict --pairs`: one decision per patient from a folder of paired left/right photographs.
 
 With a both-eye checkpoint the patient decision is the model's own (fusion head); with a single-eye
-checkpoint each eye is predicted and the patient takes the probabilities of the eye with the higher
-disease score, 1 - P(normal) ("any disease in either eye"). Either way the row says which eye drove it.
+checkpoint each eye is predicted, blended with its fellow eye at the weight fitted on validation
+(fellow.py; none in checkpoints calibrated before it), and the patient takes the probabilities of the eye
+with the higher disease score, 1 - P(normal) ("any disease in either eye"). Either way the row says
+which eye drove it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from .batch_output import BatchOutput
 from .calibrate import apply_temperature, class_weights, decide
 from .checkpoint import load_model
+from .fellow import blend
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
 from .models import is_binocular
 from .pairs import DEFAULT_PATTERN, pair_files
@@ -45,6 +48,7 @@ def predict_pairs(
     calibration = meta.get("calibration", {})
     temperature, referable = calibration.get("temperature", 1.0), calibration.get("referable")
     weights = class_weights(calibration)
+    fellow_weight = (calibration.get("fellow_eye") or {}).get("weight", 0.0)
     normal = (
         classes.index(referable["normal_class"])
         if referable
@@ -86,7 +90,7 @@ def predict_pairs(
             driver = [""] * len(chunk)
             if usable.any():
                 e, p, d = patient_predictions(
-                    model, images[usable], mask[usable], binocular, norm, dev, prec, normal
+                    model, images[usable], mask[usable], binocular, norm, dev, prec, normal, fellow_weight
                 )
                 eye_prob[usable.numpy()] = apply_temperature(
                     e.reshape(-1, len(classes)), temperature
@@ -131,8 +135,11 @@ def predict_pairs(
     }
 
 
-def patient_predictions(model, images, mask, binocular: bool, norm, device, precision, normal):
-    """Eye probabilities [B, 2, K], patient probabilities [B, K] and the driving eye per patient."""
+def patient_predictions(
+    model, images, mask, binocular: bool, norm, device, precision, normal, fellow_weight=0.0
+):
+    """Eye probabilities [B, 2, K], patient probabilities [B, K] and the driving eye per patient.
+    `fellow_weight`: single-eye models only, each eye's blend with its fellow where both are present."""
     if binocular:
         with torch.inference_mode():
             x = prepare_batch(images, device, norm["mean"], norm["std"], channels_last=False)
@@ -144,6 +151,12 @@ def patient_predictions(model, images, mask, binocular: bool, norm, device, prec
         return eyes, patient, weights.float().argmax(1).cpu().numpy()
     flat = predict_proba(model, images.flatten(0, 1), norm["mean"], norm["std"], device, precision)
     eyes = flat.reshape(len(images), 2, -1)
+    if fellow_weight:
+        both = mask.all(1).numpy()
+        right, left = eyes[:, 0], eyes[:, 1]
+        eyes = np.stack(
+            [blend(right, left, both, fellow_weight), blend(left, right, both, fellow_weight)], axis=1
+        )
     disease = 1 - eyes[..., normal] if normal is not None else eyes.max(-1)
     disease = np.where(mask.numpy(), disease, -np.inf)
     driver = disease.argmax(1)

@@ -90,6 +90,7 @@ class Screener:
         self.temperature = calibration.get("temperature", 1.0)
         self.weights = class_weights(calibration)
         self.referable = calibration.get("referable")
+        self.fellow_weight = (calibration.get("fellow_eye") or {}).get("weight", 0.0)
         normal = self.referable["normal_class"] if self.referable else "normal"
         self.normal = self.classes.index(normal) if normal in self.classes else None
         self.max_upload_bytes = max_upload_bytes
@@ -106,6 +107,7 @@ class Screener:
             "both_eye_model": self.binocular,
             "calibrated": "temperature" in self.meta.get("calibration", {}),
             "referable_threshold": self.referable["threshold"] if self.referable else None,
+            "fellow_eye_weight": self.fellow_weight,  # with both eyes sent, each eye's blend with the other
             "checkpoint": self.checkpoint.name,
         }
 
@@ -160,8 +162,9 @@ class Screener:
         model = self._models.get()
         try:
             eyes, patient, driver = patient_predictions(
-                model, images, mask, self.binocular, self.norm, self.device, self.precision, self.normal
-            )
+                model, images, mask, self.binocular, self.norm, self.device, self.precision, self.normal,
+                self.fellow_weight,
+            )  # fmt: skip
             eyes = apply_temperature(eyes.reshape(-1, len(self.classes)), self.temperature).reshape(
                 eyes.shape
             )

@@ -28,6 +28,7 @@ from .calibrate import calibrate_checkpoint
 from .checkpoint import load_model, load_state, save_model, save_state
 from .config import TrainConfig
 from .data import Dataset, load_dataset, make_split, read_split, split_counts, subset, write_split
+from .evaluate import fit_fellow_from_split
 from .findings import training_findings
 from .inference import autocast, resolve_device, resolve_precision
 from .metrics import headline_metrics
@@ -340,7 +341,10 @@ def train(
     if ctx.main and best_epoch > 0:
         best_model, _ = load_model(out / "best.safetensors", device)
         prob, y_val = task.probabilities(best_model, val_set, mean, std, device, precision, channels_last)
-        calibrate_checkpoint(out / "best.safetensors", prob, y_val, cfg.normal_class)
+        if calibrate_checkpoint(out / "best.safetensors", prob, y_val, cfg.normal_class) and not is_binocular(
+            cfg.model
+        ):
+            fit_fellow_from_split(out / "best.safetensors", cache_dir, device)
     distributed.barrier(ctx)
     distributed.teardown(ctx)
     if ctx.main:

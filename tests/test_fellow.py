@@ -1,0 +1,128 @@
+"""Fellow-eye evidence: each eye blended with the other eye of its patient, weight chosen on validation."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eyescreen.checkpoint import load_model, save_model
+from eyescreen.config import preset
+from eyescreen.data import Record
+from eyescreen.evaluate import evaluate
+from eyescreen.fellow import WEIGHTS, blend, choose_weight, fellow_of
+from eyescreen.predict_pairs import predict_pairs
+from eyescreen.train import train
+
+
+def record(key, group, eye, label="normal"):
+    return Record(path=Path("/x") / key, key=key, label=label, group=group, eye=eye)
+
+
+def test_the_fellow_is_the_other_side_of_the_same_patient_from_any_manifest_row():
+    manifest = [
+        record("1_r", "patient:1", "right"),
+        record("1_l", "patient:1", "left", label=None),  # no class of its own: its image still counts
+        record("2_r", "patient:2", "right"),
+        record("3_r", "patient:3", "right"),
+        record("3_l_a", "patient:3", "left"),
+        record("3_l_b", "patient:3", "left"),  # two left photographs: which one is the fellow is unknown
+        record("solo", "image:solo", None),
+    ]
+    labelled = [manifest[0], manifest[2], manifest[3], manifest[4], manifest[6]]
+    fellows = fellow_of(labelled, manifest)
+    assert [f.key if f else None for f in fellows] == ["1_l", None, None, "3_r", None]
+
+
+def test_blend_moves_an_eye_towards_its_fellow_and_leaves_lone_eyes_alone():
+    prob = np.array([[0.8, 0.2], [0.6, 0.4]])
+    fellow = np.array([[0.2, 0.8], [0.1, 0.9]])
+    has = np.array([True, False])
+    assert np.array_equal(blend(prob, fellow, has, 0.0), prob)
+    half = blend(prob, fellow, has, 0.5)
+    np.testing.assert_allclose(half[0], [0.5, 0.5])  # geometric mean of mirror-image distributions
+    np.testing.assert_allclose(half[1], prob[1])  # no fellow: unchanged
+    some = blend(prob, fellow, has, 0.25)
+    assert 0.5 < some[0, 0] < 0.8 and np.isclose(some[0].sum(), 1)
+
+
+def test_the_weight_is_chosen_by_validation_macro_auc():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    eye_signal = np.eye(3)[y] * 1.0 + rng.normal(0, 1.0, (300, 3))
+    softmax = lambda z: np.exp(z) / np.exp(z).sum(1, keepdims=True)  # noqa: E731
+    prob = softmax(eye_signal)
+    has = np.ones(300, dtype=bool)
+    informative = softmax(np.eye(3)[y] * 1.0 + rng.normal(0, 1.0, (300, 3)))  # a second, independent look
+    fit = choose_weight(prob, informative, has, y, ["a", "b", "c"])
+    assert fit["weight"] in WEIGHTS and fit["weight"] >= 0.3
+    assert fit["val_macro_auc"] > fit["val_macro_auc_alone"] and fit["eyes_with_fellow"] == 300
+    noise = softmax(rng.normal(0, 1.0, (300, 3)))
+    assert choose_weight(prob, noise, has, y, ["a", "b", "c"])["weight"] <= 0.1
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_manifest, tmp_path_factory):
+    """A tiny model trained on the synthetic manifest, whose two eyes of a patient share the class."""
+    cfg = preset("quick", model="tiny-cnn", image_size=48, epochs=2, batch_size=8, lr=3e-3, precision="fp32")
+    return train(cfg, synthetic_manifest, tmp_path_factory.mktemp("fellow") / "run", progress=False)
+
+
+def with_fellow_weight(checkpoint: Path, weight: float, out: Path) -> Path:
+    model, meta = load_model(checkpoint)
+    meta["calibration"]["fellow_eye"] |= {"weight": weight}
+    save_model(out, model, meta)
+    return out
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return {r["image"]: r for r in csv.DictReader(f)}
+
+
+def test_training_stores_the_fellow_weight_fitted_on_validation(trained):
+    _, meta = load_model(trained)
+    fit = meta["calibration"]["fellow_eye"]
+    assert fit["weight"] in WEIGHTS and fit["fitted_on"] == "val"
+    assert fit["eyes_with_fellow"] == fit["eyes"] > 0  # every synthetic eye has its fellow in the manifest
+
+
+def test_evaluate_reports_each_eye_alone_and_blended_with_its_fellow(trained, tmp_path):
+    checkpoint = with_fellow_weight(trained, 0.5, tmp_path / "half.safetensors")
+    report = evaluate(checkpoint, tmp_path / "eval", split_name="all", progress=False, n_resamples=20)
+    block = report["with_fellow_eye"]
+    assert block["weight"] == 0.5 and block["eyes_with_fellow"] == report["metrics"]["n"]
+    alone = read_rows(tmp_path / "eval" / "predictions.csv")
+    blended = read_rows(tmp_path / "eval" / "fellow-eye" / "predictions.csv")
+    probs = [c for c in next(iter(alone.values())) if c.startswith("prob_")]
+    right, left = "images/3_right.jpg", "images/3_left.jpg"
+    p = np.array([[float(alone[k][c]) for c in probs] for k in (right, left)])
+    expected = blend(p[:1], p[1:], np.array([True]), 0.5)[0]
+    np.testing.assert_allclose([float(blended[right][c]) for c in probs], expected, atol=2e-6)
+    # an even blend gives both eyes of a patient the same probabilities
+    np.testing.assert_allclose(
+        [float(blended[right][c]) for c in probs], [float(blended[left][c]) for c in probs], atol=2e-6
+    )
+    unblended = evaluate(with_fellow_weight(trained, 0.0, tmp_path / "none.safetensors"), tmp_path / "e0",
+                         split_name="all", progress=False, n_resamples=20)  # fmt: skip
+    assert "with_fellow_eye" not in unblended
+
+
+def test_predict_pairs_blends_each_eye_with_its_fellow(trained, synthetic_manifest, tmp_path):
+    folder = synthetic_manifest.parent / "images"
+    rows = {}
+    for weight in (0.0, 0.5):
+        checkpoint = with_fellow_weight(trained, weight, tmp_path / f"w{weight}.safetensors")
+        out = tmp_path / f"pairs-{weight}.csv"
+        predict_pairs([folder], checkpoint, out, progress=False)
+        with open(out, newline="") as f:
+            rows[weight] = {r["patient"]: r for r in csv.DictReader(f)}
+    _, meta = load_model(trained)
+    right = [f"right_prob_{c}" for c in meta["classes"]]
+    left = [f"left_prob_{c}" for c in meta["classes"]]
+    eyes = {w: np.array([[float(r[c]) for c in right + left] for r in rows[w].values()]) for w in rows}
+    n = len(right)
+    assert not np.allclose(eyes[0.0][:, :n], eyes[0.0][:, n:])  # alone, the two eyes differ
+    np.testing.assert_allclose(eyes[0.5][:, :n], eyes[0.5][:, n:], atol=2e-6)  # an even blend: the same
