@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("calibrate", help="fit temperature and referable threshold on the validation split")
+    p = sub.add_parser(
+        "calibrate",
+        help="fit temperature, decision rule, referable threshold and fellow-eye weight on the validation split",
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--normal-class", default="normal")
     p.add_argument("--cache-dir")
