@@ -93,6 +93,8 @@ def test_evaluate_reports_each_eye_alone_and_blended_with_its_fellow(trained, tm
     checkpoint = with_fellow_weight(trained, 0.5, tmp_path / "half.safetensors")
     report = evaluate(checkpoint, tmp_path / "eval", split_name="all", progress=False, n_resamples=20)
     block = report["with_fellow_eye"]
+    assert "[fellow-eye/report.md](fellow-eye/report.md)" in (tmp_path / "eval" / "report.md").read_text()
+    assert "weight 0.50" in (tmp_path / "eval" / "fellow-eye" / "report.md").read_text()
     assert block["weight"] == 0.5 and block["eyes_with_fellow"] == report["metrics"]["n"]
     alone = read_rows(tmp_path / "eval" / "predictions.csv")
     blended = read_rows(tmp_path / "eval" / "fellow-eye" / "predictions.csv")
@@ -108,6 +110,7 @@ def test_evaluate_reports_each_eye_alone_and_blended_with_its_fellow(trained, tm
     unblended = evaluate(with_fellow_weight(trained, 0.0, tmp_path / "none.safetensors"), tmp_path / "e0",
                          split_name="all", progress=False, n_resamples=20)  # fmt: skip
     assert "with_fellow_eye" not in unblended
+    assert "fellow" not in (tmp_path / "e0" / "report.md").read_text()
 
 
 def test_predict_pairs_blends_each_eye_with_its_fellow(trained, synthetic_manifest, tmp_path):

@@ -97,14 +97,22 @@ def evaluate(
     prob = predict_proba(model, images, norm["mean"], norm["std"], dev, prec)
     groups = np.array([r.group for r in records])
     y = part.labels()[ok]
-    report = _score(common | {"level": "eye"}, y, prob, groups, [r.key for r in records], meta, out,
-                    metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
-    fellow = (meta.get("calibration") or {}).get("fellow_eye")
-    if fellow and fellow["weight"] > 0:  # the same eyes, each with its fellow eye's photograph as evidence
+    fellow = (meta.get("calibration") or {}).get("fellow_eye") or {"weight": 0.0}
+    has = np.zeros(len(records), dtype=bool)
+    if fellow["weight"] > 0:  # the same eyes, each with its fellow eye's photograph as evidence
         predict = paths_predictor(model, cache, norm, dev, prec)
         fellow_prob, has = fellow_probabilities(predict, records, prob, _manifest(dataset))
-        note = f"each eye blended with its fellow eye (weight {fellow['weight']:.2f}, fitted on validation); {int(has.sum())} of {len(records)} eyes have one"
-        sub = _score(common | {"level": "eye", "fellow_eye": note}, y, blend(prob, fellow_prob, has, fellow["weight"]), groups,
+    notes = (
+        ["each eye blended with its fellow eye: [fellow-eye/report.md](fellow-eye/report.md)"]
+        if has.any()
+        else []
+    )
+    report = _score(common | {"level": "eye", "notes": notes}, y, prob, groups, [r.key for r in records], meta, out,
+                    metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
+    if has.any():
+        note = (f"each eye blended with its fellow eye (weight {fellow['weight']:.2f}, fitted on validation); "
+                f"{int(has.sum())} of {len(records)} eyes have one; each eye alone: [../report.md](../report.md)")  # fmt: skip
+        sub = _score(common | {"level": "eye", "notes": [note]}, y, blend(prob, fellow_prob, has, fellow["weight"]), groups,
                      [r.key for r in records], meta, out / "fellow-eye", None, n_resamples, [])  # fmt: skip
         report["with_fellow_eye"] = {
             k: sub[k] for k in ("metrics", "confidence_intervals", "calibration", "decision", "files")

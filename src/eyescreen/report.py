@@ -116,6 +116,7 @@ def markdown(report: dict) -> str:
             if report.get("level") == "patient"
             else []
         ),
+        *(f"- {note}" for note in report.get("notes", [])),
         "",
         "| metric | value | 95% CI |",
         "|---|---|---|",
