@@ -129,3 +129,26 @@ def test_predict_pairs_blends_each_eye_with_its_fellow(trained, synthetic_manife
     n = len(right)
     assert not np.allclose(eyes[0.0][:, :n], eyes[0.0][:, n:])  # alone, the two eyes differ
     np.testing.assert_allclose(eyes[0.5][:, :n], eyes[0.5][:, n:], atol=2e-6)  # an even blend: the same
+
+
+def test_the_web_service_blends_two_eyes_and_leaves_one_eye_alone(trained, tmp_path):
+    from importlib import resources
+
+    from eyescreen.service import Screener, Upload
+
+    images = resources.files("eyescreen") / "sample" / "images"
+    right = Upload("right", "r.jpg", (images / "1111_right.jpg").read_bytes())
+    left = Upload("left", "l.jpg", (images / "1111_left.jpg").read_bytes())
+    results = {}
+    for weight in (0.0, 0.5):
+        screener = Screener(
+            with_fellow_weight(trained, weight, tmp_path / f"s{weight}.safetensors"), device="cpu"
+        )
+        assert screener.describe()["fellow_eye_weight"] == weight
+        results[weight] = (screener.screen([right, left]), screener.screen([right]))
+    both_alone, one_alone = results[0.0]
+    both_blended, one_blended = results[0.5]
+    probs = lambda r, side: list(r["eyes"][side]["probabilities"].values())  # noqa: E731
+    assert probs(both_alone, "right") != pytest.approx(probs(both_alone, "left"), abs=1e-4)
+    assert probs(both_blended, "right") == pytest.approx(probs(both_blended, "left"), abs=1e-6)
+    assert probs(one_blended, "right") == pytest.approx(probs(one_alone, "right"), abs=1e-6)  # no fellow sent
