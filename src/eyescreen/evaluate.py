@@ -11,7 +11,7 @@ import numpy as np
 from .calibrate import apply_temperature, class_weights, decide, operating_point
 from .checkpoint import load_model, save_model
 from .data import DataError, Dataset, load_dataset, read_split, subset
-from .fellow import blend, choose_weight, fellow_probabilities
+from .fellow import blend, choose_weight, fellow_probabilities, stored_weight
 from .inference import TTA_DESCRIPTIONS, ViewAverage, predict_proba, resolve_device, resolve_precision
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error
 from .models import is_binocular
@@ -97,9 +97,9 @@ def evaluate(
     prob = predict_proba(model, images, norm["mean"], norm["std"], dev, prec)
     groups = np.array([r.group for r in records])
     y = part.labels()[ok]
-    fellow = (meta.get("calibration") or {}).get("fellow_eye") or {"weight": 0.0}
+    fellow_weight = stored_weight(meta.get("calibration"))
     has = np.zeros(len(records), dtype=bool)
-    if fellow["weight"] > 0:  # the same eyes, each with its fellow eye's photograph as evidence
+    if fellow_weight > 0:  # the same eyes, each with its fellow eye's photograph as evidence
         predict = paths_predictor(model, cache, norm, dev, prec)
         fellow_prob, has = fellow_probabilities(predict, records, prob, _manifest(dataset))
     notes = (
@@ -110,14 +110,14 @@ def evaluate(
     report = _score(common | {"level": "eye", "notes": notes}, y, prob, groups, [r.key for r in records], meta, out,
                     metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
     if has.any():
-        note = (f"each eye blended with its fellow eye (weight {fellow['weight']:.2f}, fitted on validation); "
+        note = (f"each eye blended with its fellow eye (weight {fellow_weight:.2f}, fitted on validation); "
                 f"{int(has.sum())} of {len(records)} eyes have one; each eye alone: [../report.md](../report.md)")  # fmt: skip
-        sub = _score(common | {"level": "eye", "notes": [note]}, y, blend(prob, fellow_prob, has, fellow["weight"]), groups,
+        sub = _score(common | {"level": "eye", "notes": [note]}, y, blend(prob, fellow_prob, has, fellow_weight), groups,
                      [r.key for r in records], meta, out / "fellow-eye", None, n_resamples, [])  # fmt: skip
         report["with_fellow_eye"] = {
             k: sub[k] for k in ("metrics", "confidence_intervals", "calibration", "decision", "files")
         }
-        report["with_fellow_eye"] |= {"weight": fellow["weight"], "eyes_with_fellow": int(has.sum())}
+        report["with_fellow_eye"] |= {"weight": fellow_weight, "eyes_with_fellow": int(has.sum())}
         (out / "report.json").write_text(json.dumps(report, indent=2))
     patients = aggregate_patients(records, prob, classes, meta.get("config", {}))
     if patients is not None:  # the same model judged per patient, for comparison with both-eye models

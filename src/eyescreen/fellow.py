@@ -22,6 +22,11 @@ from .metrics import classification_metrics
 WEIGHTS = tuple(round(0.05 * i, 2) for i in range(11))  # 0, 0.05, ..., 0.5
 
 
+def stored_weight(calibration: dict | None) -> float:
+    """The fellow-eye weight in a checkpoint's calibration; 0 (no blend) for one calibrated before it."""
+    return float(((calibration or {}).get("fellow_eye") or {}).get("weight", 0.0))
+
+
 def fellow_of(records: list[Record], manifest_records: list[Record]) -> list[Record | None]:
     """The other eye of each record's patient, from every row of the manifest; None where the
     manifest gives no patient id or eye side, or the patient has one photograph of that eye side."""

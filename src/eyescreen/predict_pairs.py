@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .batch_output import BatchOutput
 from .calibrate import apply_temperature, class_weights, decide
 from .checkpoint import load_model
-from .fellow import blend
+from .fellow import blend, stored_weight
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
 from .models import is_binocular
 from .pairs import DEFAULT_PATTERN, pair_files
@@ -48,7 +48,7 @@ def predict_pairs(
     calibration = meta.get("calibration", {})
     temperature, referable = calibration.get("temperature", 1.0), calibration.get("referable")
     weights = class_weights(calibration)
-    fellow_weight = (calibration.get("fellow_eye") or {}).get("weight", 0.0)
+    fellow_weight = stored_weight(calibration)
     normal = (
         classes.index(referable["normal_class"])
         if referable

@@ -23,6 +23,7 @@ from PIL import Image
 from .calibrate import apply_temperature, class_weights, decide
 from .checkpoint import load_model
 from .explain import compute_cams, compute_pair_cams, overlay_rgb
+from .fellow import stored_weight
 from .inference import resolve_device, resolve_precision
 from .models import is_binocular
 from .predict_pairs import SIDES, patient_predictions
@@ -90,7 +91,7 @@ class Screener:
         self.temperature = calibration.get("temperature", 1.0)
         self.weights = class_weights(calibration)
         self.referable = calibration.get("referable")
-        self.fellow_weight = (calibration.get("fellow_eye") or {}).get("weight", 0.0)
+        self.fellow_weight = stored_weight(calibration)
         normal = self.referable["normal_class"] if self.referable else "normal"
         self.normal = self.classes.index(normal) if normal in self.classes else None
         self.max_upload_bytes = max_upload_bytes
