@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 from eyescreen.checkpoint import CheckpointError, read_meta
 from eyescreen.cli import main
 from eyescreen.config import preset
+from eyescreen.initial_weights import load_initial_weights
 from eyescreen.models import create_model
-from eyescreen.pretrain import PretrainConfig, image_paths, load_pretrained, nt_xent, pretrain
+from eyescreen.pretrain import PretrainConfig, image_paths, nt_xent, pretrain
 from eyescreen.train import train
 
 
@@ -55,13 +56,15 @@ def test_pretrain_uses_unlabelled_images_resumes_and_initialises_training(
 
     # Fine-tuning starts from the pre-trained weights, all but the classifier layer.
     model = create_model("tiny-cnn", 3)
-    copied = load_pretrained(model, weights, "tiny-cnn")
+    said = load_initial_weights(model, weights, "tiny-cnn", ["a", "b", "c"])
+    copied = int(said.split()[1])
+    assert said.endswith("(without its classifier layer)")
     state, pre = model.state_dict(), load_file(str(weights))
     assert 0 < copied < len(state)
     same = [k for k in state if k in pre and pre[k].shape == state[k].shape]
     assert len(same) == copied and all(torch.equal(state[k], pre[k]) for k in same)
     with pytest.raises(CheckpointError, match="pre-trained tiny-cnn, but this run trains seed-cnn"):
-        load_pretrained(create_model("seed-cnn", 3), weights, "seed-cnn")
+        load_initial_weights(create_model("seed-cnn", 3), weights, "seed-cnn", ["a", "b", "c"])
 
     run = tmp_path / "fine"
     tiny = preset(

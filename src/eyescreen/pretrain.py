@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .augment import FundusAugment
-from .checkpoint import CheckpointError, load_state, read_meta, save_model, save_state
+from .checkpoint import load_state, save_model, save_state
 from .data import list_images, read_class_folders, read_manifest
 from .inference import autocast, resolve_device, resolve_precision
 from .models import create_model
@@ -156,29 +156,3 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
             "config": json.dumps(asdict(cfg)),
         })  # fmt: skip
     return out / "pretrained.safetensors"
-
-
-def load_pretrained(model: torch.nn.Module, path: str | Path, model_name: str) -> int:
-    """Copy pre-trained weights into `model` (a single-eye model or a both-eye model's backbone), all
-    but tensors whose shapes differ (the classifier layer). Returns how many tensors were copied."""
-    from safetensors.torch import load_file
-
-    meta = read_meta(path)
-    if meta.get("kind") != "pretrained":
-        raise CheckpointError(f"{path}: not an `eyescreen pretrain` output")
-    base = model_name.removesuffix("-binocular")
-    if meta["model"]["name"] != base:
-        raise CheckpointError(
-            f"{path}: pre-trained {meta['model']['name']}, but this run trains {model_name}"
-        )
-    weights = load_file(str(path))
-    own = model.state_dict()
-    copied = {}
-    for key, value in own.items():
-        source = key.removeprefix("backbone.") if key not in weights else key
-        if source in weights and weights[source].shape == value.shape:
-            copied[key] = weights[source]
-    if not copied:
-        raise CheckpointError(f"{path}: no weights match {model_name}")
-    model.load_state_dict(copied, strict=False)
-    return len(copied)

@@ -192,9 +192,9 @@ def train(
     channels_last = cfg.channels_last
     model, model_spec = task.build(cfg.model)
     if cfg.init and not resume:
-        from .pretrain import load_pretrained
+        from .initial_weights import load_initial_weights
 
-        say(f"initialised {load_pretrained(model, cfg.init, cfg.model)} weight tensors from {cfg.init}")
+        say(load_initial_weights(model, cfg.init, cfg.model, dataset.classes))
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,55 @@
+"""Where `train --init` starts from: an `eyescreen pretrain` output, or a trained eyescreen checkpoint.
+
+A trained checkpoint is how a model moves on: to a larger input size (train small and fast, then
+fine-tune large: the convolutions do not care about the size), or to a hospital's own photographs.
+Every tensor whose name and shape match is copied. The classifier layer is copied only from a model
+trained on the same classes in the same order: the same shape with other classes would be a silent
+mislabelling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file
+from torch import nn
+
+from .checkpoint import CheckpointError, read_meta
+from .findings import classifier_head
+from .models import BINOCULAR_SUFFIX
+
+
+def load_initial_weights(model: nn.Module, path: str | Path, model_name: str, classes: list[str]) -> str:
+    """Copy the weights at `path` into `model` (a single-eye model or a both-eye model's backbone);
+    returns a one-line account of what was copied."""
+    meta = read_meta(path)
+    pretrained = meta.get("kind") == "pretrained"
+    if not pretrained and "classes" not in meta:
+        raise CheckpointError(f"{path}: neither an `eyescreen pretrain` output nor a trained checkpoint")
+    source_name = meta["model"]["name"].removesuffix(BINOCULAR_SUFFIX)
+    if source_name != model_name.removesuffix(BINOCULAR_SUFFIX):
+        what = "pre-trained" if pretrained else "trained"
+        raise CheckpointError(f"{path}: {what} {meta['model']['name']}, but this run trains {model_name}")
+    keep_head = not pretrained and meta["classes"] == list(classes)
+    head = classifier_head(model) + "."
+    weights = load_file(str(path))
+    copied = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(head) and not keep_head:
+            continue
+        source = _source_key(key, weights)
+        if source is not None and weights[source].shape == value.shape:
+            copied[key] = weights[source]
+    if not copied:
+        raise CheckpointError(f"{path}: no weights match {model_name}")
+    model.load_state_dict(copied, strict=False)
+    classifier = "with" if keep_head else "without"
+    return f"initialised {len(copied)} weight tensors from {path} ({classifier} its classifier layer)"
+
+
+def _source_key(key: str, weights: dict) -> str | None:
+    """The name of `key` in a checkpoint of the same backbone, single-eye or both-eye."""
+    for candidate in (key, key.removeprefix("backbone."), f"backbone.{key}"):
+        if candidate in weights:
+            return candidate
+    return None
