@@ -89,6 +89,47 @@ def test_training_stores_the_fellow_weight_fitted_on_validation(trained):
     assert fit["eyes_with_fellow"] == fit["eyes"] > 0  # every synthetic eye has its fellow in the manifest
 
 
+def test_training_hands_calibration_each_validation_eye_with_its_own_probabilities(
+    synthetic_manifest, tmp_path, monkeypatch
+):
+    import eyescreen.train as module
+
+    seen = {}
+    real = module.calibrate_on_validation
+
+    def spy(checkpoint, val, normal_class):
+        seen.update(val)
+        return real(checkpoint, val, normal_class)
+
+    monkeypatch.setattr(module, "calibrate_on_validation", spy)
+    cfg = preset("quick", model="tiny-cnn", image_size=48, epochs=1, batch_size=8, precision="fp32")
+    best = train(cfg, synthetic_manifest, tmp_path / "run", progress=False)
+    classes = load_model(best)[1]["classes"]
+    records = seen["records"]
+    fresh, ok = seen["predict"]([r.path for r in records])
+    assert len(ok) == len(records) == len(seen["prob"]) > 0
+    np.testing.assert_allclose(fresh, seen["prob"], atol=1e-5)  # row i is the eye of records[i]
+    assert list(seen["y"]) == [classes.index(r.label) for r in records]
+
+
+def test_training_fits_what_calibrating_the_checkpoint_again_fits(trained, tmp_path):
+    """Training reuses its own validation probabilities; `eyescreen calibrate` predicts them afresh."""
+    from eyescreen.evaluate import calibrate_from_split
+
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(trained.read_bytes())
+    again = calibrate_from_split(copy)
+    _, meta = load_model(trained)
+    first = meta["calibration"]
+    assert again["temperature"] == pytest.approx(first["temperature"], rel=1e-3)
+    assert again["referable"]["threshold"] == pytest.approx(first["referable"]["threshold"], abs=1e-4)
+    for key in ("weight", "eyes", "eyes_with_fellow"):
+        assert again["fellow_eye"][key] == first["fellow_eye"][key]
+    assert again["fellow_eye"]["val_macro_auc"] == pytest.approx(
+        first["fellow_eye"]["val_macro_auc"], abs=1e-4
+    )
+
+
 def test_evaluate_reports_each_eye_alone_and_blended_with_its_fellow(trained, tmp_path):
     checkpoint = with_fellow_weight(trained, 0.5, tmp_path / "half.safetensors")
     report = evaluate(checkpoint, tmp_path / "eval", split_name="all", progress=False, n_resamples=20)

@@ -106,22 +106,9 @@ def calibrate(prob: np.ndarray, y: np.ndarray, classes: list[str], normal_class:
     return out
 
 
-def calibrate_checkpoint(path, prob: np.ndarray, y: np.ndarray, normal_class: str = "normal") -> dict | None:
-    """Fit temperature and referable threshold on validation probabilities of the checkpoint's model
-    and store them in the checkpoint."""
-    import sys
-
-    from .checkpoint import load_model, save_model
-
-    model, meta = load_model(path)
-    try:
-        meta["calibration"] = calibrate(prob, y, meta["classes"], normal_class)
-    except ValueError as e:  # e.g. a validation split without normals: keep the checkpoint uncalibrated
-        print(f"calibration skipped: {e}", file=sys.stderr)
-        return None
-    save_model(path, model, meta)
-    c = meta["calibration"]
-    d = c["decision"]
+def describe(calibration: dict, normal_class: str = "normal") -> str:
+    """One line for the training log: what was fitted on validation."""
+    c, d = calibration, calibration["decision"]
     line = (f"calibrated on validation: temperature {c['temperature']:.3f}; decision weights prior^-"
             f"{d['prior_power']:.2f} (val balanced accuracy {d['val_balanced_accuracy_argmax']:.3f} -> "
             f"{d['val_balanced_accuracy']:.3f})")  # fmt: skip
@@ -129,5 +116,4 @@ def calibrate_checkpoint(path, prob: np.ndarray, y: np.ndarray, normal_class: st
         r = c["referable"]
         line += (f"; referable if 1 - P({normal_class}) > {r['threshold']:.3f} "
                  f"(val sensitivity {r['sensitivity']:.3f} at specificity {r['specificity']:.3f})")  # fmt: skip
-    print(line)
-    return c
+    return line

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from .calibrate import apply_temperature, class_weights, decide, operating_point
+from .calibrate import apply_temperature, calibrate, class_weights, decide, describe, operating_point
 from .checkpoint import load_model, save_model
 from .data import DataError, Dataset, load_dataset, read_split, subset
 from .fellow import blend, choose_weight, fellow_probabilities, stored_weight
@@ -219,18 +220,40 @@ def _write_predictions(path: Path, first: str, names, groups, classes, y, prob, 
 def calibrate_from_split(checkpoint, normal_class="normal", cache_dir=None, device="auto") -> dict | None:
     """Calibrate an existing checkpoint on the validation split stored in it (rewrites the checkpoint):
     temperature, decision rule and screening threshold, then the fellow-eye weight."""
-    from .calibrate import calibrate_checkpoint
+    return calibrate_on_validation(
+        checkpoint, _validation_probabilities(checkpoint, cache_dir, device), normal_class
+    )
 
-    val = _validation_probabilities(checkpoint, cache_dir, device)
-    calibration = calibrate_checkpoint(checkpoint, val["prob"], val["y"], normal_class)
-    if calibration is not None:
-        fit_fellow_weight(checkpoint, val)
+
+def calibrate_on_validation(checkpoint, val: dict, normal_class: str = "normal") -> dict | None:
+    """Fit the calibration on validation probabilities of the checkpoint's model and store it in the
+    checkpoint (one rewrite): temperature, decision rule, screening threshold, and the fellow-eye weight
+    where `val` says which eyes they are ("records", "manifest", "predict" for their fellows)."""
+    model, meta = load_model(checkpoint)
+    try:
+        calibration = calibrate(val["prob"], val["y"], meta["classes"], normal_class)
+    except ValueError as e:  # e.g. a validation split without normals: keep the checkpoint uncalibrated
+        print(f"calibration skipped: {e}", file=sys.stderr)
+        return None
+    print(describe(calibration, normal_class))
+    if "records" in val:
+        fit = _fit_fellow_weight(val, meta["classes"])
+        if fit is not None:
+            calibration["fellow_eye"] = fit
+    meta["calibration"] = calibration
+    save_model(checkpoint, model, meta)
     return calibration
 
 
-def fit_fellow_from_split(checkpoint, cache_dir=None, device="auto") -> dict | None:
-    """The fellow-eye weight alone, for a checkpoint calibrated by training (single-eye models)."""
-    return fit_fellow_weight(checkpoint, _validation_probabilities(checkpoint, cache_dir, device))
+def validation_eyes(records, prob, y, dataset: Dataset, predict) -> dict:
+    """What `calibrate_on_validation` needs for the fellow eye, from probabilities already computed."""
+    return {
+        "prob": prob,
+        "y": y,
+        "records": list(records),
+        "manifest": _manifest(dataset),
+        "predict": predict,
+    }
 
 
 def _validation_probabilities(checkpoint, cache_dir, device) -> dict:
@@ -242,27 +265,17 @@ def _validation_probabilities(checkpoint, cache_dir, device) -> dict:
     images, ok, _ = load_stack([r.path for r in part.records], cache)
     precision = resolve_precision(meta.get("config", {}).get("precision", "auto"), dev)  # as in training
     norm = meta["normalization"]
-    return {
-        "prob": predict_proba(model, images, norm["mean"], norm["std"], dev, precision),
-        "y": part.labels()[ok],
-        "records": [part.records[i] for i in ok],
-        "manifest": _manifest(dataset),
-        "predict": paths_predictor(model, cache, norm, dev, precision),
-    }
+    prob = predict_proba(model, images, norm["mean"], norm["std"], dev, precision)
+    predict = paths_predictor(model, cache, norm, dev, precision)
+    return validation_eyes([part.records[i] for i in ok], prob, part.labels()[ok], dataset, predict)
 
 
-def fit_fellow_weight(checkpoint, val: dict) -> dict | None:
-    """Choose the fellow-eye weight on the validation eyes and store it in the checkpoint's calibration
-    (fellow.py); nothing is stored when no validation eye has a fellow."""
-    saved, meta = load_model(checkpoint)
-    if not meta.get("calibration"):
-        return None
+def _fit_fellow_weight(val: dict, classes: list[str]) -> dict | None:
+    """Choose the fellow-eye weight on the validation eyes (fellow.py); None when no eye has a fellow."""
     fellow_prob, has = fellow_probabilities(val["predict"], val["records"], val["prob"], val["manifest"])
     if not has.any():
         return None
-    fit = choose_weight(val["prob"], fellow_prob, has, val["y"], meta["classes"])
-    meta["calibration"]["fellow_eye"] = fit
-    save_model(checkpoint, saved, meta)
+    fit = choose_weight(val["prob"], fellow_prob, has, val["y"], classes)
     print(f"fellow eye: weight {fit['weight']:.2f} (val macro-AUC {fit['val_macro_auc_alone']:.3f} alone -> "
           f"{fit['val_macro_auc']:.3f}; {fit['eyes_with_fellow']} of {fit['eyes']} eyes have one)")  # fmt: skip
     return fit

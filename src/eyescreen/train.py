@@ -24,11 +24,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import __version__, augment, distributed
-from .calibrate import calibrate_checkpoint
 from .checkpoint import load_model, load_state, save_model, save_state
 from .config import TrainConfig
 from .data import Dataset, load_dataset, make_split, read_split, split_counts, subset, write_split
-from .evaluate import fit_fellow_from_split
+from .evaluate import calibrate_on_validation, paths_predictor, validation_eyes
 from .findings import training_findings
 from .inference import autocast, resolve_device, resolve_precision
 from .metrics import headline_metrics
@@ -341,10 +340,12 @@ def train(
     if ctx.main and best_epoch > 0:
         best_model, _ = load_model(out / "best.safetensors", device)
         prob, y_val = task.probabilities(best_model, val_set, mean, std, device, precision, channels_last)
-        if calibrate_checkpoint(out / "best.safetensors", prob, y_val, cfg.normal_class) and not is_binocular(
-            cfg.model
-        ):
-            fit_fellow_from_split(out / "best.safetensors", cache_dir, device)
+        val = {"prob": prob, "y": y_val}
+        if not is_binocular(cfg.model):  # single eyes: their fellows give the fellow-eye weight
+            by_key = {r.key: r for r in subset(dataset, split, "val").records}
+            predict = paths_predictor(best_model, cache, {"mean": mean, "std": std}, device, precision)
+            val = validation_eyes([by_key[n] for n in val_set.names], prob, y_val, dataset, predict)
+        calibrate_on_validation(out / "best.safetensors", val, cfg.normal_class)
     distributed.barrier(ctx)
     distributed.teardown(ctx)
     if ctx.main:
