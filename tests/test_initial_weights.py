@@ -65,3 +65,29 @@ def test_fine_tuning_at_a_larger_input_size_from_the_cli(trained, synthetic_mani
                "--model", "seed-cnn", "--init", str(trained), "--no-progress"])  # fmt: skip
     assert rc == 2  # a clear error, not a traceback
     assert "trained tiny-cnn, but this run trains seed-cnn" in capsys.readouterr().err
+
+
+def test_a_fine_tuning_preset_asks_for_the_run_it_fine_tunes(synthetic_manifest, tmp_path, capsys):
+    rc = main(["train", "--data", str(synthetic_manifest), "--out", str(tmp_path / "ft"), "--preset", "finetune-224",
+               "--model", "tiny-cnn", "--no-progress"])  # fmt: skip
+    assert rc == 2
+    assert "preset finetune-224 fine-tunes a trained model: give --init" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists()
+    assert main(["presets"]) == 0
+    assert (
+        "finetune-224 (second stage: --init RUN/best.safetensors of a graham-findings run)"
+        in capsys.readouterr().out
+    )
+
+
+def test_no_fine_tuning_from_a_model_that_trained_on_this_runs_held_out_images(
+    trained, synthetic_manifest, tmp_path, capsys
+):
+    args = ["train", "--data", str(synthetic_manifest), "--preset", "quick", "--model", "tiny-cnn",
+            "--image-size", "40", "--epochs", "1", "--precision", "fp32", "--init", str(trained), "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "reshuffled"), "--seed", "3"]) == 2  # another split
+    err = capsys.readouterr().err
+    assert "that this run holds out for validation or test" in err
+    assert f"--split {trained.parent / 'split.csv'}" in err
+    split = ["--split", str(trained.parent / "split.csv")]
+    assert main([*args, "--out", str(tmp_path / "same"), "--seed", "3", *split]) == 0

@@ -164,6 +164,9 @@ def test_presets_are_the_recipes_measured_in_results():
         "graham-augment", findings="keywords", epochs=60
     )  # graham-augment-findings-60ep
     assert DEFAULT_PRESET == "graham-findings"  # the best validation macro-AUC, three seeds
+    assert preset("finetune-224", init="a") == preset(
+        "graham-findings", image_size=224, epochs=15, lr=0.0005, init="a"
+    )  # ft224-from-findings-seed1/2
 
 
 def test_default_preset_is_the_best_one_the_data_and_model_allow(tmp_path, synthetic_manifest):

@@ -8,7 +8,16 @@ from dataclasses import MISSING
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import DEFAULT_PRESET, FALLBACK_PRESET, PRESETS, config_fields, default_preset, preset
+from .config import (
+    DEFAULT_PRESET,
+    FALLBACK_PRESET,
+    FINETUNE_PRESETS,
+    PRESETS,
+    config_fields,
+    default_preset,
+    preset,
+    require_init,
+)
 from .data import DataError, parse_classes
 from .models import list_models
 from .preprocess import ImageError
@@ -57,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help=f"training recipe (default: {DEFAULT_PRESET} where the manifest has a "
                         f"{PRESETS[DEFAULT_PRESET]['findings']!r} column of diagnoses and the model is single-eye, "
-                        f"else {FALLBACK_PRESET}; seed = the reference study's)")  # fmt: skip
+                        f"else {FALLBACK_PRESET}; seed = the reference study's; finetune-224 = the second stage, "
+                        f"with --init RUN/best.safetensors)")  # fmt: skip
     p.add_argument(
         "--classes", help="comma-separated classes to use, in this order (default: all in the data)"
     )
@@ -211,6 +221,8 @@ def run(args) -> int:
             name, why = default_preset(args.data, args.model)
             print(f"preset: {name} (the default here: {why})")
         cfg = preset(name or DEFAULT_PRESET, **_overrides(args))
+        if not args.resume:
+            require_init(name, cfg)
         train(
             cfg,
             args.data,
@@ -332,6 +344,10 @@ def run(args) -> int:
     elif args.command == "presets":
         for name in PRESETS:
             role = {DEFAULT_PRESET: " (default)", FALLBACK_PRESET: " (default without a diagnoses column)"}
+            role |= {
+                n: f" (second stage: --init RUN/best.safetensors of a {DEFAULT_PRESET} run)"
+                for n in FINETUNE_PRESETS
+            }
             print(f"{name}{role.get(name, '')}: {preset(name)}")
     return 0
 

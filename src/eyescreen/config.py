@@ -119,6 +119,17 @@ PRESETS: dict[str, dict] = {
     # which also brings in the eyes outside the classes. 60 epochs: still rising at 40 with the extra
     # data. 55 minutes on 2 CPU cores for ODIR-5K.
     "graham-findings": {**_GRAHAM, "epochs": 60, "augment": "fundus", "findings": "keywords"},
+    # The second stage of the best two-stage recipe (benchmarks/RESULTS.md, issue 7): a trained
+    # `graham-findings` run (`--init RUN/best.safetensors`) fine-tuned at 224 px for 15 epochs at a
+    # quarter of its learning rate. Train small and fast, then look closer. 37 minutes on 2 CPU cores.
+    "finetune-224": {
+        **_GRAHAM,
+        "image_size": 224,
+        "epochs": 15,
+        "lr": 5e-4,
+        "augment": "fundus",
+        "findings": "keywords",
+    },  # fmt: skip
     # A few minutes on a CPU, for demos and smoke tests on small data.
     "quick": {
         "image_size": 128,
@@ -150,6 +161,17 @@ def default_preset(data, model: str | None = None) -> tuple[str, str]:
     if column not in manifest_columns(data):
         return FALLBACK_PRESET, f"no {column!r} column of per-eye diagnoses for the findings head"
     return DEFAULT_PRESET, f"the manifest's {column!r} column feeds the findings head"
+
+
+FINETUNE_PRESETS = {"finetune-224"}  # they start from a trained run: `--init` is required
+
+
+def require_init(name: str, cfg: TrainConfig) -> None:
+    if name in FINETUNE_PRESETS and not cfg.init:
+        raise ValueError(
+            f"preset {name} fine-tunes a trained model: give --init RUN/best.safetensors "
+            f"(a run of {DEFAULT_PRESET}, the first stage)"
+        )
 
 
 def preset(name: str, **overrides) -> TrainConfig:

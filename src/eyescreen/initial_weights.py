@@ -4,7 +4,8 @@ A trained checkpoint is how a model moves on: to a larger input size (train smal
 fine-tune large: the convolutions do not care about the size), or to a hospital's own photographs.
 Every tensor whose name and shape match is copied. The classifier layer is copied only from a model
 trained on the same classes in the same order: the same shape with other classes would be a silent
-mislabelling.
+mislabelling. A trained checkpoint of the same data must not have trained on this run's validation or
+test images (`check_held_out`): fine-tune on the split it was trained with.
 """
 
 from __future__ import annotations
@@ -53,3 +54,19 @@ def _source_key(key: str, weights: dict) -> str | None:
         if candidate in weights:
             return candidate
     return None
+
+
+def check_held_out(path: str | Path, data: str | Path, split: dict[str, str]) -> None:
+    """Refuse a start from a checkpoint trained on the same data with another split: the images it
+    trained on that this run holds out would make the validation and test numbers look better than
+    they are."""
+    meta = read_meta(path)
+    if meta.get("kind") == "pretrained" or meta.get("data") != str(Path(data).resolve()):
+        return  # pre-training has its own --holdout-split; other data shares no images
+    seen = meta.get("split", {})
+    leaked = [key for key, part in split.items() if part != "train" and seen.get(key) == "train"]
+    if leaked:
+        raise ValueError(
+            f"{path}: trained on {len(leaked)} images of this data that this run holds out for validation "
+            f"or test (e.g. {leaked[0]}); fine-tune on its own split: --split {Path(path).parent / 'split.csv'}"
+        )

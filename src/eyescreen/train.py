@@ -171,6 +171,10 @@ def train(
         if split_file
         else make_split(dataset, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     )
+    if cfg.init and not resume:
+        from .initial_weights import check_held_out
+
+        check_held_out(cfg.init, data, split)
     if ctx.main:
         write_split(split, dataset, out / "split.csv")
     say("split by patient:\n" + split_counts(dataset, split))
