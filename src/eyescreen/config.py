@@ -36,9 +36,7 @@ class TrainConfig:
         "exclude"  # both-eye models: a patient with two different diseases: exclude | priority
     )
     normal_class: str = "normal"  # the class that is not referable, for the screening operating point
-    init: str = (
-        ""  # start from these weights (`eyescreen pretrain` output or a trained checkpoint); "" = random
-    )
+    init: str = ""  # start from these weights: `eyescreen pretrain` output or a trained checkpoint
     compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start)
     ema: float = 0.0  # decay of an exponential moving average of the weights, per step; 0 = off
     findings: str = ""  # manifest column of ';'-separated findings, predicted by a training-only head
@@ -129,7 +127,7 @@ PRESETS: dict[str, dict] = {
         "lr": 5e-4,
         "augment": "fundus",
         "findings": "keywords",
-    },  # fmt: skip
+    },
     # A few minutes on a CPU, for demos and smoke tests on small data.
     "quick": {
         "image_size": 128,
