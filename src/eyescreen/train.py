@@ -184,7 +184,8 @@ def train(
     show = progress and ctx.main
     task = make_task(cfg, dataset, split, say)
     train_set = task.load_train(subset(dataset, split, "train"), cache, show, ctx.main)
-    val_set = task.load(subset(dataset, split, "val"), cache, "val", show, ctx.main)
+    val_part = subset(dataset, split, "val")
+    val_set = task.load(val_part, cache, "val", show, ctx.main)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{data}: no readable images in the train or validation split")
 
@@ -346,7 +347,7 @@ def train(
         prob, y_val = task.probabilities(best_model, val_set, mean, std, device, precision, channels_last)
         val = {"prob": prob, "y": y_val}
         if not is_binocular(cfg.model):  # single eyes: their fellows give the fellow-eye weight
-            by_key = {r.key: r for r in subset(dataset, split, "val").records}
+            by_key = {r.key: r for r in val_part.records}
             predict = paths_predictor(best_model, cache, {"mean": mean, "std": std}, device, precision)
             val = validation_eyes([by_key[n] for n in val_set.names], prob, y_val, dataset, predict)
         calibrate_on_validation(out / "best.safetensors", val, cfg.normal_class)
