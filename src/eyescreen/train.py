@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 import random
 import subprocess
@@ -97,6 +98,8 @@ def run_info(argv: list[str] | None) -> dict:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
+    # A copied tree has no .git (a GPU machine, a container): the caller can name the commit.
+    commit = commit or os.environ.get("EYESCREEN_COMMIT", "")
     return {
         "eyescreen": __version__,
         "git_commit": commit or None,
@@ -162,6 +165,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     ctx, device = distributed.setup(resolve_device(cfg.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     say = print if ctx.main else _quiet  # one voice, and one writer: rank 0
 
     dataset = load_dataset(data, classes)

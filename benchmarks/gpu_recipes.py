@@ -1,0 +1,262 @@
+"""Issue 7 on one GPU: the best CPU recipe (`graham-findings`) at the photographs' own 256 px, trained
+as long as on the CPU and longer, several runs side by side on the baseline's patient split.
+
+One ResNet-18 at batch 32 leaves a large GPU mostly idle (each step is a few milliseconds of kernels
+and as long again of Python), so the runs are started together. A device lease is short and the speed
+is not known in advance: once each run has logged a few epochs, a run whose projected end falls after
+the deadline stops the lowest-priority run still going (said so in the summary; it stays resumable),
+leaving the GPU to the others. Finished runs are then evaluated on validation and on test, once.
+
+    python benchmarks/gpu_recipes.py --data MANIFEST --split SPLIT --out runs/gpu --deadline 450
+    python benchmarks/gpu_recipes.py ... --pack OUTDIR   # logs and reports as one archive, and the
+                                                         # best run's checkpoint in chunks
+    # a dry run on a CPU, everything small:
+    python benchmarks/gpu_recipes.py ... --set --image-size 64 --epochs 3 --deadline 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+# (name, train options), most important first: the deadline stops runs from the end of this list.
+RUNS = [
+    ("f256-s1", ["--image-size", "256", "--seed", "1"]),
+    ("f256-s2", ["--image-size", "256", "--seed", "2"]),
+    ("f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120"]),
+    ("f256-s3", ["--image-size", "256", "--seed", "3"]),
+]
+PRESET = "graham-findings"
+CLASSES = "normal,dr,amd,glaucoma"
+
+
+def option(args: list[str], name: str, default: str) -> str:
+    """The last value given for `name` (later options override earlier ones, as argparse does)."""
+    values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+    return values[-1] if values else default
+
+
+def warm_cache(manifest: Path, sizes: set[int], workers: int) -> None:
+    """Preprocess every image once, on all cores, before the runs start (each would otherwise do it)."""
+    from eyescreen.config import PRESETS
+
+    with open(manifest, newline="") as f:
+        paths = [manifest.parent / row["image"] for row in csv.DictReader(f)]
+    for size in sorted(sizes):
+        t0 = time.perf_counter()
+        with Pool(workers, initializer=_init_cache, initargs=(size, PRESETS[PRESET]["enhance"])) as pool:
+            failed = sum(pool.map(_cache_one, paths, chunksize=32))
+        print(
+            f"cache {size} px: {len(paths)} images ({failed} unreadable) in {time.perf_counter() - t0:.0f}s"
+        )
+
+
+_CACHE = None
+
+
+def _init_cache(size: int, enhance: str) -> None:
+    global _CACHE
+    from eyescreen.preprocess import ImageCache, Preprocessing
+
+    _CACHE = ImageCache(Preprocessing(image_size=size, enhance=enhance))
+
+
+def _cache_one(path: Path) -> int:
+    from eyescreen.preprocess import ImageError
+
+    try:
+        _CACHE.get(path)
+        return 0
+    except ImageError:
+        return 1
+
+
+def epochs_logged(run: Path) -> int:
+    try:
+        with open(run / "metrics.csv") as f:
+            return len(list(csv.DictReader(f)))
+    except FileNotFoundError:
+        return 0
+
+
+def start(name: str, args: list[str], opts, threads: int) -> subprocess.Popen:
+    out = opts.out / name
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    if (out / "resume.pt").exists():
+        cmd = ["train", "--data", str(opts.data), "--out", str(out), "--resume"]
+    else:
+        cmd = ["train", "--data", str(opts.data), "--out", str(out), "--preset", PRESET, "--classes", CLASSES,
+               "--split", str(opts.split), *args, *opts.set]  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "train.log", "a")
+    return subprocess.Popen(
+        [sys.executable, "-m", "eyescreen", *cmd, "--no-progress"], stdout=log, stderr=log, env=env
+    )
+
+
+class Run:
+    def __init__(self, name: str, args: list[str], opts, threads: int):
+        self.name, self.dir = name, opts.out / name
+        self.epochs = int(option(args + opts.set, "--epochs", "60"))
+        self.proc = start(name, args, opts, threads)
+        self.state = "running"
+        self.marks: list[tuple[float, int]] = []  # (time, epochs logged) since the last change of load
+
+    def poll(self, now: float) -> None:
+        done = epochs_logged(self.dir)
+        if not self.marks or self.marks[-1][1] != done:
+            self.marks.append((now, done))
+        if self.proc.poll() is not None and self.state == "running":
+            self.state = "finished" if self.proc.returncode == 0 else f"failed (exit {self.proc.returncode})"
+
+    def projected_end(self) -> float | None:
+        """When this run should end at the pace of its last epochs under the present load; None = unknown."""
+        if len(self.marks) < 3:
+            return None
+        (t0, e0), (t1, e1) = self.marks[1], self.marks[-1]  # from the first whole epoch seen
+        pace = (t1 - t0) / max(e1 - e0, 1)
+        return t1 + (self.epochs - e1) * pace
+
+    def stop(self, why: str) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.state = f"stopped: {why} after {epochs_logged(self.dir)}/{self.epochs} epochs"
+
+
+def train_all(opts) -> list[Run]:
+    chosen = [(n, a) for n, a in RUNS if not opts.only or n in opts.only]
+    threads = max(1, (os.cpu_count() or 2) // len(chosen))
+    t_start = time.time()
+    deadline = t_start + opts.deadline
+    runs = [Run(n, a, opts, threads) for n, a in chosen]
+    while True:
+        now = time.time()
+        for r in runs:
+            r.poll(now)
+        alive = [r for r in runs if r.state == "running"]
+        if not alive:
+            break
+        if now > deadline:
+            for r in alive:
+                r.stop("deadline")
+            break
+        late = [r for r in alive if (end := r.projected_end()) is not None and end > deadline]
+        if late and len(alive) > 1:  # the last one left runs until the deadline
+            victim = alive[-1]  # the lowest priority still going
+            victim.stop(f"projected past the deadline ({late[0].name})")
+            print(f"{time.time() - t_start:.0f}s: {victim.state} of {victim.name}", flush=True)
+            for r in runs:
+                r.marks = []  # the pace changes with the load: measure it afresh
+        time.sleep(5)
+    print(f"training ended after {time.time() - t_start:.0f}s", flush=True)
+    return runs
+
+
+def evaluate(runs: list[Run], opts) -> None:
+    threads = max(1, (os.cpu_count() or 2) // (2 * max(len(runs), 1)))
+    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+    procs = []
+    for r in runs:
+        if r.state != "finished":
+            continue
+        for subset in ("val", "test"):
+            cmd = ["evaluate", "--checkpoint", str(r.dir / "best.safetensors"), "--data", str(opts.data),
+                   "--subset", subset, "--out", str(r.dir / f"eval-{subset}"), "--no-progress"]  # fmt: skip
+            log = open(r.dir / f"eval-{subset}.log", "w")
+            procs.append(
+                subprocess.Popen([sys.executable, "-m", "eyescreen", *cmd], stdout=log, stderr=log, env=env)
+            )
+    end = time.time() + opts.eval_deadline
+    for p in procs:
+        try:
+            p.wait(max(end - time.time(), 1))
+        except subprocess.TimeoutExpired:
+            p.kill()  # its report is missing from the summary, which says so
+
+
+def summarise(runs: list[Run], opts) -> list[dict]:
+    rows = []
+    for r in runs:
+        row = {"run": r.name, "state": r.state, "epochs": f"{epochs_logged(r.dir)}/{r.epochs}"}
+        if (r.dir / "metrics.csv").exists():
+            with open(r.dir / "metrics.csv") as f:
+                log = list(csv.DictReader(f))
+            row["seconds_per_epoch"] = round(sum(float(x["seconds"]) for x in log) / max(len(log), 1), 1)
+            row["best_val_macro_auc"] = max((float(x["val_macro_auc"]) for x in log), default=None)
+        for subset in ("val", "test"):
+            report = r.dir / f"eval-{subset}" / "report.json"
+            if report.exists():
+                rep = json.loads(report.read_text())
+                m = rep["metrics"]
+                row["best_epoch"] = rep.get("epoch")
+                row[f"{subset}_macro_auc"] = round(m["macro_auc"], 4)
+                row[f"{subset}_balanced_accuracy"] = round(m["balanced_accuracy"], 4)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    (opts.out / "summary.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def pack(rows: list[dict], opts) -> None:
+    """Everything but the weights in one archive; the best run by validation macro-AUC's weights in
+    chunks small enough to travel (`cat best.safetensors.part* > best.safetensors`)."""
+    dest = Path(opts.pack)
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def small(info: tarfile.TarInfo):
+        return None if info.name.endswith((".safetensors", ".pt", ".tmp")) else info
+
+    with tarfile.open(dest / "runs.tar.gz", "w:gz") as tar:
+        tar.add(opts.out, arcname=opts.out.name, filter=small)
+    scored = [r for r in rows if r["state"] == "finished" and "best_val_macro_auc" in r]
+    if not scored:
+        return
+    best = max(scored, key=lambda r: r["best_val_macro_auc"])
+    weights = (opts.out / best["run"] / "best.safetensors").read_bytes()
+    chunk = 15 * 2**20
+    for old in dest.glob("*.safetensors.part*"):
+        old.unlink()
+    for i in range(0, len(weights), chunk):
+        (dest / f"{best['run']}.best.safetensors.part{i // chunk}").write_bytes(weights[i : i + chunk])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--split", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("runs/gpu"))
+    ap.add_argument("--deadline", type=float, default=450, help="seconds of training for all runs together")
+    ap.add_argument("--eval-deadline", type=float, default=120, help="seconds for all evaluations together")
+    ap.add_argument("--only", nargs="*", help="run only these names")
+    ap.add_argument("--pack", help="folder for the archive of logs and reports and the best checkpoint")
+    ap.add_argument("--set", nargs=argparse.REMAINDER, default=[], help="train options for every run (last)")
+    opts = ap.parse_args()
+    opts.data, opts.split = opts.data.resolve(), opts.split.resolve()
+    import torch
+
+    print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
+          + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""), flush=True)  # fmt: skip
+    sizes = {int(option(a + opts.set, "--image-size", "128")) for _, a in RUNS}
+    warm_cache(opts.data, sizes, os.cpu_count() or 2)
+    runs = train_all(opts)
+    if opts.pack:  # the logs and the weights first, should the evaluation not finish in the lease
+        pack(summarise(runs, opts), opts)
+    evaluate(runs, opts)
+    rows = summarise(runs, opts)
+    if opts.pack:
+        pack(rows, opts)
+
+
+if __name__ == "__main__":
+    main()
