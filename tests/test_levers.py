@@ -167,6 +167,9 @@ def test_presets_are_the_recipes_measured_in_results():
     assert preset("finetune-224", init="a") == preset(
         "graham-findings", image_size=224, epochs=15, lr=0.0005, init="a"
     )  # ft224-from-findings-seed1/2
+    assert preset("graham-findings-256") == preset(
+        "graham-findings", image_size=256, epochs=120
+    )  # runs/gpu/f256-e120-s1 (benchmarks/gpu_recipes.py)
 
 
 def test_default_preset_is_the_best_one_the_data_and_model_allow(tmp_path, synthetic_manifest):
@@ -184,6 +187,21 @@ def test_default_preset_is_the_best_one_the_data_and_model_allow(tmp_path, synth
     assert name == "graham-augment" and "'keywords'" in why
     (tmp_path / "folder" / "normal").mkdir(parents=True)
     assert default_preset(tmp_path / "folder")[0] == "graham-augment"
+
+
+def test_default_preset_on_a_gpu_is_the_long_256_px_recipe(tmp_path, synthetic_manifest):
+    """On a GPU the best recipe found is affordable (minutes); on a CPU it would take hours, so the CPU
+    default stays the hour-long one, and says which one a GPU would use."""
+    from eyescreen.config import default_preset
+
+    with_keywords = tmp_path / "with.csv"
+    with_keywords.write_text("image,label,keywords\na.jpg,normal,normal fundus\n")
+    name, why = default_preset(with_keywords, "resnet18", "cuda")
+    assert name == "graham-findings-256" and "on a GPU" in why
+    name, why = default_preset(with_keywords, "resnet18", "cpu")
+    assert name == "graham-findings" and "graham-findings-256" in why
+    assert default_preset(with_keywords, "resnet18-binocular", "cuda")[0] == "graham-augment"
+    assert default_preset(synthetic_manifest, None, "cuda:0")[0] == "graham-augment"
 
 
 def test_cli_train_without_a_preset_says_and_records_the_default(synthetic_manifest, tmp_path, capsys):

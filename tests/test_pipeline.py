@@ -255,3 +255,13 @@ def test_same_seed_and_data_give_the_same_metrics_and_weights(synthetic_manifest
     info = json.loads((runs[0] / "run_info.json").read_text())
     assert {"git_commit", "command", "torch", "python"} <= set(info)
     assert json.loads((runs[0] / "config.json").read_text())["config"]["seed"] == 0
+
+
+def test_run_info_records_the_commit_a_caller_names(monkeypatch):
+    """A tree copied to another machine may carry no .git or a stale one: EYESCREEN_COMMIT wins."""
+    from eyescreen.train import run_info
+
+    monkeypatch.setenv("EYESCREEN_COMMIT", "5ec96bab")
+    assert run_info([])["git_commit"] == "5ec96bab"
+    monkeypatch.delenv("EYESCREEN_COMMIT")
+    assert run_info([])["git_commit"] != "5ec96bab"

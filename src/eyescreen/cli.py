@@ -12,6 +12,7 @@ from .config import (
     DEFAULT_PRESET,
     FALLBACK_PRESET,
     FINETUNE_PRESETS,
+    GPU_PRESET,
     PRESETS,
     config_fields,
     default_preset,
@@ -64,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="run directory (checkpoints, split, logs)")
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help=f"training recipe (default: {DEFAULT_PRESET} where the manifest has a "
-                        f"{PRESETS[DEFAULT_PRESET]['findings']!r} column of diagnoses and the model is single-eye, "
-                        f"else {FALLBACK_PRESET}; seed = the reference study's; finetune-224 = the second stage, "
-                        f"with --init RUN/best.safetensors)")  # fmt: skip
+                   help=f"training recipe (default: {DEFAULT_PRESET} on a CPU, {GPU_PRESET} on a GPU, where the "
+                        f"manifest has a {PRESETS[DEFAULT_PRESET]['findings']!r} column of diagnoses and the model "
+                        f"is single-eye, else {FALLBACK_PRESET}; seed = the reference study's; finetune-224 = the "
+                        f"second stage, with --init RUN/best.safetensors)")  # fmt: skip
     p.add_argument(
         "--classes", help="comma-separated classes to use, in this order (default: all in the data)"
     )
@@ -218,7 +219,7 @@ def run(args) -> int:
 
         name = args.preset
         if name is None and not args.resume:  # a resumed run keeps the settings it started with
-            name, why = default_preset(args.data, args.model)
+            name, why = default_preset(args.data, args.model, args.device or "auto")
             print(f"preset: {name} (the default here: {why})")
         cfg = preset(name or DEFAULT_PRESET, **_overrides(args))
         if not args.resume:
@@ -343,7 +344,11 @@ def run(args) -> int:
         print("\n".join(list_models()))
     elif args.command == "presets":
         for name in PRESETS:
-            role = {DEFAULT_PRESET: " (default)", FALLBACK_PRESET: " (default without a diagnoses column)"}
+            role = {
+                DEFAULT_PRESET: " (default on a CPU)",
+                GPU_PRESET: " (default on a GPU)",
+                FALLBACK_PRESET: " (default without a diagnoses column)",
+            }
             role |= {
                 n: f" (second stage: --init RUN/best.safetensors of a {DEFAULT_PRESET} run)"
                 for n in FINETUNE_PRESETS

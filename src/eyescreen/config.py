@@ -117,6 +117,17 @@ PRESETS: dict[str, dict] = {
     # which also brings in the eyes outside the classes. 60 epochs: still rising at 40 with the extra
     # data. 55 minutes on 2 CPU cores for ODIR-5K.
     "graham-findings": {**_GRAHAM, "epochs": 60, "augment": "fundus", "findings": "keywords"},
+    # The best recipe found on validation, and the default on a GPU (benchmarks/RESULTS.md, issue 7):
+    # `graham-findings` at the photographs' own 256 px, trained twice as long. At 128 px more epochs
+    # did not help (100 epochs: level); at 256 px, 120 epochs did (one seed, +0.05 validation macro-AUC
+    # over 60). 4 minutes on one H200 GPU; on 2 CPU cores an epoch takes 3 minutes (6 hours in all).
+    "graham-findings-256": {
+        **_GRAHAM,
+        "image_size": 256,
+        "epochs": 120,
+        "augment": "fundus",
+        "findings": "keywords",
+    },
     # The second stage of the best two-stage recipe (benchmarks/RESULTS.md, issue 7): a trained
     # `graham-findings` run (`--init RUN/best.safetensors`) fine-tuned at 224 px for 15 epochs at a
     # quarter of its learning rate. Train small and fast, then look closer. 37 minutes on 2 CPU cores.
@@ -141,16 +152,19 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# The best recipe found on validation (benchmarks/RESULTS.md); it needs a manifest column of per-eye
-# diagnoses and a single-eye model. Without them, `eyescreen train` falls back to the best recipe that
-# trains on any `image,label` manifest.
+# The best recipes found on validation (benchmarks/RESULTS.md): on a GPU, the best of all; on a CPU, the
+# best that trains within the hour. Both need a manifest column of per-eye diagnoses and a single-eye
+# model. Without them, `eyescreen train` falls back to the best recipe that trains on any `image,label`
+# manifest.
 DEFAULT_PRESET = "graham-findings"
+GPU_PRESET = "graham-findings-256"
 FALLBACK_PRESET = "graham-augment"
 
 
-def default_preset(data, model: str | None = None) -> tuple[str, str]:
-    """The preset `eyescreen train` uses when none is named, and why, for this data and model."""
+def default_preset(data, model: str | None = None, device: str = "cpu") -> tuple[str, str]:
+    """The preset `eyescreen train` uses when none is named, and why, for this data, model and device."""
     from .data import manifest_columns
+    from .inference import resolve_device
     from .models import is_binocular
 
     column = PRESETS[DEFAULT_PRESET]["findings"]
@@ -158,7 +172,10 @@ def default_preset(data, model: str | None = None) -> tuple[str, str]:
         return FALLBACK_PRESET, "a both-eye model has no findings head"
     if column not in manifest_columns(data):
         return FALLBACK_PRESET, f"no {column!r} column of per-eye diagnoses for the findings head"
-    return DEFAULT_PRESET, f"the manifest's {column!r} column feeds the findings head"
+    why = f"the manifest's {column!r} column feeds the findings head"
+    if resolve_device(device).type == "cuda":
+        return GPU_PRESET, why + "; on a GPU, at 256 px for 120 epochs"
+    return DEFAULT_PRESET, why + f"; on a CPU, at 128 px (on a GPU: {GPU_PRESET})"
 
 
 FINETUNE_PRESETS = {"finetune-224"}  # they start from a trained run: `--init` is required

@@ -98,8 +98,9 @@ def run_info(argv: list[str] | None) -> dict:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    # A copied tree has no .git (a GPU machine, a container): the caller can name the commit.
-    commit = commit or os.environ.get("EYESCREEN_COMMIT", "")
+    # A copied tree (a GPU machine, a container) may have no .git, or a stale one: a commit the caller
+    # names wins.
+    commit = os.environ.get("EYESCREEN_COMMIT") or commit
     return {
         "eyescreen": __version__,
         "git_commit": commit or None,
