@@ -91,3 +91,18 @@ def test_no_fine_tuning_from_a_model_that_trained_on_this_runs_held_out_images(
     assert f"--split {trained.parent / 'split.csv'}" in err
     split = ["--split", str(trained.parent / "split.csv")]
     assert main([*args, "--out", str(tmp_path / "same"), "--seed", "3", *split]) == 0
+
+
+def test_a_copy_of_the_data_elsewhere_is_the_same_data(trained, synthetic_manifest, tmp_path, capsys):
+    """Data moved to another disk or machine (same manifest bytes, another path) is recognised: the
+    held-out check still refuses a checkpoint that trained on this run's validation or test images."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_manifest.parent, copy)
+    args = ["train", "--data", str(copy / synthetic_manifest.name), "--preset", "quick", "--model", "tiny-cnn",
+            "--image-size", "40", "--epochs", "1", "--precision", "fp32", "--init", str(trained), "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "reshuffled"), "--seed", "3"]) == 2
+    assert "that this run holds out for validation or test" in capsys.readouterr().err
+    (copy / synthetic_manifest.name).write_text((copy / synthetic_manifest.name).read_text() + "\n")
+    assert main([*args, "--out", str(tmp_path / "other"), "--seed", "3"]) == 0  # other bytes: other data

@@ -7,6 +7,7 @@ A *record* is one labelled (or unlabelled) eye photograph. Class names always co
 from __future__ import annotations
 
 import csv
+import hashlib
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -78,6 +79,12 @@ def manifest_columns(data: str | Path) -> list[str]:
         return []
     with open(path, newline="", encoding="utf-8-sig") as f:
         return next(csv.reader(f), [])
+
+
+def manifest_fingerprint(data: str | Path) -> str | None:
+    """sha256 of a manifest's bytes (None for a folder of classes): the same data under another path."""
+    path = Path(data)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def read_manifest(manifest: Path) -> list[Record]:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .checkpoint import CheckpointError, read_meta
+from .data import manifest_fingerprint
 from .findings import classifier_head
 from .models import BINOCULAR_SUFFIX
 
@@ -56,12 +57,26 @@ def _source_key(key: str, weights: dict) -> str | None:
     return None
 
 
+def same_data(meta: dict, data: str | Path) -> bool:
+    """Was the checkpoint trained on this data: the same manifest path, or the same manifest bytes
+    (a copy on another disk or machine; older checkpoints: compared with the file at the recorded path)."""
+    if meta.get("data") == str(Path(data).resolve()):
+        return True
+    here = manifest_fingerprint(data)
+    if here is None:
+        return False
+    recorded = meta.get("data_sha256")
+    if recorded is None and meta.get("data") and Path(meta["data"]).is_file():
+        recorded = manifest_fingerprint(meta["data"])
+    return recorded == here
+
+
 def check_held_out(path: str | Path, data: str | Path, split: dict[str, str]) -> None:
     """Refuse a start from a checkpoint trained on the same data with another split: the images it
     trained on that this run holds out would make the validation and test numbers look better than
     they are."""
     meta = read_meta(path)
-    if meta.get("kind") == "pretrained" or meta.get("data") != str(Path(data).resolve()):
+    if meta.get("kind") == "pretrained" or not same_data(meta, data):
         return  # pre-training has its own --holdout-split; other data shares no images
     seen = meta.get("split", {})
     leaked = [key for key, part in split.items() if part != "train" and seen.get(key) == "train"]

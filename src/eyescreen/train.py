@@ -27,7 +27,16 @@ from tqdm import tqdm
 from . import __version__, augment, distributed
 from .checkpoint import load_model, load_state, save_model, save_state
 from .config import TrainConfig
-from .data import Dataset, load_dataset, make_split, read_split, split_counts, subset, write_split
+from .data import (
+    Dataset,
+    load_dataset,
+    make_split,
+    manifest_fingerprint,
+    read_split,
+    split_counts,
+    subset,
+    write_split,
+)
 from .evaluate import calibrate_on_validation, paths_predictor, validation_eyes
 from .findings import training_findings
 from .inference import autocast, resolve_device, resolve_precision
@@ -239,6 +248,7 @@ def train(
         "normalization": {"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)},
         "config": asdict(cfg),
         "data": str(Path(data).resolve()),
+        "data_sha256": manifest_fingerprint(data),  # recognises a copy of the data moved elsewhere
         "split": split,
     }
     start_epoch, best, best_epoch, history = 0, -math.inf, -1, []
