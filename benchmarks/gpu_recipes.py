@@ -38,24 +38,32 @@ PRESET = "graham-findings"
 CLASSES = "normal,dr,amd,glaucoma"
 
 
-def option(args: list[str], name: str, default: str) -> str:
-    """The last value given for `name` (later options override earlier ones, as argparse does)."""
+def option(args: list[str], name: str) -> str:
+    """The last value given for `name` (later options override earlier ones, as argparse does), else
+    the preset's."""
     values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
-    return values[-1] if values else default
-
-
-def warm_cache(manifest: Path, sizes: set[int], workers: int) -> None:
-    """Preprocess every image once, on all cores, before the runs start (each would otherwise do it)."""
+    if values:
+        return values[-1]
     from eyescreen.config import PRESETS
 
+    return str(PRESETS[PRESET][name[2:].replace("-", "_")])
+
+
+def chosen_runs(opts) -> list[tuple[str, list[str]]]:
+    """(name, train options) of the runs asked for, the options given for every run (--set) last."""
+    return [(n, a + opts.set) for n, a in RUNS if not opts.only or n in opts.only]
+
+
+def warm_cache(manifest: Path, preprocessings: set[tuple[int, str]], workers: int) -> None:
+    """Preprocess every image once, on all cores, before the runs start (each would otherwise do it)."""
     with open(manifest, newline="") as f:
         paths = [manifest.parent / row["image"] for row in csv.DictReader(f)]
-    for size in sorted(sizes):
+    for size, enhance in sorted(preprocessings):
         t0 = time.perf_counter()
-        with Pool(workers, initializer=_init_cache, initargs=(size, PRESETS[PRESET]["enhance"])) as pool:
+        with Pool(workers, initializer=_init_cache, initargs=(size, enhance)) as pool:
             failed = sum(pool.map(_cache_one, paths, chunksize=32))
         print(
-            f"cache {size} px: {len(paths)} images ({failed} unreadable) in {time.perf_counter() - t0:.0f}s"
+            f"cache {size} px, {enhance}: {len(paths)} images ({failed} unreadable) in {time.perf_counter() - t0:.0f}s"
         )
 
 
@@ -94,7 +102,7 @@ def start(name: str, args: list[str], opts, threads: int) -> subprocess.Popen:
         cmd = ["train", "--data", str(opts.data), "--out", str(out), "--resume"]
     else:
         cmd = ["train", "--data", str(opts.data), "--out", str(out), "--preset", PRESET, "--classes", CLASSES,
-               "--split", str(opts.split), *args, *opts.set]  # fmt: skip
+               "--split", str(opts.split), *args]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "train.log", "a")
     return subprocess.Popen(
@@ -105,7 +113,7 @@ def start(name: str, args: list[str], opts, threads: int) -> subprocess.Popen:
 class Run:
     def __init__(self, name: str, args: list[str], opts, threads: int):
         self.name, self.dir = name, opts.out / name
-        self.epochs = int(option(args + opts.set, "--epochs", "60"))
+        self.epochs = int(option(args, "--epochs"))
         self.proc = start(name, args, opts, threads)
         self.state = "running"
         self.marks: list[tuple[float, int]] = []  # (time, epochs logged) since the last change of load
@@ -135,7 +143,7 @@ class Run:
 
 
 def train_all(opts) -> list[Run]:
-    chosen = [(n, a) for n, a in RUNS if not opts.only or n in opts.only]
+    chosen = chosen_runs(opts)
     threads = max(1, (os.cpu_count() or 2) // len(chosen))
     t_start = time.time()
     deadline = t_start + opts.deadline
@@ -247,8 +255,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
           + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""), flush=True)  # fmt: skip
-    sizes = {int(option(a + opts.set, "--image-size", "128")) for _, a in RUNS}
-    warm_cache(opts.data, sizes, os.cpu_count() or 2)
+    preprocessings = {(int(option(a, "--image-size")), option(a, "--enhance")) for _, a in chosen_runs(opts)}
+    warm_cache(opts.data, preprocessings, os.cpu_count() or 2)
     runs = train_all(opts)
     if opts.pack:  # the logs and the weights first, should the evaluation not finish in the lease
         pack(summarise(runs, opts), opts)
