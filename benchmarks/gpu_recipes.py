@@ -33,6 +33,9 @@ RUNS = [
     ("f256-s2", ["--image-size", "256", "--seed", "2"]),
     ("f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120"]),
     ("f256-s3", ["--image-size", "256", "--seed", "3"]),
+    # more seeds of the 120-epoch run (= the preset graham-findings-256, the GPU default)
+    ("f256-e120-s2", ["--image-size", "256", "--seed", "2", "--epochs", "120"]),
+    ("f256-e120-s3", ["--image-size", "256", "--seed", "3", "--epochs", "120"]),
 ]
 PRESET = "graham-findings"
 CLASSES = "normal,dr,amd,glaucoma"
