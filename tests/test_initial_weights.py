@@ -73,6 +73,9 @@ def test_a_fine_tuning_preset_asks_for_the_run_it_fine_tunes(synthetic_manifest,
     assert rc == 2
     assert "preset finetune-224 fine-tunes a trained model: give --init" in capsys.readouterr().err
     assert not (tmp_path / "ft").exists()
+    with pytest.raises(ValueError, match="give --init"):  # the same from Python
+        preset("finetune-224", epochs=3)
+    assert preset("finetune-224", init="runs/x/best.safetensors").image_size == 224
     assert main(["presets"]) == 0
     assert (
         "finetune-224 (second stage: --init RUN/best.safetensors of a graham-findings run)"

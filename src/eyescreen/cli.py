@@ -17,7 +17,7 @@ from .config import (
     config_fields,
     default_preset,
     preset,
-    require_init,
+    preset_settings,
 )
 from .data import DataError, parse_classes
 from .models import list_models
@@ -221,9 +221,7 @@ def run(args) -> int:
         if name is None and not args.resume:  # a resumed run keeps the settings it started with
             name, why = default_preset(args.data, args.model, args.device or "auto")
             print(f"preset: {name} (the default here: {why})")
-        cfg = preset(name or DEFAULT_PRESET, **_overrides(args))
-        if not args.resume:
-            require_init(name, cfg)
+        cfg = None if args.resume else preset(name, **_overrides(args))
         train(
             cfg,
             args.data,
@@ -353,7 +351,7 @@ def run(args) -> int:
                 n: f" (second stage: --init RUN/best.safetensors of a {DEFAULT_PRESET} run)"
                 for n in FINETUNE_PRESETS
             }
-            print(f"{name}{role.get(name, '')}: {preset(name)}")
+            print(f"{name}{role.get(name, '')}: {preset_settings(name)}")
     return 0
 
 

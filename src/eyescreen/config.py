@@ -181,19 +181,23 @@ def default_preset(data, model: str | None = None, device: str = "cpu") -> tuple
 FINETUNE_PRESETS = {"finetune-224"}  # they start from a trained run: `--init` is required
 
 
-def require_init(name: str, cfg: TrainConfig) -> None:
-    if name in FINETUNE_PRESETS and not cfg.init:
+def preset(name: str, **overrides) -> TrainConfig:
+    """The settings of preset `name`, with `overrides` (None = keep the preset's). A fine-tuning preset
+    needs `init`, the run it continues: asked for here, so the CLI and Python callers fail alike."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if name in FINETUNE_PRESETS and not values.get("init"):
         raise ValueError(
             f"preset {name} fine-tunes a trained model: give --init RUN/best.safetensors "
             f"(a run of {DEFAULT_PRESET}, the first stage)"
         )
-
-
-def preset(name: str, **overrides) -> TrainConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(**values).validate()
+
+
+def preset_settings(name: str) -> TrainConfig:
+    """What preset `name` sets, for display (a fine-tuning preset without its `init`)."""
+    return TrainConfig(**PRESETS[name])
 
 
 def config_fields() -> list[dataclasses.Field]:
