@@ -65,20 +65,49 @@ def operating_point(prob: np.ndarray, y: np.ndarray, normal: int, threshold: flo
 PRIOR_POWERS = tuple(np.linspace(0, 2, 9))  # tau = 1 is the Bayes-optimal rule for balanced error
 
 
-def fit_decision(prob: np.ndarray, y: np.ndarray, n_classes: int, powers=PRIOR_POWERS) -> dict:
-    """Class weights prior^-tau for the decision, tau maximising balanced accuracy (ties: smaller tau)."""
+def decision_scores(prob: np.ndarray, y: np.ndarray, n_classes: int, powers=PRIOR_POWERS) -> np.ndarray:
+    """Balanced accuracy of the rule argmax P(class) x prior^-tau for each tau (prior: the classes of y)."""
+    prior = np.bincount(y, minlength=n_classes).clip(min=1) / len(y)
+    return np.array([_balanced_accuracy(y, (prob * prior**-t).argmax(axis=1)) for t in powers])
+
+
+def score_spread(prob, y, groups, n_classes: int, tau: float, n_resamples: int = 100, rng=None) -> float:
+    """Patient-bootstrap standard error of the balanced accuracy of the rule with prior power `tau`."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == i) for i in range(len(unique))]
+    prior = np.bincount(y, minlength=n_classes).clip(min=1) / len(y)
+    pred = (prob * prior**-tau).argmax(axis=1)
+    scores = []
+    for _ in range(n_resamples):
+        rows = np.concatenate([rows_of[i] for i in rng.integers(0, len(unique), len(unique))])
+        scores.append(_balanced_accuracy(y[rows], pred[rows]))
+    return float(np.std(scores))
+
+
+def choose_power(scores: np.ndarray, powers=PRIOR_POWERS, tolerance: float = 0.0) -> float:
+    """The smallest tau whose score is within `tolerance` of the best (0: the first maximum)."""
+    return float(np.asarray(powers)[np.flatnonzero(scores >= scores.max() - tolerance)[0]])
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     from sklearn.metrics import balanced_accuracy_score
 
-    prior = np.bincount(y, minlength=n_classes).clip(min=1) / len(y)
-    powers = np.asarray(powers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true" on small splits
-        scores = [balanced_accuracy_score(y, (prob * prior**-t).argmax(axis=1)) for t in powers]
-    best = int(np.argmax(scores))  # the first maximum: the smallest tau
+        return float(balanced_accuracy_score(y, pred))
+
+
+def fit_decision(prob: np.ndarray, y: np.ndarray, n_classes: int, powers=PRIOR_POWERS) -> dict:
+    """Class weights prior^-tau for the decision, tau maximising balanced accuracy (ties: smaller tau)."""
+    prior = np.bincount(y, minlength=n_classes).clip(min=1) / len(y)
+    scores = decision_scores(prob, y, n_classes, powers)
+    tau = choose_power(scores, powers)
+    best = list(powers).index(tau)
     return {
         "rule": "argmax of P(class) x class_weight",
-        "prior_power": float(powers[best]),
-        "class_weights": [float(w) for w in prior ** -powers[best]],
+        "prior_power": tau,
+        "class_weights": [float(w) for w in prior**-tau],
         "val_balanced_accuracy": float(scores[best]),
         "val_balanced_accuracy_argmax": float(scores[0]),
     }
