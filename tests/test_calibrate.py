@@ -84,6 +84,23 @@ def test_decision_weights_raise_balanced_accuracy_on_rare_classes():
     assert np.array_equal(decide(prob3, None), prob3.argmax(1))
 
 
+
+def test_choosing_the_prior_power_with_a_tolerance_and_its_bootstrap_spread():
+    from eyescreen.calibrate import PRIOR_POWERS, choose_power, decision_scores, score_spread
+
+    scores = np.array([0.5, 0.6, 0.68, 0.7, 0.7, 0.69, 0.6, 0.5, 0.4])
+    assert choose_power(scores) == PRIOR_POWERS[3]  # the first maximum: the smaller tau
+    assert choose_power(scores, PRIOR_POWERS, 0.025) == PRIOR_POWERS[2]  # within the tolerance
+    prob, y = imbalanced()
+    measured = decision_scores(prob, y, 3)
+    assert measured.shape == (len(PRIOR_POWERS),) and measured.max() > measured[0] + 0.1
+    groups = np.arange(len(y)) // 2  # two eyes a patient
+    spread = score_spread(prob, y, groups, 3, choose_power(measured))
+    assert 0.005 < spread < 0.1  # a few hundred rows: a few points of balanced accuracy
+    perfect = np.eye(3)[y]
+    assert score_spread(perfect, y, groups, 3, 1.0) == 0.0
+
+
 def test_calibrate_stores_the_decision_rule():
     prob, y = imbalanced()
     out = calibrate(prob, y, ["normal", "dr", "amd"])
