@@ -84,7 +84,6 @@ def test_decision_weights_raise_balanced_accuracy_on_rare_classes():
     assert np.array_equal(decide(prob3, None), prob3.argmax(1))
 
 
-
 def test_choosing_the_prior_power_with_a_tolerance_and_its_bootstrap_spread():
     from eyescreen.calibrate import PRIOR_POWERS, choose_power, decision_scores, score_spread
 
