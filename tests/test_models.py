@@ -10,7 +10,7 @@ def test_registry_lists_the_study_models():
         create_model("vgg", 4)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "seed-cnn", "tiny-cnn"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "seed-cnn", "tiny-cnn"])
 def test_models_build_from_scratch_with_a_spatial_cam_layer(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=5).eval()
@@ -27,3 +27,13 @@ def test_resnet18_is_untrained_torchvision_architecture():
     a, b = create_model("resnet18", 4), create_model("resnet18", 4)
     assert sum(p.numel() for p in a.parameters()) == 11_178_564
     assert not torch.equal(a.conv1.weight, b.conv1.weight)  # random init each time: nothing loaded
+
+
+@pytest.mark.parametrize("name, params", [("resnet34", 21_286_724), ("resnet50", 23_516_228)])
+def test_deeper_resnets_are_torchvision_architectures_from_scratch(name, params):
+    from torchvision import models
+
+    model = create_model(name, 4)
+    assert sum(p.numel() for p in model.parameters()) == params
+    reference = getattr(models, name)(weights=None, num_classes=4)
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in reference.named_parameters()]
