@@ -4,8 +4,8 @@ The rule names argmax of P(class) x prior^-tau. Each run's validation prediction
 patient, many times; on one half the temperature and tau are fitted by each way, on the other half the
 balanced accuracy of that choice is scored. The test split is never read.
 
-    python benchmarks/decision_rule.py RUN [RUN ...]        # RUN/eval-val/predictions.csv (evaluate)
-    python benchmarks/decision_rule.py --repeats 300 RUN ...
+    python benchmarks/decision_rule_choice.py RUN [RUN ...]        # RUN/eval-val/predictions.csv (evaluate)
+    python benchmarks/decision_rule_choice.py --repeats 300 RUN ...
 
 Ways: max (the smallest tau with the highest balanced accuracy), 1se (the smallest tau within one
 patient-bootstrap standard error of that maximum), bayes (tau = 1), argmax (tau = 0).
