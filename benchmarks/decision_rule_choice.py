@@ -24,8 +24,10 @@ from eyescreen.calibrate import (
     PRIOR_POWERS,
     apply_temperature,
     choose_power,
+    decide,
     decision_scores,
     fit_temperature,
+    rule_weights,
     score_spread,
 )
 
@@ -47,7 +49,6 @@ def held_out_scores(prob, y, groups, n_classes, repeats: int, seed: int = 0) -> 
             continue  # a half without some class cannot fit or score the rule
         temperature = fit_temperature(prob[fit], y[fit])
         p_fit, p_score = apply_temperature(prob[fit], temperature), apply_temperature(prob[~fit], temperature)
-        prior = np.bincount(y[fit], minlength=n_classes) / fit.sum()
         scores = decision_scores(p_fit, y[fit], n_classes)
         best = choose_power(scores)
         se = score_spread(p_fit, y[fit], groups[fit], n_classes, best, rng=rng)
@@ -58,7 +59,7 @@ def held_out_scores(prob, y, groups, n_classes, repeats: int, seed: int = 0) -> 
             "argmax": 0.0,
         }
         for way, tau in taus.items():
-            pred = (p_score * prior**-tau).argmax(axis=1)
+            pred = decide(p_score, rule_weights(y[fit], n_classes, tau))
             out[way].append(float(balanced_accuracy_score(y[~fit], pred)))
     return out
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -63,13 +64,12 @@ def pooled_features(
     return torch.cat(seen).numpy(), np.array(ok)
 
 
-def features_of(run: Path, manifest: Path) -> dict[str, np.ndarray]:
-    """Pooled features per manifest key, cached in RUN/features.npz."""
+def features_of(run: Path, records: list) -> dict[str, np.ndarray]:
+    """Pooled features of `records` (every eye of the manifest) by key, cached in RUN/features.npz."""
     cached = run / "features.npz"
     if cached.exists():
         data = np.load(cached, allow_pickle=False)
         return dict(zip(data["keys"].tolist(), data["features"], strict=True))
-    records = read_manifest(manifest)
     features, ok = pooled_features(run / "best.safetensors", [r.path for r in records])
     keys = np.array([records[i].key for i in ok])
     np.savez(cached, keys=keys, features=features)
@@ -81,8 +81,9 @@ def compare(run: Path, manifest: Path, test: bool) -> dict:
     classes = meta["classes"]
     dataset = load_dataset(manifest, classes)
     split = read_split(run / "split.csv", dataset)
-    feats = features_of(run, manifest)
-    fellows = fellow_of(dataset.records, read_manifest(manifest))
+    every_eye = read_manifest(manifest)  # labelled or not: a fellow may have no selected class
+    feats = features_of(run, every_eye)
+    fellows = fellow_of(dataset.records, every_eye)
     model, _ = load_model(run / "best.safetensors")
     head = model.get_submodule(classifier_head(model))
     weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
@@ -101,11 +102,6 @@ def compare(run: Path, manifest: Path, test: bool) -> dict:
         y = dataset.labels()[rows]
         return own, other, has, y
 
-    def softmax(z):
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-
     parts = {name: part(name) for name in ("train", "val", "test")}
     inputs = {
         "own": {k: v[0] for k, v in parts.items()},
@@ -115,7 +111,7 @@ def compare(run: Path, manifest: Path, test: bool) -> dict:
     out = {}
     for name in scored:
         own, other, has, y = parts[name]
-        p_own, p_other = softmax(own @ weight.T + bias), softmax(other @ weight.T + bias)
+        p_own, p_other = softmax(own @ weight.T + bias, axis=1), softmax(other @ weight.T + bias, axis=1)
         out[f"model {name}"] = headline_metrics(y, p_own)["macro_auc"]
         out[f"blend {name}"] = headline_metrics(y, blend(p_own, p_other, has, weight_fellow))["macro_auc"]
     for head_name, x in inputs.items():

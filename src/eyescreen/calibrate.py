@@ -65,10 +65,15 @@ def operating_point(prob: np.ndarray, y: np.ndarray, normal: int, threshold: flo
 PRIOR_POWERS = tuple(np.linspace(0, 2, 9))  # tau = 1 is the Bayes-optimal rule for balanced error
 
 
+def rule_weights(y: np.ndarray, n_classes: int, tau: float) -> np.ndarray:
+    """The decision rule's class weights prior^-tau, the prior being the class frequencies of y."""
+    prior = np.bincount(y, minlength=n_classes).clip(min=1) / len(y)
+    return prior**-tau
+
+
 def decision_scores(prob: np.ndarray, y: np.ndarray, n_classes: int, powers=PRIOR_POWERS) -> np.ndarray:
     """Balanced accuracy of the rule argmax P(class) x prior^-tau for each tau (prior: the classes of y)."""
-    prior = np.bincount(y, minlength=n_classes).clip(min=1) / len(y)
-    return np.array([_balanced_accuracy(y, (prob * prior**-t).argmax(axis=1)) for t in powers])
+    return np.array([_balanced_accuracy(y, decide(prob, rule_weights(y, n_classes, t))) for t in powers])
 
 
 def score_spread(prob, y, groups, n_classes: int, tau: float, n_resamples: int = 100, rng=None) -> float:
@@ -76,8 +81,7 @@ def score_spread(prob, y, groups, n_classes: int, tau: float, n_resamples: int =
     rng = rng if rng is not None else np.random.default_rng(0)
     unique, inverse = np.unique(groups, return_inverse=True)
     rows_of = [np.flatnonzero(inverse == i) for i in range(len(unique))]
-    prior = np.bincount(y, minlength=n_classes).clip(min=1) / len(y)
-    pred = (prob * prior**-tau).argmax(axis=1)
+    pred = decide(prob, rule_weights(y, n_classes, tau))
     scores = []
     for _ in range(n_resamples):
         rows = np.concatenate([rows_of[i] for i in rng.integers(0, len(unique), len(unique))])
@@ -100,14 +104,13 @@ def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
 
 def fit_decision(prob: np.ndarray, y: np.ndarray, n_classes: int, powers=PRIOR_POWERS) -> dict:
     """Class weights prior^-tau for the decision, tau maximising balanced accuracy (ties: smaller tau)."""
-    prior = np.bincount(y, minlength=n_classes).clip(min=1) / len(y)
     scores = decision_scores(prob, y, n_classes, powers)
     tau = choose_power(scores, powers)
     best = list(powers).index(tau)
     return {
         "rule": "argmax of P(class) x class_weight",
         "prior_power": tau,
-        "class_weights": [float(w) for w in prior**-tau],
+        "class_weights": [float(w) for w in rule_weights(y, n_classes, tau)],
         "val_balanced_accuracy": float(scores[best]),
         "val_balanced_accuracy_argmax": float(scores[0]),
     }
