@@ -40,6 +40,8 @@ RUNS = [
     ("f256-e200-s1", ["--image-size", "256", "--seed", "1", "--epochs", "200"]),
     ("r34-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--model", "resnet34"]),
     ("r50-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--model", "resnet50"]),
+    # more pixels per lesion for the weak classes (normal, DR): the 256-px photographs up-sampled to 320
+    ("f320-e120-s1", ["--image-size", "320", "--seed", "1", "--epochs", "120"]),
 ]
 PRESET = "graham-findings"
 CLASSES = "normal,dr,amd,glaucoma"
