@@ -42,6 +42,8 @@ RUNS = [
     ("r50-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--model", "resnet50"]),
     # more pixels per lesion for the weak classes (normal, DR): the 256-px photographs up-sampled to 320
     ("f320-e120-s1", ["--image-size", "320", "--seed", "1", "--epochs", "120"]),
+    # weights averaged over ~8 epochs (1000 steps): the 120-epoch curves fall over their last 20 epochs
+    ("ema-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--ema", "0.999"]),
 ]
 PRESET = "graham-findings"
 CLASSES = "normal,dr,amd,glaucoma"
