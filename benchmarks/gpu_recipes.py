@@ -61,8 +61,15 @@ def option(args: list[str], name: str) -> str:
 
 
 def chosen_runs(opts) -> list[tuple[str, list[str]]]:
-    """(name, train options) of the runs asked for, the options given for every run (--set) last."""
-    return [(n, a + opts.set) for n, a in RUNS if not opts.only or n in opts.only]
+    """(name, train options) of the runs asked for, most important first: in the order --only names
+    them, else RUNS' order; the options given for every run (--set) last."""
+    known = dict(RUNS)
+    if opts.only:
+        unknown = [n for n in opts.only if n not in known]
+        if unknown:
+            raise SystemExit(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return [(n, known[n] + opts.set) for n in dict.fromkeys(opts.only)]
+    return [(n, a + opts.set) for n, a in RUNS]
 
 
 def warm_cache(manifest: Path, preprocessings: set[tuple[int, str]], workers: int) -> None:
@@ -257,7 +264,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/gpu"))
     ap.add_argument("--deadline", type=float, default=450, help="seconds of training for all runs together")
     ap.add_argument("--eval-deadline", type=float, default=120, help="seconds for all evaluations together")
-    ap.add_argument("--only", nargs="*", help="run only these names")
+    ap.add_argument("--only", nargs="*", help="run only these names, most important first")
     ap.add_argument("--pack", help="folder for the archive of logs and reports and the best checkpoint")
     ap.add_argument("--set", nargs=argparse.REMAINDER, default=[], help="train options for every run (last)")
     opts = ap.parse_args()
