@@ -44,6 +44,8 @@ RUNS = [
     ("f320-e120-s1", ["--image-size", "320", "--seed", "1", "--epochs", "120"]),
     # weights averaged over ~8 epochs (1000 steps): the 120-epoch curves fall over their last 20 epochs
     ("ema-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--ema", "0.999"]),
+    # mixup against the fall over the last epochs
+    ("mix-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--mixup", "0.2"]),
 ]
 PRESET = "graham-findings"
 CLASSES = "normal,dr,amd,glaucoma"

@@ -94,3 +94,34 @@ def test_training_with_findings_saves_a_plain_classifier_and_resumes(manifest_wi
     assert set(model.state_dict()) == set(create_model("tiny-cnn", num_classes=3).state_dict())
     assert meta["config"]["findings"] == "findings"
     train(None, manifest_with_findings, out, resume=True, progress=False)  # loads the head's state
+
+
+def test_mixup_with_findings_blends_eyes_with_and_without_a_class(manifest_with_findings, tmp_path):
+    """Eyes outside the classes train the findings head only; mixed with a classed eye, the blend still
+    trains the class head on the classed partner's share."""
+    cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision="fp32",
+                 findings="findings", mixup=0.4)  # fmt: skip
+    train(cfg, manifest_with_findings, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_the_mixed_findings_loss_is_the_blend_of_the_two_targets_losses():
+    from eyescreen.tasks import SingleEyeWithFindings
+
+    torch.manual_seed(0)
+    logits, finding_logits = torch.randn(4, 3), torch.randn(4, 2)
+    net = lambda x: (logits, finding_logits)  # noqa: E731 - fixed outputs: only the targets change
+    t = torch.tensor([[0, 1, 0], [-1, 0, 1], [2, 1, 1], [1, 0, 0]])  # class (-1: none), findings
+    perm = torch.tensor([1, 0, 3, 2])
+    task = SingleEyeWithFindings(["a", "b", "c"], findings=None, weight=0.5)
+    ce = torch.nn.CrossEntropyLoss()
+
+    def loss(targets, mix=None):
+        return task.loss(net, None, None, targets, ce, torch.zeros(3), False, mix)[0]
+
+    torch.testing.assert_close(loss(t, (1.0, perm)), loss(t))
+    torch.testing.assert_close(loss(t, (0.0, perm)), loss(t[perm]))
+    torch.testing.assert_close(loss(t, (0.3, perm)), 0.3 * loss(t) + 0.7 * loss(t[perm]))
+    unclassed = t.clone()
+    unclassed[:, 0] = -1  # no class at all: the findings loss alone, no NaN from an empty class loss
+    assert torch.isfinite(loss(unclassed, (0.5, perm)))

@@ -222,3 +222,35 @@ def test_cli_train_without_a_preset_says_and_records_the_default(synthetic_manif
     assert "preset: graham-findings (the default here: the manifest's 'keywords' column" in out
     assert "findings head: 2 findings (disc, lesion)" in out
     assert json.loads((tmp_path / "findings" / "config.json").read_text())["config"]["findings"] == "keywords"
+
+
+def test_mixup_blends_pairs_of_the_batch_and_their_losses():
+    from eyescreen.tasks import mixed, mixup
+
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 8, 8)
+    original = x.clone()
+    blend, (lam, perm) = mixup(x, alpha=0.4)
+    torch.testing.assert_close(x, original)  # the batch itself is left as it was
+    assert 0 <= lam <= 1 and sorted(perm.tolist()) == list(range(6))
+    torch.testing.assert_close(blend, lam * x + (1 - lam) * x[perm])
+
+    targets = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = lambda t: t.float().sum()  # noqa: E731 - a criterion whose value shows which targets it saw
+    assert mixed(loss, targets, None) == 6
+    swapped = torch.tensor([1, 0, 3, 2, 5, 4])
+    assert mixed(loss, targets, (0.25, swapped)) == 0.25 * 6 + 0.75 * targets[swapped].sum()
+
+
+def test_mixup_trains_single_eye_models_and_refuses_both_eye_models(synthetic_manifest, tmp_path):
+    cfg = preset(
+        "quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision="fp32", mixup=0.2
+    )
+    train(cfg, synthetic_manifest, tmp_path / "run", progress=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert config["mixup"] == 0.2 and (tmp_path / "run" / "best.safetensors").is_file()
+    both = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, mixup=0.2)
+    with pytest.raises(ValueError, match="--mixup blends single eyes"):
+        train(both, synthetic_manifest, tmp_path / "both", progress=False)
+    with pytest.raises(ValueError, match="mixup must be zero"):
+        preset("graham", mixup=-1.0)

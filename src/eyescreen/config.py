@@ -41,6 +41,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights, per step; 0 = off
     findings: str = ""  # manifest column of ';'-separated findings, predicted by a training-only head
     findings_weight: float = 0.5  # weight of the findings loss beside the class loss
+    mixup: float = 0.0  # alpha of Beta(alpha, alpha): train on blends of two eyes and their targets; 0 = off
 
     def validate(self) -> TrainConfig:
         choices = {
@@ -63,6 +64,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 <= self.ema < 1:
             raise ValueError("ema must be in [0, 1): the decay per optimiser step, 0 = off")
+        if self.mixup < 0:
+            raise ValueError("mixup must be zero (off) or more: the alpha of Beta(alpha, alpha)")
         if self.findings_weight < 0:
             raise ValueError("findings_weight must be zero or more")
         if not 0 <= self.warmup_epochs < max(self.epochs, 1):

@@ -43,6 +43,22 @@ def _load(paths, cache: ImageCache, name: str, show: bool, report: bool):
     return images, ok, messages
 
 
+def mixup(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, tuple[float, torch.Tensor]]:
+    """Blend each image with another of the batch (Zhang et al. 2018, mixup): one lam ~ Beta(alpha,
+    alpha) per batch, a random partner per image. Returns the blend and (lam, perm) for `mixed`."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(x)).to(x.device)
+    return x.mul(lam).add_(x[perm], alpha=1 - lam), (lam, perm)
+
+
+def mixed(criterion, targets: torch.Tensor, mix) -> torch.Tensor:
+    """The loss against blended targets: lam * loss(targets) + (1 - lam) * loss(partners' targets)."""
+    if mix is None:
+        return criterion(targets)
+    lam, perm = mix
+    return lam * criterion(targets) + (1 - lam) * criterion(targets[perm])
+
+
 class SingleEye:
     binocular = False
 
@@ -80,9 +96,11 @@ class SingleEye:
         x = prepare_batch(x, device, mean, std, channels_last)
         return x, None, s.targets[idx].to(device)
 
-    def loss(self, net, x, mask, y, loss_fn, log_prior, adjust: bool):
+    def loss(self, net, x, mask, y, loss_fn, log_prior, adjust: bool, mix=None):
+        """`mix` = (lam, perm): x is lam * images + (1 - lam) * images[perm] (see `mixup`)."""
         logits = net(x).float()
-        loss = loss_fn(logits + log_prior if adjust else logits, y)
+        shifted = logits + log_prior if adjust else logits
+        loss = mixed(lambda t: loss_fn(shifted, t), y, mix)
         return loss, int((logits.argmax(1) == y).sum()), len(y)
 
     def probabilities(self, model, s: Samples, mean, std, device, precision, channels_last):
@@ -108,14 +126,18 @@ class SingleEyeWithFindings(SingleEye):
     def trainable(self, model: nn.Module) -> nn.Module:
         return WithFindings(model, len(self.findings.vocabulary))
 
-    def loss(self, net, x, mask, t, loss_fn, log_prior, adjust: bool):
+    def loss(self, net, x, mask, t, loss_fn, log_prior, adjust: bool, mix=None):
         logits, finding_logits = net(x)
         logits, y = logits.float(), t[:, 0]
-        loss = self.weight * findings_loss(finding_logits, t[:, 1:])
+        shifted = logits + log_prior if adjust else logits
+
+        def criterion(t):
+            loss = self.weight * findings_loss(finding_logits, t[:, 1:])
+            has = t[:, 0] >= 0  # eyes outside the classes train the findings head only
+            return loss + loss_fn(shifted[has], t[has, 0]) if has.any() else loss
+
         has = y >= 0
-        if has.any():
-            loss = loss + loss_fn(logits[has] + log_prior if adjust else logits[has], y[has])
-        return loss, int((logits.argmax(1)[has] == y[has]).sum()), int(has.sum())
+        return mixed(criterion, t, mix), int((logits.argmax(1)[has] == y[has]).sum()), int(has.sum())
 
 
 class BothEyes(SingleEye):
@@ -173,8 +195,9 @@ class BothEyes(SingleEye):
         x = prepare_batch(eyes, device, mean, std, channels_last=False)  # 5-D; the model handles the layout
         return x, s.mask[idx].to(device), s.targets[idx].to(device)
 
-    def loss(self, net, x, mask, t, loss_fn, log_prior, adjust: bool):
-        """Per-eye loss on the labelled, present eyes plus the patient loss where the patient has a label."""
+    def loss(self, net, x, mask, t, loss_fn, log_prior, adjust: bool, mix=None):
+        """Per-eye loss on the labelled, present eyes plus the patient loss where the patient has a label.
+        No mixup (`mix` must be None): a blend of two patients' eye pairs is not a patient."""
         eye_logits, patient_logits = net(x, mask)
         eye_logits, patient_logits = eye_logits.float(), patient_logits.float()
         eye_t = t[:, :2].masked_fill(~mask, -1)

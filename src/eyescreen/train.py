@@ -43,7 +43,7 @@ from .inference import autocast, resolve_device, resolve_precision
 from .metrics import headline_metrics
 from .models import is_binocular
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
-from .tasks import BothEyes, SingleEye, SingleEyeWithFindings
+from .tasks import BothEyes, SingleEye, SingleEyeWithFindings, mixup
 
 LOG_COLUMNS = [
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss",
@@ -140,6 +140,8 @@ def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
     if is_binocular(cfg.model):
         if cfg.findings:
             raise ValueError("--findings trains a single-eye model; it cannot be used with a both-eye model")
+        if cfg.mixup:
+            raise ValueError("--mixup blends single eyes; it cannot be used with a both-eye model")
         return BothEyes(dataset.classes, cfg.normal_class, cfg.pooling, cfg.two_diseases, cfg.mirror_left)
     if cfg.findings:
         findings = training_findings(dataset, split, cfg.findings)
@@ -294,9 +296,12 @@ def train(
         for start in bar:
             idx = order[start : start + local_batch]
             x, mask, y = task.batch(train_set, idx, transform, device, mean, std, channels_last)
+            mix = None
+            if cfg.mixup:
+                x, mix = mixup(x, cfg.mixup)
             with autocast(device, precision):
                 loss, n_correct, n_scored = task.loss(
-                    net, x, mask, y, loss_fn, log_prior, cfg.logit_adjust != 0
+                    net, x, mask, y, loss_fn, log_prior, cfg.logit_adjust != 0, mix
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
