@@ -4,8 +4,9 @@ as long as on the CPU and longer, several runs side by side on the baseline's pa
 One ResNet-18 at batch 32 leaves a large GPU mostly idle (each step is a few milliseconds of kernels
 and as long again of Python), so the runs are started together. A device lease is short and the speed
 is not known in advance: once each run has logged a few epochs, a run whose projected end falls after
-the deadline stops the lowest-priority run still going (said so in the summary; it can be resumed on that machine only: its optimiser state is too large to travel back),
-leaving the GPU to the others. Finished runs are then evaluated on validation and on test, once.
+the deadline stops the lowest-priority run still going (said so in the summary), leaving the GPU to the
+others. A stopped run resumes on that machine only: its optimiser state is too large to travel back.
+Finished runs are then evaluated on validation and on test, once.
 
     python benchmarks/gpu_recipes.py --data MANIFEST --split SPLIT --out runs/gpu --deadline 450
     python benchmarks/gpu_recipes.py ... --pack OUTDIR   # logs and reports as one archive, and the
