@@ -27,7 +27,7 @@ from eyescreen.fellow import blend, fellow_of, stored_weight
 from eyescreen.findings import classifier_head
 from eyescreen.inference import autocast, prepare_batch, resolve_precision
 from eyescreen.metrics import headline_metrics
-from eyescreen.preprocess import ImageCache, ImageError, Preprocessing
+from eyescreen.preprocess import ImageCache, Preprocessing, load_stack
 
 STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0)  # C of LogisticRegression: smaller = stronger L2
 
@@ -44,19 +44,11 @@ def pooled_features(
     norm, device = meta["normalization"], torch.device("cpu")
     precision = resolve_precision("auto", device)
     seen: list[torch.Tensor] = []
+    images, ok, _ = load_stack(paths, cache, progress=False)  # unreadable images are left out
     hook = head.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].float()))
-    images, ok = [], []
-    for i, path in enumerate(paths):
-        try:
-            images.append(torch.from_numpy(cache.get(path)).permute(2, 0, 1))
-            ok.append(i)
-        except ImageError:
-            continue
     try:
         for start in range(0, len(images), batch_size):
-            x = prepare_batch(
-                torch.stack(images[start : start + batch_size]), device, norm["mean"], norm["std"], True
-            )
+            x = prepare_batch(images[start : start + batch_size], device, norm["mean"], norm["std"], True)
             with autocast(device, precision):
                 model(x)
     finally:

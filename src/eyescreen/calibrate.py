@@ -78,14 +78,11 @@ def decision_scores(prob: np.ndarray, y: np.ndarray, n_classes: int, powers=PRIO
 
 def score_spread(prob, y, groups, n_classes: int, tau: float, n_resamples: int = 100, rng=None) -> float:
     """Patient-bootstrap standard error of the balanced accuracy of the rule with prior power `tau`."""
+    from .metrics import patient_resamples
+
     rng = rng if rng is not None else np.random.default_rng(0)
-    unique, inverse = np.unique(groups, return_inverse=True)
-    rows_of = [np.flatnonzero(inverse == i) for i in range(len(unique))]
     pred = decide(prob, rule_weights(y, n_classes, tau))
-    scores = []
-    for _ in range(n_resamples):
-        rows = np.concatenate([rows_of[i] for i in rng.integers(0, len(unique), len(unique))])
-        scores.append(_balanced_accuracy(y[rows], pred[rows]))
+    scores = [_balanced_accuracy(y[rows], pred[rows]) for rows in patient_resamples(groups, n_resamples, rng)]
     return float(np.std(scores))
 
 

@@ -103,6 +103,14 @@ def classification_metrics(
     return out
 
 
+def patient_resamples(groups: np.ndarray, n_resamples: int, rng: np.random.Generator):
+    """Row indices of `n_resamples` bootstrap samples, each drawing whole patients with replacement."""
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    for _ in range(n_resamples):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+
+
 def bootstrap_ci(
     y: np.ndarray,
     prob: np.ndarray,
@@ -116,13 +124,8 @@ def bootstrap_ci(
 
     Both eyes of a patient are correlated, so resampling images would make intervals too narrow.
     """
-    rng = np.random.default_rng(seed)
-    unique, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
     samples: dict[str, list[float]] = {k: [] for k in ("accuracy", "balanced_accuracy", "macro_auc")}
-    for _ in range(n_resamples):
-        pick = rng.integers(0, len(unique), len(unique))
-        idx = np.concatenate([members[g] for g in pick])
+    for idx in patient_resamples(groups, n_resamples, np.random.default_rng(seed)):
         for k, v in headline_metrics(y[idx], prob[idx], weights).items():
             samples[k].append(v)
     alpha = (1 - level) / 2
