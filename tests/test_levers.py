@@ -254,3 +254,54 @@ def test_mixup_trains_single_eye_models_and_refuses_both_eye_models(synthetic_ma
         train(both, synthetic_manifest, tmp_path / "both", progress=False)
     with pytest.raises(ValueError, match="mixup must be zero"):
         preset("graham", mixup=-1.0)
+
+
+def test_random_crop_copies_a_window_of_each_image_at_its_own_scale():
+    batch = _batch(8, size=64)
+    torch.manual_seed(1)
+    out = augment.apply(augment.build("none", 64, crop_size=40), batch)
+    assert out.shape == (8, 3, 40, 40) and out.dtype == torch.uint8
+    corners = set()
+    for image, got in zip(batch, out, strict=True):
+        found = [(r, c) for r in range(25) for c in range(25) if torch.equal(image[:, r : r + 40, c : c + 40], got)]
+        assert len(found) >= 1  # an exact window: no resampling blur, no change of scale
+        corners.add(found[0])
+    assert len(corners) > 1  # each image its own window
+
+
+def test_fundus_augmentation_with_a_crop_is_seeded_and_crop_size_must_fit():
+    batch = _batch(4, size=64)
+    t = augment.build("fundus", 64, crop_size=48)
+    torch.manual_seed(0)
+    a = augment.apply(t, batch)
+    torch.manual_seed(0)
+    assert a.shape == (4, 3, 48, 48) and torch.equal(a, augment.apply(t, batch))
+    with pytest.raises(ValueError, match="does not fit"):
+        augment.apply(augment.build("light", 64, crop_size=48), batch[:, :, :32, :32])
+    with pytest.raises(ValueError, match="crop_size 128 must be 0"):
+        preset("quick", image_size=128, crop_size=128)
+
+
+@pytest.mark.parametrize("model", ["tiny-cnn", "tiny-cnn-binocular"])
+def test_training_on_crops_validates_and_saves_a_whole_image_model(synthetic_manifest, tmp_path, model,
+                                                                   monkeypatch):  # fmt: skip
+    """The optimiser sees crops; validation, calibration and the checkpoint see whole images."""
+    from eyescreen import inference
+    from eyescreen.checkpoint import load_model
+
+    seen = []
+    real = inference.prepare_batch
+
+    def recording(batch, *args, **kwargs):
+        seen.append((torch.is_grad_enabled(), batch.shape[-1]))
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "prepare_batch", recording)
+    monkeypatch.setattr("eyescreen.tasks.prepare_batch", recording)
+    cfg = preset("quick", model=model, image_size=40, crop_size=24, epochs=1, batch_size=8,
+                 precision="fp32", augment="fundus")  # fmt: skip
+    best = train(cfg, synthetic_manifest, tmp_path / "run", progress=False)
+    assert {size for grad, size in seen if grad} == {24}
+    assert {size for grad, size in seen if not grad} == {40}
+    _, meta = load_model(best, "cpu")
+    assert meta["config"]["crop_size"] == 24 and meta["preprocessing"]["image_size"] == 40

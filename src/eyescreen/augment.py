@@ -23,16 +23,19 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 _LUMA = _RGB_TO_YIQ[0]
 
 
-def build(name: str, image_size: int):
+def build(name: str, image_size: int, crop_size: int = 0):
+    """The training transform `name`; with `crop_size`, each image is also cut to a random square of
+    that many pixels at its own scale (in the same resampling as the rest of the geometry)."""
+    crop = crop_size or None
     if name == "none":
-        return None
+        return RandomCrop(crop) if crop else None
     if name == "fundus":
-        return FundusAugment()
+        return FundusAugment(crop=crop)
     if name == "light":
         # Flips, a small tilt and zoom, a little brightness/contrast: the disc and macula stay roughly
         # where they are, so a network trained from scratch need not learn rotation invariance first.
         return FundusAugment(degrees=15, scale=(0.95, 1.05), translate=0.02, brightness=0.1,
-                             contrast=0.1, saturation=0.0, hue=0.0, gamma=(1.0, 1.0))  # fmt: skip
+                             contrast=0.1, saturation=0.0, hue=0.0, gamma=(1.0, 1.0), crop=crop)  # fmt: skip
     raise ValueError(f"unknown augmentation {name!r}; available: {', '.join(AUGMENTATIONS)}")
 
 
@@ -42,13 +45,16 @@ def _uniform(n: int, low: float, high: float) -> torch.Tensor:
 
 class FundusAugment(torch.nn.Module):
     """Flips, rotation (any angle: the fundus is a disc on black), scale and shift, then brightness,
-    contrast, saturation, hue and gamma, each drawn per image. Input and output: uint8 (N, 3, H, W)."""
+    contrast, saturation, hue and gamma, each drawn per image. Input and output: uint8 (N, 3, H, W);
+    with `crop`, the output is (N, 3, crop, crop), a square cut anywhere in the (transformed) image."""
 
     def __init__(self, degrees: float = 180, scale=(0.9, 1.1), translate: float = 0.03,
                  brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.1,
-                 hue: float = 0.02, gamma=(0.8, 1.25), blur: float = 0.0):  # fmt: skip
+                 hue: float = 0.02, gamma=(0.8, 1.25), blur: float = 0.0, flip: bool = True,
+                 crop: int | None = None):  # fmt: skip
         super().__init__()
         self.blur = blur  # probability of a Gaussian blur (sigma 0.1-1.5 px), for self-supervised views
+        self.flip, self.crop = flip, crop
         self.degrees, self.scale, self.translate = degrees, scale, translate
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.gamma = gamma
@@ -58,19 +64,37 @@ class FundusAugment(torch.nn.Module):
             raise ValueError(f"expected a uint8 batch (N, 3, H, W), got {batch.dtype} {tuple(batch.shape)}")
         n = len(batch)
         x = batch.float().div_(255)
+        if self.crop is not None and not 0 < self.crop <= min(batch.shape[-2:]):
+            raise ValueError(f"crop {self.crop} does not fit images of {tuple(batch.shape[-2:])} pixels")
         x = self.geometry(x, n)
-        x = self.colour(x, n)
+        if self.photometric:
+            x = self.colour(x, n)
         if self.blur:
             x = self.blurred(x, n)
         return x.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
+    @property
+    def photometric(self) -> bool:
+        return any((self.brightness, self.contrast, self.saturation, self.hue, self.gamma != (1.0, 1.0)))
+
     def geometry(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """One bilinear resampling for flip, rotation, scale and shift; outside the image is black."""
+        """One bilinear resampling for flip, rotation, scale, shift and crop; outside the image is black."""
         angle = _uniform(n, -self.degrees, self.degrees) * math.pi / 180
         scale = _uniform(n, *self.scale)
-        flip_x = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
-        flip_y = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+        flip_x = torch.where(torch.rand(n) < 0.5, -1.0, 1.0) if self.flip else torch.ones(n)
+        flip_y = torch.where(torch.rand(n) < 0.5, -1.0, 1.0) if self.flip else torch.ones(n)
         shift = _uniform(2 * n, -self.translate, self.translate).view(n, 2) * 2  # grid spans [-1, 1]
+        height, width = x.shape[-2:]
+        out_shape = list(x.shape)
+        if self.crop:
+            # The output grid covers crop/size of the input at the same pixel scale. Its corner is a
+            # whole pixel anywhere that keeps the crop inside, so a crop alone copies pixels exactly.
+            out_shape[-2:] = [self.crop, self.crop]
+            size = torch.tensor([width, height])
+            corner = torch.stack([torch.randint(0, int(s) - self.crop + 1, (n,)) for s in size], 1)
+            shift = shift + 2 * (corner + self.crop / 2 - size / 2) / size
+            fraction = self.crop / size
+            scale = scale / fraction.min()  # square images: one fraction (the smaller, if not square)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         # affine_grid maps output coordinates to where they are read in the input.
         theta = torch.stack(
@@ -80,7 +104,7 @@ class FundusAugment(torch.nn.Module):
             ],
             1,
         ).to(x.device)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = F.affine_grid(theta, out_shape, align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def colour(self, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -115,6 +139,14 @@ class FundusAugment(torch.nn.Module):
         for i in chosen.nonzero().flatten().tolist():
             x[i] = gaussian_blur(x[i], [5, 5], [float(sigmas[i])])
         return x
+
+
+class RandomCrop(FundusAugment):
+    """A random square of `crop` pixels from each image, nothing else (for `--augment none`)."""
+
+    def __init__(self, crop: int):
+        super().__init__(degrees=0, scale=(1.0, 1.0), translate=0.0, brightness=0.0, contrast=0.0,
+                         saturation=0.0, hue=0.0, gamma=(1.0, 1.0), flip=False, crop=crop)  # fmt: skip
 
 
 def apply(transform, batch: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,10 @@ class TrainConfig:
     findings: str = ""  # manifest column of ';'-separated findings, predicted by a training-only head
     findings_weight: float = 0.5  # weight of the findings loss beside the class loss
     mixup: float = 0.0  # alpha of Beta(alpha, alpha): train on blends of two eyes and their targets; 0 = off
+    # Train on random crops of this many pixels, cut at the image's own scale; validation, evaluation and
+    # prediction see whole images (the network pools globally). Fine detail of a large image at the cost
+    # of a small one. 0 = whole images.
+    crop_size: int = 0
 
     def validate(self) -> TrainConfig:
         choices = {
@@ -64,6 +68,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 <= self.ema < 1:
             raise ValueError("ema must be in [0, 1): the decay per optimiser step, 0 = off")
+        if not 0 <= self.crop_size < self.image_size:
+            raise ValueError(
+                f"crop_size {self.crop_size} must be 0 (whole images) or smaller than image_size {self.image_size}"
+            )
         if self.mixup < 0:
             raise ValueError("mixup must be zero (off) or more: the alpha of Beta(alpha, alpha)")
         if self.findings_weight < 0:

@@ -191,7 +191,7 @@ class BothEyes(SingleEye):
     def batch(self, s: Samples, idx, transform, device, mean, std, channels_last):
         eyes = s.inputs[idx].to(device, non_blocking=True)
         if transform is not None:
-            eyes = augment.apply(transform, eyes.flatten(0, 1)).view_as(eyes)
+            eyes = augment.apply(transform, eyes.flatten(0, 1)).unflatten(0, eyes.shape[:2])
         x = prepare_batch(eyes, device, mean, std, channels_last=False)  # 5-D; the model handles the layout
         return x, s.mask[idx].to(device), s.targets[idx].to(device)
 

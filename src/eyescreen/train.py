@@ -240,7 +240,7 @@ def train(
     # Logit adjustment: train on logits + tau * log(prior) so the model itself is not biased to the
     # frequent classes; at inference the plain logits are used.
     log_prior = (cfg.logit_adjust * torch.log(counts / counts.sum())).float().to(device)
-    transform = augment.build(cfg.augment, cfg.image_size)
+    transform = augment.build(cfg.augment, cfg.image_size, cfg.crop_size)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     meta = {
