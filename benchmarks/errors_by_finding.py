@@ -36,7 +36,9 @@ def read_predictions(run: Path, subset: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def groups(rows: list[dict], findings: dict[str, list[str]], min_eyes: int) -> dict[tuple[str, str], set[str]]:
+def groups(
+    rows: list[dict], findings: dict[str, list[str]], min_eyes: int
+) -> dict[tuple[str, str], set[str]]:
     """(class, finding) -> images of that class carrying that finding, for groups of at least min_eyes."""
     found = defaultdict(set)
     for r in rows:
@@ -74,7 +76,9 @@ def main() -> None:
         own, disease = [], []
         for run in args.runs:
             rows = predictions[run]
-            own.append(auc_of(rows, images, lambda r, c=cls: r["true"] != c, lambda r, c=cls: float(r[f"prob_{c}"])))
+            own.append(
+                auc_of(rows, images, lambda r, c=cls: r["true"] != c, lambda r, c=cls: float(r[f"prob_{c}"]))
+            )
             if cls != normal:
                 disease.append(auc_of(rows, images, lambda r: r["true"] == normal,
                                       lambda r: 1 - float(r[f"prob_{normal}"])))  # fmt: skip

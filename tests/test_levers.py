@@ -263,7 +263,9 @@ def test_random_crop_copies_a_window_of_each_image_at_its_own_scale():
     assert out.shape == (8, 3, 40, 40) and out.dtype == torch.uint8
     corners = set()
     for image, got in zip(batch, out, strict=True):
-        found = [(r, c) for r in range(25) for c in range(25) if torch.equal(image[:, r : r + 40, c : c + 40], got)]
+        found = [
+            (r, c) for r in range(25) for c in range(25) if torch.equal(image[:, r : r + 40, c : c + 40], got)
+        ]
         assert len(found) >= 1  # an exact window: no resampling blur, no change of scale
         corners.add(found[0])
     assert len(corners) > 1  # each image its own window
