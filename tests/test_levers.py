@@ -167,6 +167,9 @@ def test_presets_are_the_recipes_measured_in_results():
     assert preset("finetune-224", init="a") == preset(
         "graham-findings", image_size=224, epochs=15, lr=0.0005, init="a"
     )  # ft224-from-findings-seed1/2
+    assert preset("graham-findings-crop") == preset(
+        "graham-findings", image_size=256, crop_size=160
+    )  # graham-findings-crop160-256-seed1
     assert preset("graham-findings-256") == preset(
         "graham-findings", image_size=256, epochs=120
     )  # runs/gpu/f256-e120-s1 (benchmarks/gpu_recipes.py)
