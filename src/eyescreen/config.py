@@ -142,7 +142,7 @@ PRESETS: dict[str, dict] = {
     # The 256-px photographs on a CPU (benchmarks/RESULTS.md, issue 7): `graham-findings` at 256 px, but
     # each training step sees a random 160-px crop at the image's own scale (validation and prediction
     # see whole images). Fine lesions stay as sharp as at 256 px for 1.6 times the cost of a 128-px
-    # step: 75 minutes on 2 CPU cores.
+    # step: 77 minutes on 2 CPU cores for ODIR-5K.
     "graham-findings-crop": {
         **_GRAHAM,
         "image_size": 256,
