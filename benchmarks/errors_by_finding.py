@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ensemble import load as load_predictions  # noqa: E402  (the predictions.csv reader the ensemble uses)
 
 
 def findings_by_image(manifest: Path, column: str) -> dict[str, list[str]]:
@@ -28,29 +32,31 @@ def findings_by_image(manifest: Path, column: str) -> dict[str, list[str]]:
     return {r["image"]: sorted({k.strip() for k in r[column].split(";") if k.strip()}) for r in rows}
 
 
-def read_predictions(run: Path, subset: str) -> list[dict]:
-    path = run / f"eval-{subset}" / "predictions.csv"
-    if not path.is_file():
-        raise SystemExit(f"{path}: missing; run `eyescreen evaluate --subset {subset}` for {run} first")
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+def read_predictions(run: Path, subset: str):
+    if not (run / f"eval-{subset}" / "predictions.csv").is_file():
+        raise SystemExit(
+            f"{run}/eval-{subset}/predictions.csv: missing; run `eyescreen evaluate --subset {subset}` first"
+        )
+    classes, keys, prob, y, _ = load_predictions(run, subset)
+    return classes, np.array(keys), prob, y
 
 
 def groups(
-    rows: list[dict], findings: dict[str, list[str]], min_eyes: int
+    keys, y, classes, findings: dict[str, list[str]], min_eyes: int
 ) -> dict[tuple[str, str], set[str]]:
     """(class, finding) -> images of that class carrying that finding, for groups of at least min_eyes."""
     found = defaultdict(set)
-    for r in rows:
-        for k in findings.get(r["image"], []):
-            found[r["true"], k].add(r["image"])
+    for key, label in zip(keys, y, strict=True):
+        for k in findings.get(key, []):
+            found[classes[label], k].add(key)
     return {key: images for key, images in found.items() if len(images) >= min_eyes}
 
 
-def auc_of(rows: list[dict], positives: set[str], negatives, score) -> float:
-    chosen = [r for r in rows if r["image"] in positives or negatives(r)]
-    y = np.array([r["image"] in positives for r in chosen])
-    return float(roc_auc_score(y, [score(r) for r in chosen]))
+def auc_of(keys, positives: set[str], negatives: np.ndarray, score: np.ndarray) -> float:
+    """AUC of `score` for the images in `positives` against the rows where `negatives` is true."""
+    positive = np.isin(keys, list(positives))
+    chosen = positive | negatives
+    return float(roc_auc_score(positive[chosen], score[chosen]))
 
 
 def main() -> None:
@@ -65,23 +71,21 @@ def main() -> None:
 
     findings = findings_by_image(args.data, args.column)
     predictions = {run: read_predictions(run, args.subset) for run in args.runs}
-    first = predictions[args.runs[0]]
-    table = groups(first, findings, args.min_eyes)
-    normal = args.normal_class
+    classes, keys, _, y = predictions[args.runs[0]]
+    table = groups(keys, y, classes, findings, args.min_eyes)
+    normal = classes.index(args.normal_class)
     names = " | ".join(run.name for run in args.runs)
     print(f"| class | finding | eyes | AUC of P(class), vs other classes: {names} | mean "
-          f"| AUC of 1 − P({normal}), vs {normal} eyes: {names} | mean |")  # fmt: skip
+          f"| AUC of 1 − P({args.normal_class}), vs {args.normal_class} eyes: {names} | mean |")  # fmt: skip
     print("|---|---|---|" + "---|" * (2 * len(args.runs) + 2))
     for (cls, finding), images in sorted(table.items(), key=lambda kv: (kv[0][0], -len(kv[1]))):
+        c = classes.index(cls)
         own, disease = [], []
         for run in args.runs:
-            rows = predictions[run]
-            own.append(
-                auc_of(rows, images, lambda r, c=cls: r["true"] != c, lambda r, c=cls: float(r[f"prob_{c}"]))
-            )
-            if cls != normal:
-                disease.append(auc_of(rows, images, lambda r: r["true"] == normal,
-                                      lambda r: 1 - float(r[f"prob_{normal}"])))  # fmt: skip
+            _, keys, prob, y = predictions[run]
+            own.append(auc_of(keys, images, y != c, prob[:, c]))
+            if c != normal:
+                disease.append(auc_of(keys, images, y == normal, 1 - prob[:, normal]))
 
         def cells(values):
             return " | ".join(f"{v:.3f}" for v in values) + f" | **{np.mean(values):.3f}**" if values else (

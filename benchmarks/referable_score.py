@@ -6,7 +6,7 @@ Two scores, on the temperature-scaled probabilities of RUN/eval-SUBSET/predictio
 from that report): `complement`, 1 − P(normal), what `calibrate` uses today; and `prior-scaled`, the
 largest P(disease) / prior(disease), the prior being the disease's share of the run's training eyes
 (RUN/split.csv). For each, the threshold is the one `calibrate.referable_threshold` sets (the
-`--specificity` quantile of the normals' scores), and the table gives the specificity, the sensitivity
+`--specificity` quantile of the normals' scores, `calibrate.specificity_threshold`), and the table gives the specificity, the sensitivity
 for any disease, per disease, and the mean of the per-disease sensitivities.
 """
 
@@ -15,22 +15,22 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from eyescreen.calibrate import apply_temperature
+from eyescreen.calibrate import apply_temperature, specificity_threshold
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ensemble import load as load_predictions  # noqa: E402  (the predictions.csv reader the ensemble uses)
 
 
 def load(run: Path, subset: str, normal: str):
+    classes, _, prob, y, _ = load_predictions(run, subset)
     report = json.loads((run / f"eval-{subset}" / "report.json").read_text())
-    classes = report["classes"]
-    with (run / f"eval-{subset}" / "predictions.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    prob = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
     prob = apply_temperature(prob, report["calibration"]["temperature"])
-    y = np.array([classes.index(r["true"]) for r in rows])
     with (run / "split.csv").open(newline="") as f:
         train = Counter(r["label"] for r in csv.DictReader(f) if r["split"] == "train")
     prior = np.array([train[c] for c in classes], dtype=float) / sum(train[c] for c in classes)
@@ -46,7 +46,7 @@ def scores(prob: np.ndarray, prior: np.ndarray, normal: int) -> dict[str, np.nda
 
 
 def operating_point(score, y, normal: int, specificity: float, classes) -> dict:
-    threshold = float(np.quantile(score[y == normal], specificity, method="higher"))
+    threshold = specificity_threshold(score[y == normal], specificity)
     flagged = score > threshold
     per = {c: float(flagged[y == k].mean()) for k, c in enumerate(classes) if k != normal and (y == k).any()}
     return {
@@ -66,12 +66,10 @@ def main() -> None:
     args = p.parse_args()
 
     gains = []
-    header = None
     for run in args.runs:
         classes, prob, y, prior, normal = load(run, args.subset, args.normal_class)
         diseases = [c for k, c in enumerate(classes) if k != normal]
-        if header is None:
-            header = diseases
+        if run == args.runs[0]:
             print(f"| run | score | specificity | sensitivity, any disease | {' | '.join(diseases)} "
                   f"| mean per disease |")  # fmt: skip
             print("|---|---|---|---|" + "---|" * (len(diseases) + 1))

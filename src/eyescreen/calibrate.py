@@ -44,12 +44,17 @@ def referable_threshold(prob: np.ndarray, y: np.ndarray, normal: int, specificit
     healthy, diseased = score[y == normal], score[y != normal]
     if len(healthy) == 0 or len(diseased) == 0:
         raise ValueError("the referable operating point needs both normal and diseased eyes")
-    threshold = float(np.quantile(healthy, specificity, method="higher"))
+    threshold = specificity_threshold(healthy, specificity)
     return {
         "threshold": threshold,
         "target_specificity": specificity,
         **operating_point(prob, y, normal, threshold),
     }
+
+
+def specificity_threshold(healthy_scores: np.ndarray, specificity: float) -> float:
+    """The lowest threshold that `specificity` of the healthy scores do not exceed (flag: score > it)."""
+    return float(np.quantile(healthy_scores, specificity, method="higher"))
 
 
 def operating_point(prob: np.ndarray, y: np.ndarray, normal: int, threshold: float) -> dict:
