@@ -29,3 +29,16 @@ def test_cam_mass_shares_add_up_and_follow_the_map():
     assert shares["disc_mass"] > 0.9 > shares["disc_area"]
     uniform = cam_shares(np.ones((160, 160)), marks)
     assert abs(uniform["macula_mass"] - uniform["macula_area"]) < 1e-6
+
+
+def test_glare_along_the_rim_is_not_taken_for_the_disc():
+    """Glare is bright against the black outside the field; the blur must not count that black."""
+    im, _ = fundus(160, macula=True, seed=3)
+    image = np.asarray(im).astype(np.float32)
+    rows, cols = np.mgrid[:160, :160]
+    crescent = (np.hypot(rows - 80, cols - 80) > 50) & (np.hypot(rows - 80, cols - 80) < 67)
+    crescent &= (rows < 80) & (cols < 80)  # the upper-left rim, across the field from the disc
+    image[crescent] = np.minimum(image[crescent] + 90, 255)
+    marks = locate(image.astype(np.uint8))
+    disc_col, disc_row = 80 + int(0.18 * 160), 80 - 4
+    assert abs(marks.disc[0] - disc_row) <= 4 and abs(marks.disc[1] - disc_col) <= 4

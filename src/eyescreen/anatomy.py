@@ -17,6 +17,8 @@ from scipy import ndimage
 from .preprocess import field_of_view
 
 DISC_DIAMETER_FRACTION = 0.14  # disc diameter / field-of-view diameter
+# Raise when `locate` changes: cached disc positions (discs.py) are keyed by it.
+LOCATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class Landmarks:
         return {"disc": disc, "macula": macula, "rest": self.fov & ~disc & ~macula}
 
 
+def _blur(values: np.ndarray, inside: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur over the field of view only (normalised convolution): the black outside does not
+    darken the local mean near the rim, which made the rim's glare look like a bright blob."""
+    weight = ndimage.gaussian_filter(inside, sigma)
+    return ndimage.gaussian_filter(values * inside, sigma) / np.maximum(weight, 1e-3)
+
+
 def locate(image: np.ndarray) -> Landmarks:
     """Find disc and macula in a uint8 RGB (H, W, 3) fundus image."""
     fov = field_of_view(image)
@@ -49,10 +58,9 @@ def locate(image: np.ndarray) -> Landmarks:
     dd = DISC_DIAMETER_FRACTION * diameter
     inner = ndimage.binary_erosion(fov, iterations=max(1, int(0.3 * dd)))  # ignore glare along the rim
     lum = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    inside = fov.astype(np.float32)
     # Difference of Gaussians: a bright blob about one disc across stands out; broad glare does not.
-    blob = ndimage.gaussian_filter(lum, sigma=max(1.0, dd / 4)) - ndimage.gaussian_filter(
-        lum, sigma=max(2.0, dd)
-    )
+    blob = _blur(lum, inside, max(1.0, dd / 4)) - _blur(lum, inside, max(2.0, dd))
     disc = np.unravel_index(np.argmax(np.where(inner, blob, -np.inf)), blob.shape)
     centre_col = (cols.min() + cols.max()) / 2
     direction = 1.0 if centre_col >= disc[1] else -1.0  # temporal = towards the centre
@@ -60,7 +68,7 @@ def locate(image: np.ndarray) -> Landmarks:
     r, c = np.mgrid[: fov.shape[0], : fov.shape[1]]
     window = ((r - guess[0]) ** 2 + (c - guess[1]) ** 2 <= dd**2) & inner
     if window.any():
-        dark = ndimage.gaussian_filter(lum, sigma=max(1.0, dd / 3))
+        dark = _blur(lum, inside, max(1.0, dd / 3))
         macula = np.unravel_index(np.argmin(np.where(window, dark, np.inf)), dark.shape)
     else:
         macula = (int(round(guess[0])), int(round(np.clip(guess[1], 0, fov.shape[1] - 1))))
