@@ -310,3 +310,89 @@ def test_training_on_crops_validates_and_saves_a_whole_image_model(synthetic_man
     assert {size for grad, size in seen if not grad} == {40}
     _, meta = load_model(best, "cpu")
     assert meta["config"]["crop_size"] == 24 and meta["preprocessing"]["image_size"] == 40
+
+
+def _marked(n=1, size=64, at=(8, 8), width=6):
+    """Black images with one white square (a stand-in disc) whose top-left pixel is `at` (row, col)."""
+    batch = torch.zeros((n, 3, size, size), dtype=torch.uint8)
+    batch[:, :, at[0] : at[0] + width, at[1] : at[1] + width] = 255
+    disc = torch.tensor([at[0] + width / 2 - 0.5, at[1] + width / 2 - 0.5, float(width)])
+    return batch, disc.repeat(n, 1)
+
+
+def test_crops_on_the_disc_hold_it_at_any_rotation_and_zoom():
+    batch, discs = _marked(64)
+    marker = int(batch[0].sum())
+    torch.manual_seed(0)
+    exact = augment.apply(augment.build("none", 64, crop_size=24, crop_on_disc=1.0), batch, discs)
+    assert all(int(crop.sum()) == marker for crop in exact)  # the whole square, copied pixel for pixel
+    torch.manual_seed(0)
+    anywhere = augment.apply(augment.build("none", 64, crop_size=24), batch)
+    assert sum(int(crop.sum()) == marker for crop in anywhere) < 8  # a corner disc: random crops miss it
+    light = augment.build("light", 64, crop_size=24, crop_on_disc=1.0)
+    light.brightness = light.contrast = 0.0  # geometry only: the marker's mass must survive resampling
+    rotated = augment.apply(light, batch, discs)
+    # The marker's mass scales with the zoom squared (0.95² to 1.05²); a cut marker would lose more.
+    assert all(0.88 < int(crop.sum()) / marker < 1.12 for crop in rotated)
+
+
+def test_crop_on_disc_is_a_share_and_unknown_discs_crop_anywhere():
+    batch, discs = _marked(400)
+    marker = int(batch[0].sum())
+    torch.manual_seed(1)
+    half = augment.apply(augment.build("none", 64, crop_size=24, crop_on_disc=0.5), batch, discs)
+    held = sum(int(crop.sum()) == marker for crop in half) / len(half)
+    assert 0.4 < held < 0.65  # 0.5 on the disc, plus the ~2% of random crops that happen to hold it
+    unknown = torch.full_like(discs, float("nan"))
+    torch.manual_seed(2)
+    a = augment.apply(augment.build("none", 64, crop_size=24, crop_on_disc=1.0), batch, unknown)
+    torch.manual_seed(2)
+    assert torch.equal(a, augment.apply(augment.build("none", 64, crop_size=24), batch))
+    with pytest.raises(ValueError, match="crop_on_disc needs crop_size"):
+        preset("quick", crop_on_disc=0.5)
+    with pytest.raises(ValueError, match=r"crop_on_disc must be in \[0, 1\]"):
+        preset("quick", image_size=64, crop_size=32, crop_on_disc=1.5)
+
+
+def test_disc_positions_are_located_on_the_colour_image_and_cached(tmp_path, monkeypatch):
+    from eyescreen import discs as disc_module
+    from synthetic import fundus
+
+    paths = []
+    for i in range(2):
+        fundus(160, macula=True, seed=3)[0].save(tmp_path / f"eye{i}.png")
+        paths.append(tmp_path / f"eye{i}.png")
+    from PIL import Image
+
+    Image.new("RGB", (160, 160)).save(tmp_path / "blank.png")  # no field of view: disc unknown
+    found = disc_module.locate_discs([*paths, tmp_path / "blank.png"], 160, tmp_path / "cache")
+    assert found.shape == (3, 3)
+    disc_row, disc_col = 80 - 4, 80 + int(0.18 * 160)  # where synthetic.fundus draws it
+    assert abs(found[0, 0] - disc_row) <= 4 and abs(found[0, 1] - disc_col) <= 4 and found[0, 2] > 10
+    assert found[2].isnan().all()
+
+    def fail(image):
+        raise AssertionError("located again instead of read from the cache")
+
+    monkeypatch.setattr(disc_module, "locate", fail)
+    assert torch.equal(disc_module.locate_discs(paths, 160, tmp_path / "cache"), found[:2])
+
+
+def test_training_with_crops_on_the_disc(synthetic_manifest, tmp_path, monkeypatch):
+    from eyescreen import discs as disc_module
+
+    located = []
+    real = disc_module.locate_discs
+
+    def recording(paths, *args, **kwargs):
+        located.append(len(paths))
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(disc_module, "locate_discs", recording)
+    cfg = preset("quick", image_size=40, crop_size=24, crop_on_disc=0.5, epochs=1, batch_size=8,
+                 precision="fp32", augment="fundus")  # fmt: skip
+    train(cfg, synthetic_manifest, tmp_path / "run", progress=False)
+    assert len(located) == 1 and located[0] > 0  # the training eyes, once
+    both = preset("quick", model="tiny-cnn-binocular", image_size=40, crop_size=24, crop_on_disc=0.5)
+    with pytest.raises(ValueError, match="--crop-on-disc crops single eyes"):
+        train(both, synthetic_manifest, tmp_path / "both", progress=False)

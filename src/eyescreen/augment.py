@@ -23,19 +23,21 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 _LUMA = _RGB_TO_YIQ[0]
 
 
-def build(name: str, image_size: int, crop_size: int = 0):
+def build(name: str, image_size: int, crop_size: int = 0, crop_on_disc: float = 0.0):
     """The training transform `name`; with `crop_size`, each image is also cut to a random square of
-    that many pixels at its own scale (in the same resampling as the rest of the geometry)."""
+    that many pixels at its own scale (in the same resampling as the rest of the geometry), and a
+    share `crop_on_disc` of the crops is drawn to hold the optic disc (given per batch, see `apply`)."""
     crop = crop_size or None
     if name == "none":
-        return RandomCrop(crop) if crop else None
+        return RandomCrop(crop, crop_on_disc) if crop else None
     if name == "fundus":
-        return FundusAugment(crop=crop)
+        return FundusAugment(crop=crop, crop_on_disc=crop_on_disc)
     if name == "light":
         # Flips, a small tilt and zoom, a little brightness/contrast: the disc and macula stay roughly
         # where they are, so a network trained from scratch need not learn rotation invariance first.
         return FundusAugment(degrees=15, scale=(0.95, 1.05), translate=0.02, brightness=0.1,
-                             contrast=0.1, saturation=0.0, hue=0.0, gamma=(1.0, 1.0), crop=crop)  # fmt: skip
+                             contrast=0.1, saturation=0.0, hue=0.0, gamma=(1.0, 1.0), crop=crop,
+                             crop_on_disc=crop_on_disc)  # fmt: skip
     raise ValueError(f"unknown augmentation {name!r}; available: {', '.join(AUGMENTATIONS)}")
 
 
@@ -46,27 +48,29 @@ def _uniform(n: int, low: float, high: float) -> torch.Tensor:
 class FundusAugment(torch.nn.Module):
     """Flips, rotation (any angle: the fundus is a disc on black), scale and shift, then brightness,
     contrast, saturation, hue and gamma, each drawn per image. Input and output: uint8 (N, 3, H, W);
-    with `crop`, the output is (N, 3, crop, crop), a square cut anywhere in the (transformed) image."""
+    with `crop`, the output is (N, 3, crop, crop), a square cut anywhere in the (transformed) image, or,
+    for a share `crop_on_disc` of the images whose disc position is given, a square that holds the disc."""
 
     def __init__(self, degrees: float = 180, scale=(0.9, 1.1), translate: float = 0.03,
                  brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.1,
                  hue: float = 0.02, gamma=(0.8, 1.25), blur: float = 0.0, flip: bool = True,
-                 crop: int | None = None):  # fmt: skip
+                 crop: int | None = None, crop_on_disc: float = 0.0):  # fmt: skip
         super().__init__()
         self.blur = blur  # probability of a Gaussian blur (sigma 0.1-1.5 px), for self-supervised views
-        self.flip, self.crop = flip, crop
+        self.flip, self.crop, self.crop_on_disc = flip, crop, crop_on_disc
         self.degrees, self.scale, self.translate = degrees, scale, translate
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.gamma = gamma
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: torch.Tensor, discs: torch.Tensor | None = None) -> torch.Tensor:
+        """`discs`: optional (N, 3) [row, col, diameter] of each image's optic disc in pixels (NaN: unknown)."""
         if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a uint8 batch (N, 3, H, W), got {batch.dtype} {tuple(batch.shape)}")
         n = len(batch)
         x = batch.float().div_(255)
         if self.crop is not None and not 0 < self.crop <= min(batch.shape[-2:]):
             raise ValueError(f"crop {self.crop} does not fit images of {tuple(batch.shape[-2:])} pixels")
-        x = self.geometry(x, n)
+        x = self.geometry(x, n, discs)
         if self.photometric:
             x = self.colour(x, n)
         if self.blur:
@@ -77,7 +81,7 @@ class FundusAugment(torch.nn.Module):
     def photometric(self) -> bool:
         return any((self.brightness, self.contrast, self.saturation, self.hue, self.gamma != (1.0, 1.0)))
 
-    def geometry(self, x: torch.Tensor, n: int) -> torch.Tensor:
+    def geometry(self, x: torch.Tensor, n: int, discs: torch.Tensor | None = None) -> torch.Tensor:
         """One bilinear resampling for flip, rotation, scale, shift and crop; outside the image is black."""
         angle = _uniform(n, -self.degrees, self.degrees) * math.pi / 180
         scale = _uniform(n, *self.scale)
@@ -92,6 +96,8 @@ class FundusAugment(torch.nn.Module):
             out_shape[-2:] = [self.crop, self.crop]
             size = torch.tensor([width, height])
             corner = torch.stack([torch.randint(0, int(s) - self.crop + 1, (n,)) for s in size], 1)
+            if discs is not None and self.crop_on_disc > 0:
+                corner = self.corner_on_disc(corner, discs.cpu(), size)
             shift = shift + 2 * (corner + self.crop / 2 - size / 2) / size
             fraction = self.crop / size
             scale = scale / fraction.min()  # square images: one fraction (the smaller, if not square)
@@ -106,6 +112,21 @@ class FundusAugment(torch.nn.Module):
         ).to(x.device)
         grid = F.affine_grid(theta, out_shape, align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def corner_on_disc(self, corner: torch.Tensor, discs: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        """Replace the corner of a share of the crops by one whose crop holds the disc: the crop's centre
+        is drawn uniformly within (crop / 2 / largest zoom - disc radius) of the disc's centre, so the disc
+        lies in the crop's inscribed circle at any rotation and zoom (up to the few-pixel shift jitter);
+        the crop stays inside the image, which may cut a disc at the very rim."""
+        n = len(corner)
+        chosen = (torch.rand(n) < self.crop_on_disc) & discs.isfinite().all(1)
+        reach = (self.crop / 2 / max(self.scale) - discs[:, 2] / 2).clamp_min(0)
+        distance = reach * torch.rand(n).sqrt()  # uniform over the disk of radius `reach`
+        direction = torch.rand(n) * 2 * math.pi
+        centre = discs[:, [1, 0]] + distance[:, None] * torch.stack([direction.cos(), direction.sin()], 1)
+        on_disc = (centre - self.crop / 2).round().nan_to_num(0).long()
+        on_disc = torch.minimum(on_disc.clamp_min(0), size - self.crop)
+        return torch.where(chosen[:, None], on_disc, corner)
 
     def colour(self, x: torch.Tensor, n: int) -> torch.Tensor:
         def per_image(low, high):
@@ -144,13 +165,15 @@ class FundusAugment(torch.nn.Module):
 class RandomCrop(FundusAugment):
     """A random square of `crop` pixels from each image, nothing else (for `--augment none`)."""
 
-    def __init__(self, crop: int):
+    def __init__(self, crop: int, crop_on_disc: float = 0.0):
         super().__init__(degrees=0, scale=(1.0, 1.0), translate=0.0, brightness=0.0, contrast=0.0,
-                         saturation=0.0, hue=0.0, gamma=(1.0, 1.0), flip=False, crop=crop)  # fmt: skip
+                         saturation=0.0, hue=0.0, gamma=(1.0, 1.0), flip=False, crop=crop,
+                         crop_on_disc=crop_on_disc)  # fmt: skip
 
 
-def apply(transform, batch: torch.Tensor) -> torch.Tensor:
-    """Augment a uint8 batch (N, 3, H, W); each image gets its own draw. None leaves it unchanged."""
+def apply(transform, batch: torch.Tensor, discs: torch.Tensor | None = None) -> torch.Tensor:
+    """Augment a uint8 batch (N, 3, H, W); each image gets its own draw. None leaves it unchanged.
+    `discs` (N, 3): where each image's optic disc is, for transforms that crop around it."""
     if transform is None:
         return batch
-    return transform(batch)
+    return transform(batch) if discs is None else transform(batch, discs)

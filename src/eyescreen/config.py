@@ -46,6 +46,9 @@ class TrainConfig:
     # prediction see whole images (the network pools globally). Fine detail of a large image at the cost
     # of a small one. 0 = whole images.
     crop_size: int = 0
+    # Share of those crops drawn to hold the optic disc (found by anatomy.locate), where glaucoma is
+    # judged and which a random crop mostly misses; the rest are cut anywhere. 0 = all anywhere.
+    crop_on_disc: float = 0.0
 
     def validate(self) -> TrainConfig:
         choices = {
@@ -72,6 +75,12 @@ class TrainConfig:
             raise ValueError(
                 f"crop_size {self.crop_size} must be 0 (whole images) or smaller than image_size {self.image_size}"
             )
+        if not 0 <= self.crop_on_disc <= 1:
+            raise ValueError(
+                "crop_on_disc must be in [0, 1]: the share of training crops drawn to hold the disc"
+            )
+        if self.crop_on_disc and not self.crop_size:
+            raise ValueError("crop_on_disc needs crop_size: it says where training crops are cut")
         if self.mixup < 0:
             raise ValueError("mixup must be zero (off) or more: the alpha of Beta(alpha, alpha)")
         if self.findings_weight < 0:

@@ -234,14 +234,19 @@ def default_cache_dir() -> Path:
 class ImageCache:
     """On-disk store of preprocessed uint8 images keyed by file content + preprocessing parameters."""
 
+    kind = ""  # what is cached for an image: "" = the preprocessed image; subclasses store other arrays
+
     def __init__(self, prep: Preprocessing, cache_dir: str | Path | None = None):
         self.prep = prep
         self.root = Path(cache_dir) if cache_dir else default_cache_dir()
 
     def key(self, path: Path) -> str:
-        h = hashlib.sha256(self.prep.key().encode())
+        h = hashlib.sha256(self.prep.key().encode() + self.kind.encode())
         h.update(Path(path).read_bytes())
         return h.hexdigest()[:32]
+
+    def compute(self, path: Path) -> np.ndarray:
+        return preprocess_image(path, self.prep)
 
     def get(self, path: str | Path) -> np.ndarray:
         path = Path(path)
@@ -254,7 +259,7 @@ class ImageCache:
                 return np.load(cached, allow_pickle=False)
             except (OSError, ValueError):
                 pass  # a damaged cache entry is rebuilt below
-        array = preprocess_image(path, self.prep)
+        array = self.compute(path)
         cached.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:

@@ -30,6 +30,8 @@ class Samples:
     skipped: tuple[str, ...] = ()
     names: tuple[str, ...] = ()  # image key per eye, or patient id per patient
     groups: tuple[str, ...] = ()  # patient of each sample (for bootstrap by patient)
+    paths: tuple = ()  # image file per eye (single-eye tasks)
+    discs: torch.Tensor | None = None  # [N, 3] optic disc row, col, diameter per eye, for crops on the disc
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -81,7 +83,7 @@ class SingleEye:
         labels = torch.as_tensor(class_targets(kept, self.classes))
         targets = labels if findings is None else torch.cat([labels[:, None], findings.targets(kept)], 1)
         return Samples(images, targets, labels, skipped=skipped, names=tuple(r.key for r in kept),
-                       groups=tuple(r.group for r in kept))  # fmt: skip
+                       groups=tuple(r.group for r in kept), paths=tuple(r.path for r in kept))  # fmt: skip
 
     def load_train(self, ds: Dataset, cache: ImageCache, show: bool, report: bool) -> Samples:
         return self.load(ds, cache, "train", show, report)
@@ -92,7 +94,8 @@ class SingleEye:
 
     def batch(self, s: Samples, idx, transform, device, mean, std, channels_last):
         # Augment on the training device: batched, it is cheap on a CPU and free on a GPU.
-        x = augment.apply(transform, s.inputs[idx].to(device, non_blocking=True))
+        discs = s.discs[idx] if s.discs is not None else None
+        x = augment.apply(transform, s.inputs[idx].to(device, non_blocking=True), discs)
         x = prepare_batch(x, device, mean, std, channels_last)
         return x, None, s.targets[idx].to(device)
 

@@ -142,6 +142,8 @@ def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
             raise ValueError("--findings trains a single-eye model; it cannot be used with a both-eye model")
         if cfg.mixup:
             raise ValueError("--mixup blends single eyes; it cannot be used with a both-eye model")
+        if cfg.crop_on_disc:
+            raise ValueError("--crop-on-disc crops single eyes; it cannot be used with a both-eye model")
         return BothEyes(dataset.classes, cfg.normal_class, cfg.pooling, cfg.two_diseases, cfg.mirror_left)
     if cfg.findings:
         findings = training_findings(dataset, split, cfg.findings)
@@ -201,6 +203,13 @@ def train(
     show = progress and ctx.main
     task = make_task(cfg, dataset, split, say)
     train_set = task.load_train(subset(dataset, split, "train"), cache, show, ctx.main)
+    if cfg.crop_on_disc:
+        from .discs import locate_discs
+
+        train_set.discs = locate_discs(train_set.paths, cfg.image_size, cache_dir, show)
+        say(
+            f"optic disc located in {int(train_set.discs.isfinite().all(1).sum())} of {len(train_set)} training eyes"
+        )
     val_part = subset(dataset, split, "val")
     val_set = task.load(val_part, cache, "val", show, ctx.main)
     if len(train_set) == 0 or len(val_set) == 0:
@@ -240,7 +249,7 @@ def train(
     # Logit adjustment: train on logits + tau * log(prior) so the model itself is not biased to the
     # frequent classes; at inference the plain logits are used.
     log_prior = (cfg.logit_adjust * torch.log(counts / counts.sum())).float().to(device)
-    transform = augment.build(cfg.augment, cfg.image_size, cfg.crop_size)
+    transform = augment.build(cfg.augment, cfg.image_size, cfg.crop_size, cfg.crop_on_disc)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     meta = {
