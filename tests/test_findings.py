@@ -125,3 +125,21 @@ def test_the_mixed_findings_loss_is_the_blend_of_the_two_targets_losses():
     unclassed = t.clone()
     unclassed[:, 0] = -1  # no class at all: the findings loss alone, no NaN from an empty class loss
     assert torch.isfinite(loss(unclassed, (0.5, perm)))
+
+
+def test_crops_on_the_disc_cover_the_eyes_without_a_class_too(manifest_with_findings, tmp_path, monkeypatch):
+    """The findings task trains on eyes outside the classes as well; each needs its disc position."""
+    from eyescreen import augment
+
+    sizes = []
+    real = augment.apply
+
+    def recording(transform, batch, discs=None):
+        sizes.append((len(batch), None if discs is None else len(discs)))
+        return real(transform, batch, discs)
+
+    monkeypatch.setattr("eyescreen.tasks.augment.apply", recording)
+    cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision="fp32",
+                 findings="findings", crop_size=32, crop_on_disc=0.5)  # fmt: skip
+    train(cfg, manifest_with_findings, tmp_path / "run", progress=False)
+    assert sizes and all(n == d for n, d in sizes)  # every training batch came with its eyes' discs
