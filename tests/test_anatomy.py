@@ -1,6 +1,6 @@
 import numpy as np
 
-from eyescreen.anatomy import cam_shares, locate
+from eyescreen.anatomy import cam_shares, locate, shares_markdown, summarise_shares
 from synthetic import fundus
 
 
@@ -42,3 +42,29 @@ def test_glare_along_the_rim_is_not_taken_for_the_disc():
     marks = locate(image.astype(np.uint8))
     disc_col, disc_row = 80 + int(0.18 * 160), 80 - 4
     assert abs(marks.disc[0] - disc_row) <= 4 and abs(marks.disc[1] - disc_col) <= 4
+
+
+def _share(disc: float) -> dict[str, float]:
+    return {"disc_mass": disc, "disc_area": 0.04, "macula_mass": 0.1, "macula_area": 0.08,
+            "rest_mass": 0.9 - disc, "rest_area": 0.88}  # fmt: skip
+
+
+def test_class_summaries_skip_eyes_without_landmarks_and_resample_whole_patients():
+    per_eye = [_share(0.1), _share(0.3), None, _share(0.05), _share(0.05)]
+    labels = ["glaucoma", "glaucoma", "glaucoma", "normal", "normal"]
+    rows = summarise_shares(
+        per_eye, labels, ["normal", "glaucoma", "amd"], patients=["a", "b", "b", "c", "c"]
+    )
+    assert [(r["class"], r["n"]) for r in rows] == [("normal", 2), ("glaucoma", 2)]  # amd: no eye
+    glaucoma = rows[1]
+    assert abs(glaucoma["disc_mass"] - 0.2) < 1e-9
+    low, high = glaucoma["disc_mass_ci"]
+    assert abs(low - 0.1) < 1e-9 and abs(high - 0.3) < 1e-9  # two patients: all of a, all of b, or both
+    # normal's two eyes are one patient: every resample is that patient, the interval has no width
+    assert rows[0]["disc_mass_ci"] == [0.05, 0.05] and "disc_area_ci" not in rows[0]
+    table = shares_markdown(rows, "gradcam")
+    assert "| glaucoma | 2 | 0.200 [0.100, 0.300] (0.040) |" in table and "resampling patients" in table
+    assert (
+        "["
+        not in shares_markdown(summarise_shares(per_eye, labels, ["glaucoma"]), "gradcam").split("|---|")[-1]
+    )

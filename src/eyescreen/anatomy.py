@@ -88,37 +88,82 @@ def cam_shares(cam: np.ndarray, landmarks: Landmarks) -> dict[str, float]:
     return out
 
 
-def shares_by_class(
-    images: np.ndarray, cams: np.ndarray, labels: list[str], classes: list[str]
-) -> list[dict]:
-    """Mean CAM mass and area shares per true class (images whose landmarks cannot be found are skipped)."""
-    per_class: dict[str, list[dict]] = {c: [] for c in classes}
-    for image, cam, label in zip(images, cams, labels, strict=True):
+def eye_shares(images: np.ndarray, cams: np.ndarray) -> list[dict[str, float] | None]:
+    """`cam_shares` for each eye; None where the landmarks cannot be found."""
+    out = []
+    for image, cam in zip(images, cams, strict=True):
         try:
-            per_class[label].append(cam_shares(cam, locate(image)))
+            out.append(cam_shares(cam, locate(image)))
         except ValueError:
-            continue
+            out.append(None)
+    return out
+
+
+def summarise_shares(
+    per_eye: list[dict[str, float] | None],
+    labels: list[str],
+    classes: list[str],
+    patients: list[str] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> list[dict]:
+    """Mean mass and area shares per true class (eyes without landmarks are skipped). With `patients`,
+    each mass share gets a 95% interval resampling whole patients (both eyes of one are correlated)."""
+    from .metrics import patient_resamples
+
     rows = []
     for c in classes:
-        if per_class[c]:
-            keys = per_class[c][0].keys()
-            rows.append(
-                {"class": c, "n": len(per_class[c])}
-                | {k: float(np.mean([s[k] for s in per_class[c]])) for k in keys}
-            )
+        idx = [
+            i
+            for i, (s, label) in enumerate(zip(per_eye, labels, strict=True))
+            if s is not None and label == c
+        ]
+        if not idx:
+            continue
+        keys = list(per_eye[idx[0]].keys())
+        values = np.array([[per_eye[i][k] for k in keys] for i in idx])
+        row = {"class": c, "n": len(idx)} | {k: float(v) for k, v in zip(keys, values.mean(0), strict=True)}
+        if patients is not None:
+            groups = np.array([patients[i] for i in idx])
+            rng = np.random.default_rng(seed)
+            means = np.array([values[r].mean(0) for r in patient_resamples(groups, n_resamples, rng)])
+            for j, k in enumerate(keys):
+                if k.endswith("_mass"):
+                    row[f"{k}_ci"] = [
+                        float(np.quantile(means[:, j], 0.025)),
+                        float(np.quantile(means[:, j], 0.975)),
+                    ]
+        rows.append(row)
     return rows
 
 
+def shares_by_class(
+    images: np.ndarray,
+    cams: np.ndarray,
+    labels: list[str],
+    classes: list[str],
+    patients: list[str] | None = None,
+) -> list[dict]:
+    """Mean CAM mass and area shares per true class (images whose landmarks cannot be found are skipped)."""
+    return summarise_shares(eye_shares(images, cams), labels, classes, patients)
+
+
 def shares_markdown(rows: list[dict], method: str) -> str:
+    with_ci = any("disc_mass_ci" in r for r in rows)
     lines = [
         f"Share of {method} mass inside the field of view, per true class (map for the predicted class).",
-        "In brackets: the share of the field-of-view area, i.e. what a uniform map would give.",
+        "In brackets: the share of the field-of-view area, i.e. what a uniform map would give"
+        + ("; in square brackets: 95% interval, resampling patients." if with_ci else "."),
         "",
         "| class | n | optic disc | macula | rest of the fundus |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [f"{r[f'{k}_mass']:.3f} ({r[f'{k}_area']:.3f})" for k in ("disc", "macula", "rest")]
+        cells = []
+        for k in ("disc", "macula", "rest"):
+            ci = r.get(f"{k}_mass_ci")
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            cells.append(f"{r[f'{k}_mass']:.3f}{interval} ({r[f'{k}_area']:.3f})")
         lines.append(f"| {r['class']} | {r['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

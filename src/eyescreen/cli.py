@@ -152,7 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="gradcam,gradcam++,layercam,hirescam,eigencam",
         help="methods compared by --evaluate (comma-separated)",
     )
-    p.add_argument("--limit", type=int, default=200, help="--evaluate uses at most this many images")
+    p.add_argument(
+        "--anatomy",
+        action="store_true",
+        help="with --subset: share of the map on the optic disc, the macula and the rest, per true class",
+    )
+    p.add_argument(
+        "--limit", type=int, help="--evaluate / --anatomy use a fixed sample of this many images (200 / all)"
+    )
     p.add_argument("--out", default="explanations")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cache-dir")
@@ -291,10 +298,16 @@ def run(args) -> int:
     elif args.command == "explain":
         from .explain_cli import run_explain
 
+        if args.evaluate and args.anatomy:
+            raise ValueError("give --evaluate or --anatomy, not both (--evaluate includes the anatomy table)")
         if args.evaluate:
             from .explain_cli import run_faithfulness
 
             print(run_faithfulness(args))
+        elif args.anatomy:
+            from .explain_cli import run_anatomy
+
+            print(run_anatomy(args))
         else:
             result = run_explain(args)
             print(f"{result['explained']} explained, {len(result['failed'])} unreadable -> {result['index']}")

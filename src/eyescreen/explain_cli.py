@@ -78,11 +78,52 @@ def _explain_binocular(args, model, meta, prep) -> dict:
                             batch_size=min(args.batch_size, 8), progress=not args.no_progress)  # fmt: skip
 
 
+def _subset_sample(args, meta, default_limit: int | None) -> list:
+    """The records of `--subset`, or a fixed random sample of `--limit` of them (default_limit if unset)."""
+    import numpy as np
+
+    dataset = load_dataset(meta["data"], meta["classes"])
+    records = subset(dataset, meta["split"], args.subset).records
+    limit = args.limit if args.limit is not None else default_limit
+    if limit is not None and limit < len(records):
+        rng = np.random.default_rng(0)  # the same sample on every run
+        records = [records[i] for i in sorted(rng.permutation(len(records))[:limit])]
+    return records
+
+
+def _eye_shares(model, meta, records, images, cache, args) -> list:
+    """CAM mass on disc, macula and the rest for each eye, map for the predicted class."""
+    import numpy as np
+
+    from .anatomy import eye_shares
+    from .explain import compute_cams
+    from .inference import predict_proba
+
+    norm = meta["normalization"]
+    targets = predict_proba(model, images, norm["mean"], norm["std"], model_device(model)).argmax(1)
+    cams = compute_cams(model, images, norm["mean"], norm["std"], args.method, list(targets), args.batch_size)
+    arrays = images.permute(0, 2, 3, 1).numpy()
+    if cache.prep.enhance != "none":  # landmarks are found on the photograph, not the enhanced input
+        plain = ImageCache(dataclasses.replace(cache.prep, enhance="none"), args.cache_dir)
+        arrays = np.stack([plain.get(r.path) for r in records])
+    return eye_shares(arrays, cams)
+
+
+def _write_shares(per_eye, records, meta, out: Path, method: str) -> str:
+    import json
+
+    from .anatomy import plot_shares, shares_markdown, summarise_shares
+
+    labels, patients = [r.label for r in records], [r.group for r in records]
+    shares = summarise_shares(per_eye, labels, meta["classes"], patients)
+    (out / "anatomy.json").write_text(json.dumps(shares, indent=2))
+    plot_shares(shares, out / "anatomy.png", method)
+    return shares_markdown(shares, method)
+
+
 def run_faithfulness(args) -> str:
     """`explain --evaluate --subset S`: the faithfulness table, written as JSON and Markdown."""
     import json
-
-    import numpy as np
 
     from .faithfulness import faithfulness_table, table_markdown
     from .preprocess import load_stack
@@ -90,10 +131,7 @@ def run_faithfulness(args) -> str:
     if not args.subset:
         raise ValueError("--evaluate needs --subset (e.g. --subset test)")
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
-    dataset = load_dataset(meta["data"], meta["classes"])
-    records = subset(dataset, meta["split"], args.subset).records
-    rng = np.random.default_rng(0)  # a fixed random sample when the split is larger than --limit
-    records = [records[i] for i in sorted(rng.permutation(len(records))[: args.limit])]
+    records = _subset_sample(args, meta, default_limit=200)
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), args.cache_dir)
     images, ok, _ = load_stack([r.path for r in records], cache, progress=not args.no_progress)
     records = [records[i] for i in ok]
@@ -104,24 +142,39 @@ def run_faithfulness(args) -> str:
     out.mkdir(parents=True, exist_ok=True)
     text = table_markdown(rows, len(images), meta["model"]["name"])
     (out / "faithfulness.json").write_text(json.dumps(rows, indent=2))
-
     # Where does it look: CAM mass on the optic disc, the macula and the rest, per true class.
-    from .anatomy import plot_shares, shares_by_class, shares_markdown
-    from .explain import compute_cams
-    from .inference import predict_proba
-
-    targets = predict_proba(model, images, norm["mean"], norm["std"], model_device(model)).argmax(1)
-    cams = compute_cams(model, images, norm["mean"], norm["std"], args.method, list(targets), args.batch_size)
-    arrays = images.permute(0, 2, 3, 1).numpy()
-    if cache.prep.enhance != "none":  # landmarks are found on the photograph, not the enhanced input
-        plain = ImageCache(dataclasses.replace(cache.prep, enhance="none"), args.cache_dir)
-        arrays = np.stack([plain.get(r.path) for r in records])
-    shares = shares_by_class(arrays, cams, [r.label for r in records], meta["classes"])
-    (out / "anatomy.json").write_text(json.dumps(shares, indent=2))
-    plot_shares(shares, out / "anatomy.png", args.method)
-    text += "\n" + shares_markdown(shares, args.method)
+    per_eye = _eye_shares(model, meta, records, images, cache, args)
+    text += "\n" + _write_shares(per_eye, records, meta, out, args.method)
     (out / "faithfulness.md").write_text(text)
     return text + f"\nwritten to {out / 'faithfulness.md'} and {out / 'anatomy.png'}"
+
+
+def run_anatomy(args, chunk: int = 128) -> str:
+    """`explain --anatomy --subset S`: where the maps fall (disc, macula, rest) per true class, over every
+    eye of the split (or `--limit` of them), with patient-level intervals; no deletion curves, so cheap."""
+    from .preprocess import load_stack
+
+    if not args.subset:
+        raise ValueError("--anatomy needs --subset (e.g. --subset test)")
+    model, meta = load_model(args.checkpoint, resolve_device(args.device))
+    if is_binocular(meta["model"]["name"]):
+        raise ValueError("--anatomy applies to single-eye checkpoints")
+    records = _subset_sample(args, meta, default_limit=None)
+    cache = ImageCache(Preprocessing(**meta["preprocessing"]), args.cache_dir)
+    kept, per_eye = [], []
+    for start in range(0, len(records), chunk):  # chunks keep memory flat on large splits
+        part = records[start : start + chunk]
+        images, ok, _ = load_stack([r.path for r in part], cache, progress=False)
+        part = [part[i] for i in ok]
+        kept += part
+        per_eye += _eye_shares(model, meta, part, images, cache, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    located = sum(s is not None for s in per_eye)
+    text = f"{len(kept)} eyes of the {args.subset} split, landmarks found on {located}.\n\n"
+    text += _write_shares(per_eye, kept, meta, out, args.method)
+    (out / "anatomy.md").write_text(text)
+    return text + f"\nwritten to {out / 'anatomy.md'} and {out / 'anatomy.png'}"
 
 
 def model_device(model):
