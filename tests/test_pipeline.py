@@ -113,13 +113,21 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     assert 0 <= rows[0]["deletion_auc"] <= 1 and rows[0]["ms_per_image"] > 0
     shares = json.loads((tmp_path / "faith" / "anatomy.json").read_text())
     assert shares and all(abs(r["disc_mass"] + r["macula_mass"] + r["rest_mass"] - 1) < 1e-6 for r in shares)
-    rc = main(["explain", "--anatomy", "--subset", "test", "--checkpoint", str(best),
-               "--out", str(tmp_path / "anatomy"), "--no-progress"])  # fmt: skip
+    split_rows = list(csv.DictReader(open(best.parent / "split.csv")))
+    damaged = synthetic_manifest.parent / next(r["image"] for r in split_rows if r["split"] == "test")
+    photograph = damaged.read_bytes()
+    damaged.write_bytes(b"not a photograph")
+    try:
+        rc = main(["explain", "--anatomy", "--subset", "test", "--checkpoint", str(best),
+                   "--out", str(tmp_path / "anatomy"), "--no-progress"])  # fmt: skip
+    finally:  # the synthetic data set is shared by the session's tests
+        damaged.write_bytes(photograph)
     rows = json.loads((tmp_path / "anatomy" / "anatomy.json").read_text())
-    n_test = sum(1 for r in csv.DictReader(open(best.parent / "split.csv")) if r["split"] == "test")
-    assert rc == 0 and 0 < sum(r["n"] for r in rows) <= n_test  # every test eye, not a sample
+    n_test = sum(1 for r in split_rows if r["split"] == "test")
+    assert rc == 0 and 0 < sum(r["n"] for r in rows) <= n_test - 1  # every readable test eye, not a sample
     assert all(lo <= r["disc_mass"] <= hi for r in rows for lo, hi in [r["disc_mass_ci"]])
-    assert "resampling patients" in (tmp_path / "anatomy" / "anatomy.md").read_text()
+    text = (tmp_path / "anatomy" / "anatomy.md").read_text()
+    assert "resampling patients" in text and "1 unreadable" in text and damaged.name in text
     both = ["explain", "--anatomy", "--evaluate", "--subset", "test", "--checkpoint", str(best)]
     assert main(both) != 0
 

@@ -6,6 +6,8 @@ import dataclasses
 from functools import partial
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .checkpoint import load_model
 from .data import list_images, load_dataset, subset
 from .explain import explain_items
@@ -161,17 +163,22 @@ def run_anatomy(args, chunk: int = 128) -> str:
         raise ValueError("--anatomy applies to single-eye checkpoints")
     records = _subset_sample(args, meta, default_limit=None)
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), args.cache_dir)
-    kept, per_eye = [], []
-    for start in range(0, len(records), chunk):  # chunks keep memory flat on large splits
+    kept, per_eye, unreadable = [], [], []
+    starts = range(0, len(records), chunk)  # chunks keep memory flat on large splits
+    for start in tqdm(starts, desc=f"maps of {len(records)} eyes", unit="chunk", disable=args.no_progress):
         part = records[start : start + chunk]
-        images, ok, _ = load_stack([r.path for r in part], cache, progress=False)
+        images, ok, errors = load_stack([r.path for r in part], cache, progress=False)
+        unreadable += [f"{part[i].path}: {message}" for i, message in errors]
         part = [part[i] for i in ok]
-        kept += part
-        per_eye += _eye_shares(model, meta, part, images, cache, args)
+        if part:
+            kept += part
+            per_eye += _eye_shares(model, meta, part, images, cache, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     located = sum(s is not None for s in per_eye)
     text = f"{len(kept)} eyes of the {args.subset} split, landmarks found on {located}.\n\n"
+    if unreadable:
+        text = f"{len(unreadable)} unreadable, left out:\n" + "\n".join(unreadable) + "\n\n" + text
     text += _write_shares(per_eye, kept, meta, out, args.method)
     (out / "anatomy.md").write_text(text)
     return text + f"\nwritten to {out / 'anatomy.md'} and {out / 'anatomy.png'}"
