@@ -61,9 +61,11 @@ def test_class_summaries_skip_eyes_without_landmarks_and_resample_whole_patients
     low, high = glaucoma["disc_mass_ci"]
     assert abs(low - 0.1) < 1e-9 and abs(high - 0.3) < 1e-9  # two patients: all of a, all of b, or both
     # normal's two eyes are one patient: every resample is that patient, the interval has no width
-    assert rows[0]["disc_mass_ci"] == [0.05, 0.05] and "disc_area_ci" not in rows[0]
+    assert (
+        rows[0]["disc_mass_ci"] == [0.05, 0.05] and "disc_area_ci" not in rows[0] and rows[0]["patients"] == 1
+    )
     table = shares_markdown(rows, "gradcam")
-    assert "| glaucoma | 2 | 0.200 [0.100, 0.300] (0.040) |" in table and "resampling patients" in table
+    assert "| glaucoma | 2 (2) | 0.200 [0.100, 0.300] (0.040) |" in table and "resampling patients" in table
     assert (
         "["
         not in shares_markdown(summarise_shares(per_eye, labels, ["glaucoma"]), "gradcam").split("|---|")[-1]

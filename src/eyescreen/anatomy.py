@@ -125,6 +125,7 @@ def summarise_shares(
         row = {"class": c, "n": len(idx)} | {k: float(v) for k, v in zip(keys, values.mean(0), strict=True)}
         if patients is not None:
             groups = np.array([patients[i] for i in idx])
+            row["patients"] = len(set(groups))
             rng = np.random.default_rng(seed)
             means = np.array([values[r].mean(0) for r in patient_resamples(groups, n_resamples, rng)])
             for j, k in enumerate(keys):
@@ -155,7 +156,9 @@ def shares_markdown(rows: list[dict], method: str) -> str:
         "In brackets: the share of the field-of-view area, i.e. what a uniform map would give"
         + ("; in square brackets: 95% interval, resampling patients." if with_ci else "."),
         "",
-        "| class | n | optic disc | macula | rest of the fundus |",
+        "| class | "
+        + ("eyes (patients)" if with_ci else "n")
+        + " | optic disc | macula | rest of the fundus |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
@@ -164,7 +167,8 @@ def shares_markdown(rows: list[dict], method: str) -> str:
             ci = r.get(f"{k}_mass_ci")
             interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             cells.append(f"{r[f'{k}_mass']:.3f}{interval} ({r[f'{k}_area']:.3f})")
-        lines.append(f"| {r['class']} | {r['n']} | " + " | ".join(cells) + " |")
+        n = f"{r['n']} ({r['patients']})" if "patients" in r else str(r["n"])
+        lines.append(f"| {r['class']} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
