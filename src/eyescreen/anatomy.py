@@ -138,17 +138,6 @@ def summarise_shares(
     return rows
 
 
-def shares_by_class(
-    images: np.ndarray,
-    cams: np.ndarray,
-    labels: list[str],
-    classes: list[str],
-    patients: list[str] | None = None,
-) -> list[dict]:
-    """Mean CAM mass and area shares per true class (images whose landmarks cannot be found are skipped)."""
-    return summarise_shares(eye_shares(images, cams), labels, classes, patients)
-
-
 def shares_markdown(rows: list[dict], method: str) -> str:
     with_ci = any("disc_mass_ci" in r for r in rows)
     lines = [
