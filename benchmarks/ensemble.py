@@ -6,10 +6,14 @@ Each run must have been evaluated on both splits (evaluate writes predictions.cs
 then
     python benchmarks/ensemble.py RUN [RUN ...]
     python benchmarks/ensemble.py --tta dihedral RUN [RUN ...]   # RUN/eval-{val,test}-tta-dihedral (benchmarks/tta.py)
+    python benchmarks/ensemble.py --fellow RUN [RUN ...]   # each run's eyes blended with the fellow eye
+    python benchmarks/ensemble.py --validation-only ...    # choose and score on validation; test not read
 
 Greedy forward selection (Caruana et al. 2004) on validation macro-AUC picks the members, without
 replacement; the test split is scored once, for the chosen ensemble and for the average of all runs.
-Members may differ in image size or preprocessing: each brings its own predictions.
+Members may differ in image size or preprocessing: each brings its own predictions. The decision
+rule (prior^-tau, `calibrate.fit_decision`) is fitted on the ensemble's validation probabilities and
+applied unchanged to test.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
+from eyescreen.calibrate import fit_decision
 from eyescreen.metrics import bootstrap_ci, headline_metrics
 
 
-def load(run: Path, split: str, tta: str = ""):
-    """`tta`: read the evaluation made with that test-time augmentation (benchmarks/tta.py)."""
-    folder = f"eval-{split}" + (f"-tta-{tta}" if tta else "")
-    with open(run / folder / "predictions.csv", newline="") as f:
+def load(run: Path, split: str, tta: str = "", fellow: bool = False):
+    """`tta`: read the evaluation made with that test-time augmentation (benchmarks/tta.py); `fellow`:
+    its predictions blended with the fellow eye (evaluate's fellow-eye/ folder)."""
+    folder = run / (f"eval-{split}" + (f"-tta-{tta}" if tta else ""))
+    if fellow:
+        folder = folder / "fellow-eye"
+    with open(folder / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     classes = [k.removeprefix("prob_") for k in rows[0] if k.startswith("prob_")]
     keys = [r["image"] for r in rows]
@@ -36,9 +44,9 @@ def load(run: Path, split: str, tta: str = ""):
     return classes, keys, prob, y, groups
 
 
-def aligned(runs: list[Path], split: str, tta: str = ""):
+def aligned(runs: list[Path], split: str, tta: str = "", fellow: bool = False):
     """Probabilities [runs, images, classes] over the images every run could read, in one order."""
-    loaded = [load(r, split, tta) for r in runs]
+    loaded = [load(r, split, tta, fellow) for r in runs]
     classes = loaded[0][0]
     if any(c != classes for c, *_ in loaded):
         raise SystemExit("the runs do not share their classes")
@@ -68,8 +76,8 @@ def greedy(val_probs: np.ndarray, y: np.ndarray) -> list[int]:
         best = scores[i]
 
 
-def line(name: str, y, prob, groups) -> str:
-    m, ci = headline_metrics(y, prob), bootstrap_ci(y, prob, groups)
+def line(name: str, y, prob, groups, weights=None) -> str:
+    m, ci = headline_metrics(y, prob, weights), bootstrap_ci(y, prob, groups, weights=weights)
     cells = [
         f"{m[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" for k in ("accuracy", "balanced_accuracy", "macro_auc")
     ]
@@ -77,23 +85,36 @@ def line(name: str, y, prob, groups) -> str:
 
 
 def main(args: list[str]) -> None:
-    tta = ""
+    tta, fellow, validation_only = "", "--fellow" in args, "--validation-only" in args
+    args = [a for a in args if a not in ("--fellow", "--validation-only")]
     if args[:1] == ["--tta"]:
         tta, args = args[1], args[2:]
     runs = [Path(a) for a in args]
-    val, y_val, _ = aligned(runs, "val", tta)
-    test, y_test, g_test = aligned(runs, "test", tta)
+    val, y_val, _ = aligned(runs, "val", tta, fellow)
+    n_classes = val.shape[2]
     print("validation macro-AUC per run: " + ", ".join(
         f"{r.name} {headline_metrics(y_val, p)['macro_auc']:.3f}" for r, p in zip(runs, val, strict=True)))  # fmt: skip
     chosen = greedy(val, y_val)
-    val_auc = headline_metrics(y_val, val[chosen].mean(0))["macro_auc"]
-    print(f"chosen on validation: {', '.join(runs[i].name for i in chosen)} (val macro-AUC {val_auc:.3f})\n")
-    print("| test split | accuracy [95% CI] | balanced acc. [95% CI] | macro-AUC [95% CI] |")
+    candidates = {"chosen": chosen, "all": list(range(len(runs)))}
+    rules = {}
+    for name, members in candidates.items():
+        rules[name] = fit_decision(val[members].mean(0), y_val, n_classes)
+        auc = headline_metrics(y_val, val[members].mean(0))["macro_auc"]
+        d = rules[name]
+        print(f"{name} on validation: {', '.join(runs[i].name for i in members)}: macro-AUC {auc:.3f}, balanced "
+              f"accuracy {d['val_balanced_accuracy_argmax']:.3f} arg-max, {d['val_balanced_accuracy']:.3f} with "
+              f"the rule (tau {d['prior_power']:.2f})")  # fmt: skip
+    if validation_only:
+        return
+    test, y_test, g_test = aligned(runs, "test", tta, fellow)
+    print("\n| test split | accuracy [95% CI] | balanced acc. [95% CI] | macro-AUC [95% CI] |")
     print("|---|---|---|---|")
     best_single = max(range(len(runs)), key=lambda i: headline_metrics(y_val, val[i])["macro_auc"])
     print(line(f"best single run on val ({runs[best_single].name})", y_test, test[best_single], g_test))
-    print(line(f"ensemble chosen on val ({len(chosen)} runs)", y_test, test[chosen].mean(0), g_test))
-    print(line(f"average of all {len(runs)} runs", y_test, test.mean(0), g_test))
+    for label, name in ((f"ensemble chosen on val ({len(chosen)} runs)", "chosen"), (f"average of all {len(runs)} runs", "all")):
+        members, weights = candidates[name], np.asarray(rules[name]["class_weights"])
+        print(line(label, y_test, test[members].mean(0), g_test))
+        print(line(f"{label}, decision rule", y_test, test[members].mean(0), g_test, weights))
 
 
 if __name__ == "__main__":
