@@ -111,7 +111,10 @@ def main(args: list[str]) -> None:
     print("|---|---|---|---|")
     best_single = max(range(len(runs)), key=lambda i: headline_metrics(y_val, val[i])["macro_auc"])
     print(line(f"best single run on val ({runs[best_single].name})", y_test, test[best_single], g_test))
-    for label, name in ((f"ensemble chosen on val ({len(chosen)} runs)", "chosen"), (f"average of all {len(runs)} runs", "all")):
+    for label, name in (
+        (f"ensemble chosen on val ({len(chosen)} runs)", "chosen"),
+        (f"average of all {len(runs)} runs", "all"),
+    ):
         members, weights = candidates[name], np.asarray(rules[name]["class_weights"])
         print(line(label, y_test, test[members].mean(0), g_test))
         print(line(f"{label}, decision rule", y_test, test[members].mean(0), g_test, weights))
