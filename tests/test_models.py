@@ -10,7 +10,7 @@ def test_registry_lists_the_study_models():
         create_model("vgg", 4)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "seed-cnn", "tiny-cnn"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet18-s2d", "resnet34", "resnet50", "seed-cnn", "tiny-cnn"])
 def test_models_build_from_scratch_with_a_spatial_cam_layer(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=5).eval()
@@ -37,3 +37,30 @@ def test_deeper_resnets_are_torchvision_architectures_from_scratch(name, params)
     assert sum(p.numel() for p in model.parameters()) == params
     reference = getattr(models, name)(weights=None, num_classes=4)
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in reference.named_parameters()]
+
+
+def cam_map(model, size: int) -> torch.Tensor:
+    features = []
+    handle = cam_target(model).register_forward_hook(lambda m, i, o: features.append(o))
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, size, size))
+    handle.remove()
+    return features[0]
+
+
+def test_space_to_depth_resnet_sees_twice_the_pixels_at_the_feature_sizes_of_half_the_image():
+    torch.manual_seed(0)
+    s2d, plain = create_model("resnet18-s2d", 4), create_model("resnet18", 4)
+    assert cam_map(s2d, 192).shape == cam_map(plain, 96).shape == (1, 512, 3, 3)
+    # Every pixel of the full-size image reaches the stem: no pixel is dropped by the folding.
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    s2d.conv1(x).abs().sum().backward()
+    assert (x.grad.abs().sum(1) > 0).all()
+    # Only the stem differs from ResNet-18: the rest keeps its names and shapes.
+    rest = {n: p.shape for n, p in plain.named_parameters() if not n.startswith("conv1.")}
+    assert rest == {n: p.shape for n, p in s2d.named_parameters() if not n.startswith("conv1.")}
+
+
+def test_space_to_depth_resnet_names_an_odd_image_size():
+    with pytest.raises(ValueError, match="even image size, got 97x97"):
+        create_model("resnet18-s2d", 4)(torch.randn(1, 3, 97, 97))
