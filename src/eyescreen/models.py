@@ -79,7 +79,9 @@ class SpaceToDepthStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 2 or x.shape[-2] % 2:
-            raise ValueError(f"a space-to-depth model needs an even image size, got {x.shape[-2]}x{x.shape[-1]}")
+            raise ValueError(
+                f"a space-to-depth model needs an even image size, got {x.shape[-2]}x{x.shape[-1]}"
+            )
         return self.conv(self.unshuffle(x))
 
 
