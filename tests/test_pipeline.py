@@ -106,22 +106,24 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     rc = main(["explain", "--subset", "test", "--checkpoint", str(best), "--method", "eigencam",
                "--out", str(tmp_path / "gallery"), "--no-progress"])  # fmt: skip
     assert rc == 0 and "true " in (tmp_path / "gallery" / "index.html").read_text()
-    rc = main(["explain", "--evaluate", "--subset", "test", "--checkpoint", str(best), "--methods", "gradcam",
-               "--limit", "4", "--out", str(tmp_path / "faith"), "--no-progress"])  # fmt: skip
-    rows = json.loads((tmp_path / "faith" / "faithfulness.json").read_text())
-    assert rc == 0 and [r["method"] for r in rows] == ["gradcam", "random map (baseline)"]
-    assert 0 <= rows[0]["deletion_auc"] <= 1 and rows[0]["ms_per_image"] > 0
-    shares = json.loads((tmp_path / "faith" / "anatomy.json").read_text())
-    assert shares and all(abs(r["disc_mass"] + r["macula_mass"] + r["rest_mass"] - 1) < 1e-6 for r in shares)
     split_rows = list(csv.DictReader(open(best.parent / "split.csv")))
     damaged = synthetic_manifest.parent / next(r["image"] for r in split_rows if r["split"] == "test")
     photograph = damaged.read_bytes()
     damaged.write_bytes(b"not a photograph")
     try:
+        faith = main(["explain", "--evaluate", "--subset", "test", "--checkpoint", str(best), "--methods",
+                      "gradcam", "--out", str(tmp_path / "faith"), "--no-progress"])  # fmt: skip
         rc = main(["explain", "--anatomy", "--subset", "test", "--checkpoint", str(best),
                    "--out", str(tmp_path / "anatomy"), "--no-progress"])  # fmt: skip
     finally:  # the synthetic data set is shared by the session's tests
         damaged.write_bytes(photograph)
+    rows = json.loads((tmp_path / "faith" / "faithfulness.json").read_text())
+    assert faith == 0 and [r["method"] for r in rows] == ["gradcam", "random map (baseline)"]
+    assert 0 <= rows[0]["deletion_auc"] <= 1 and rows[0]["ms_per_image"] > 0
+    shares = json.loads((tmp_path / "faith" / "anatomy.json").read_text())
+    assert shares and all(abs(r["disc_mass"] + r["macula_mass"] + r["rest_mass"] - 1) < 1e-6 for r in shares)
+    text = (tmp_path / "faith" / "faithfulness.md").read_text()
+    assert "1 unreadable, left out" in text and f"{damaged}: not a readable image" in text
     rows = json.loads((tmp_path / "anatomy" / "anatomy.json").read_text())
     n_test = sum(1 for r in split_rows if r["split"] == "test")
     assert rc == 0 and 0 < sum(r["n"] for r in rows) <= n_test - 1  # every readable test eye, not a sample

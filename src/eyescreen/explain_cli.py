@@ -135,14 +135,14 @@ def run_faithfulness(args) -> str:
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
     records = _subset_sample(args, meta, default_limit=200)
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), args.cache_dir)
-    images, ok, _ = load_stack([r.path for r in records], cache, progress=not args.no_progress)
+    images, ok, errors = load_stack([r.path for r in records], cache, progress=not args.no_progress)
     records = [records[i] for i in ok]
     norm = meta["normalization"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = faithfulness_table(model, images, norm["mean"], norm["std"], methods, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = table_markdown(rows, len(images), meta["model"]["name"])
+    text = _left_out([message for _, message in errors]) + table_markdown(rows, len(images), meta["model"]["name"])
     (out / "faithfulness.json").write_text(json.dumps(rows, indent=2))
     # Where does it look: CAM mass on the optic disc, the macula and the rest, per true class.
     per_eye = _eye_shares(model, meta, records, images, cache, args)
@@ -168,7 +168,7 @@ def run_anatomy(args, chunk: int = 128) -> str:
     for start in tqdm(starts, desc=f"maps of {len(records)} eyes", unit="chunk", disable=args.no_progress):
         part = records[start : start + chunk]
         images, ok, errors = load_stack([r.path for r in part], cache, progress=False)
-        unreadable += [f"{part[i].path}: {message}" for i, message in errors]
+        unreadable += [message for _, message in errors]  # each message names its file
         part = [part[i] for i in ok]
         if part:
             kept += part
@@ -176,12 +176,15 @@ def run_anatomy(args, chunk: int = 128) -> str:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     located = sum(s is not None for s in per_eye)
-    text = f"{len(kept)} eyes of the {args.subset} split, landmarks found on {located}.\n\n"
-    if unreadable:
-        text = f"{len(unreadable)} unreadable, left out:\n" + "\n".join(unreadable) + "\n\n" + text
+    text = _left_out(unreadable) + f"{len(kept)} eyes of the {args.subset} split, landmarks found on {located}.\n\n"
     text += _write_shares(per_eye, kept, meta, out, args.method)
     (out / "anatomy.md").write_text(text)
     return text + f"\nwritten to {out / 'anatomy.md'} and {out / 'anatomy.png'}"
+
+
+def _left_out(unreadable: list[str]) -> str:
+    """The report's first lines: which files could not be read (each message names its file)."""
+    return f"{len(unreadable)} unreadable, left out:\n" + "\n".join(unreadable) + "\n\n" if unreadable else ""
 
 
 def model_device(model):
