@@ -142,7 +142,9 @@ def run_faithfulness(args) -> str:
     rows = faithfulness_table(model, images, norm["mean"], norm["std"], methods, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = _left_out([message for _, message in errors]) + table_markdown(rows, len(images), meta["model"]["name"])
+    text = _left_out([message for _, message in errors]) + table_markdown(
+        rows, len(images), meta["model"]["name"]
+    )
     (out / "faithfulness.json").write_text(json.dumps(rows, indent=2))
     # Where does it look: CAM mass on the optic disc, the macula and the rest, per true class.
     per_eye = _eye_shares(model, meta, records, images, cache, args)
@@ -176,7 +178,10 @@ def run_anatomy(args, chunk: int = 128) -> str:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     located = sum(s is not None for s in per_eye)
-    text = _left_out(unreadable) + f"{len(kept)} eyes of the {args.subset} split, landmarks found on {located}.\n\n"
+    text = (
+        _left_out(unreadable)
+        + f"{len(kept)} eyes of the {args.subset} split, landmarks found on {located}.\n\n"
+    )
     text += _write_shares(per_eye, kept, meta, out, args.method)
     (out / "anatomy.md").write_text(text)
     return text + f"\nwritten to {out / 'anatomy.md'} and {out / 'anatomy.png'}"
