@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from eyescreen.models import cam_target, create_model, list_models
+from eyescreen.cli import main
+from eyescreen.models import cam_target, create_model, describe_model, list_models
 
 
 def test_registry_lists_the_study_models():
@@ -64,3 +65,12 @@ def test_space_to_depth_resnet_sees_twice_the_pixels_at_the_feature_sizes_of_hal
 def test_space_to_depth_resnet_names_an_odd_image_size():
     with pytest.raises(ValueError, match="even image size, got 97x97"):
         create_model("resnet18-s2d", 4)(torch.randn(1, 3, 97, 97))
+
+
+def test_models_command_says_what_each_model_is(capsys):
+    assert main(["models"]) == 0
+    lines = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert set(lines) == set(list_models()) and all(lines.values())
+    assert "folds 2x2 pixels" in lines["resnet18-s2d"] and "shared resnet34" in lines["resnet34-binocular"]
+    with pytest.raises(ValueError, match="unknown model 'vgg-binocular'"):
+        describe_model("vgg-binocular")

@@ -20,7 +20,7 @@ from .config import (
     preset_settings,
 )
 from .data import DataError, parse_classes
-from .models import list_models
+from .models import describe_model, list_models
 from .preprocess import ImageError
 
 
@@ -352,7 +352,8 @@ def run(args) -> int:
 
         serve(args.checkpoint, args.host, args.port, args.workers, args.max_upload_mb, args.device)
     elif args.command == "models":
-        print("\n".join(list_models()))
+        width = max(map(len, list_models()))
+        print("\n".join(f"{name:<{width}}  {describe_model(name)}" for name in list_models()))
     elif args.command == "presets":
         for name in PRESETS:
             role = {

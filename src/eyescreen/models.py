@@ -32,6 +32,17 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY) + sorted(f"{name}{BINOCULAR_SUFFIX}" for name in _REGISTRY)
 
 
+def describe_model(name: str) -> str:
+    """One line on what a registered model is, from its builder's docstring."""
+    backbone = name[: -len(BINOCULAR_SUFFIX)]
+    if is_binocular(name) and backbone in _REGISTRY:
+        return f"Both eyes of a patient through one shared {backbone}, for one decision per patient."
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    doc = _REGISTRY[name].__doc__
+    return doc.strip().splitlines()[0] if doc else ""
+
+
 def is_binocular(name: str) -> bool:
     return name.endswith(BINOCULAR_SUFFIX)
 
@@ -58,6 +69,7 @@ def cam_target(model: nn.Module) -> nn.Module:
 
 @register("resnet18", cam_layer="layer4")
 def resnet18(num_classes: int) -> nn.Module:
+    """ResNet-18, torchvision's architecture with random weights: the reference study's model."""
     from torchvision.models import resnet18 as tv_resnet18
 
     return tv_resnet18(weights=None, num_classes=num_classes)
@@ -87,7 +99,7 @@ class SpaceToDepthStem(nn.Module):
 
 @register("resnet18-s2d", cam_layer="layer4")
 def resnet18_s2d(num_classes: int) -> nn.Module:
-    """ResNet-18 with the space-to-depth stem: for 256-px photographs on a CPU."""
+    """ResNet-18 whose first layer folds 2x2 pixels into channels: 256-px images at ~a 128-px cost."""
     model = resnet18(num_classes)
     model.conv1 = SpaceToDepthStem(model.conv1.out_channels)
     return model
@@ -96,6 +108,7 @@ def resnet18_s2d(num_classes: int) -> nn.Module:
 # Deeper ResNets for a GPU, where capacity costs minutes (on a CPU, 2x and 2.3x ResNet-18's compute).
 @register("resnet34", cam_layer="layer4")
 def resnet34(num_classes: int) -> nn.Module:
+    """ResNet-34, random weights: twice ResNet-18's compute, for a GPU."""
     from torchvision.models import resnet34 as tv_resnet34
 
     return tv_resnet34(weights=None, num_classes=num_classes)
@@ -103,6 +116,7 @@ def resnet34(num_classes: int) -> nn.Module:
 
 @register("resnet50", cam_layer="layer4")
 def resnet50(num_classes: int) -> nn.Module:
+    """ResNet-50, random weights: 2.3 times ResNet-18's compute, for a GPU."""
     from torchvision.models import resnet50 as tv_resnet50
 
     return tv_resnet50(weights=None, num_classes=num_classes)
@@ -134,6 +148,7 @@ class SeedCNN(nn.Module):
 
 @register("seed-cnn", cam_layer="features.10")  # the last conv's ReLU output (before its pool)
 def seed_cnn(num_classes: int) -> nn.Module:
+    """The reference study's small sequential CNN baseline (conv-ReLU-pool blocks, dense layers)."""
     return SeedCNN(num_classes)
 
 
