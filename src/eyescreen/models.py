@@ -78,7 +78,7 @@ def resnet18(num_classes: int) -> nn.Module:
 class SpaceToDepthStem(nn.Module):
     """Each 2x2 block of pixels folded into channels (lossless), then the usual 7x7 stride-2 convolution.
 
-    A ResNet with this stem runs on a 256-px image at the cost of a 128-px one: every layer after the
+    A ResNet with this stem runs on a 256-px image at about the cost of a 128-px one: every layer after the
     stem sees the feature-map sizes of a 128-px input, but the stem's filters see every pixel of the
     256-px photograph, where the small lesions of diabetic retinopathy are still there (as in TResNet's
     space-to-depth stem, Ridnik et al. 2021).
