@@ -13,14 +13,15 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from eyescreen.checkpoint import load_model, read_meta
+from eyescreen.checkpoint import load_model
 from eyescreen.data import load_dataset, subset
 from eyescreen.inference import predict_proba, resolve_device, resolve_precision
 from eyescreen.metrics import classification_metrics
 from eyescreen.preprocess import ImageCache, Preprocessing, load_stack
 
 
-def scores(run: Path, sizes: list[int], split_name: str) -> dict[int, dict]:
+def scores(run: Path, sizes: list[int], split_name: str) -> tuple[int, dict[int, dict]]:
+    """The size the run was trained at, and its AUCs at each of `sizes`."""
     device = resolve_device()
     model, meta = load_model(run / "best.safetensors", device)
     classes, norm = meta["classes"], meta["normalization"]
@@ -37,7 +38,7 @@ def scores(run: Path, sizes: list[int], split_name: str) -> dict[int, dict]:
         )
         m = classification_metrics(part.labels()[ok], prob, classes)
         out[size] = {"macro_auc": m["macro_auc"], **{c: m["per_class"][c]["roc_auc"] for c in classes}}
-    return out
+    return base.image_size, out
 
 
 def main() -> None:
@@ -49,8 +50,7 @@ def main() -> None:
     print(f"| run ({args.subset}) | trained at | " + " | ".join(f"{s} px" for s in args.sizes) + " |")
     print("|---|---|" + "---|" * len(args.sizes))
     for run in args.runs:
-        trained = read_meta(run / "best.safetensors")["preprocessing"]["image_size"]
-        result = scores(run, args.sizes, args.subset)
+        trained, result = scores(run, args.sizes, args.subset)
         cells = [f"{result[s]['macro_auc']:.3f}" for s in args.sizes]
         print(f"| {run.name} | {trained} | " + " | ".join(cells) + " |")
         for s in args.sizes:
