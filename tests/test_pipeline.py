@@ -285,3 +285,13 @@ def test_run_info_records_the_commit_a_caller_names(monkeypatch):
     assert run_info([])["git_commit"] == "5ec96bab"
     monkeypatch.delenv("EYESCREEN_COMMIT")
     assert run_info([])["git_commit"] != "5ec96bab"
+
+
+def test_time_left_follows_the_pace_of_the_last_epochs():
+    history = [{"epoch": e, "seconds": s} for e, s in [(1, 400.0), (2, 100.0), (3, 130.0), (4, 130.0)]]
+    # 56 epochs to go at the mean of the last three (120 s): 112 minutes; the slow first epoch is ignored
+    assert train_module.time_left(history, 60) == "about 1 h 52 min left"
+    assert train_module.time_left(history[:1], 3) == "about 13 min left"
+    assert train_module.time_left([{"epoch": 1, "seconds": 2.0}], 2) == "about 1 min left"
+    assert train_module.time_left(history, 4) == ""  # the last epoch: nothing left to estimate
+    assert train_module.time_left([], 4) == ""

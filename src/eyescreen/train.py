@@ -126,6 +126,17 @@ def _quiet(*args, **kwargs) -> None:
     pass
 
 
+def time_left(history: list[dict], epochs: int) -> str:
+    """The rest of the run at the pace of its last few epochs, e.g. "about 2 h 10 min left"."""
+    if not history or history[-1]["epoch"] >= epochs:
+        return ""
+    recent = [row["seconds"] for row in history[-3:]]  # recent epochs: the pace of this machine now
+    seconds = (epochs - history[-1]["epoch"]) * sum(recent) / len(recent)
+    minutes = max(1, round(seconds / 60))
+    text = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+    return f"about {text} left"
+
+
 def _write_log(path: Path, history: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
@@ -371,6 +382,7 @@ def train(
             f"val acc {val['accuracy']:.3f} bal-acc {val['balanced_accuracy']:.3f} "
             f"macro-AUC {val['macro_auc']:.3f} | {row['seconds']:.0f}s"
             + ("  *best" if best_epoch == epoch + 1 else "")
+            + (f"  ({left})" if (left := time_left(history, cfg.epochs)) else "")
         )
     if ctx.main and best_epoch > 0:
         best_model, _ = load_model(out / "best.safetensors", device)
