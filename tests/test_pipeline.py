@@ -295,3 +295,14 @@ def test_time_left_follows_the_pace_of_the_last_epochs():
     assert train_module.time_left([{"epoch": 1, "seconds": 2.0}], 2) == "about 1 min left"
     assert train_module.time_left(history, 4) == ""  # the last epoch: nothing left to estimate
     assert train_module.time_left([], 4) == ""
+
+
+def test_training_says_its_precision_and_the_time_left(synthetic_manifest, tmp_path, monkeypatch, capsys):
+    import eyescreen.inference
+
+    monkeypatch.setattr(eyescreen.inference, "cpu_supports_bf16", lambda: False)
+    train(tiny_config(precision="auto"), synthetic_manifest, tmp_path / "run", progress=False)
+    out = capsys.readouterr().out
+    assert "training on cpu, fp32 (this CPU has no native bf16" in out
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert "left)" in epoch_lines[0] and "left)" not in epoch_lines[1]  # epoch 1 of 2, then the last

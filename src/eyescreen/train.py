@@ -231,6 +231,10 @@ def train(
     local_batch = cfg.batch_size // ctx.world  # the global batch stays cfg.batch_size
     precision = resolve_precision(cfg.precision, device)
     channels_last = cfg.channels_last
+    say(f"training on {device.type}, {precision}" + (
+        " (this CPU has no native bf16: training is about 3.5 times slower than with it, README \"Speed on a CPU\")"
+        if cfg.precision == "auto" and device.type == "cpu" and precision == "fp32" else ""
+    ))  # fmt: skip
     model, model_spec = task.build(cfg.model)
     if cfg.init and not resume:
         from .initial_weights import load_initial_weights
