@@ -15,6 +15,7 @@ from eyescreen.checkpoint import CheckpointError, load_model, load_state, save_m
 from eyescreen.cli import main
 from eyescreen.config import preset
 from eyescreen.evaluate import evaluate
+from eyescreen.pace import time_left
 from eyescreen.predict import predict
 from eyescreen.train import train
 from synthetic import fundus
@@ -290,11 +291,11 @@ def test_run_info_records_the_commit_a_caller_names(monkeypatch):
 def test_time_left_follows_the_pace_of_the_last_epochs():
     history = [{"epoch": e, "seconds": s} for e, s in [(1, 400.0), (2, 100.0), (3, 130.0), (4, 130.0)]]
     # 56 epochs to go at the mean of the last three (120 s): 112 minutes; the slow first epoch is ignored
-    assert train_module.time_left(history, 60) == "about 1 h 52 min left"
-    assert train_module.time_left(history[:1], 3) == "about 13 min left"
-    assert train_module.time_left([{"epoch": 1, "seconds": 2.0}], 2) == "about 1 min left"
-    assert train_module.time_left(history, 4) == ""  # the last epoch: nothing left to estimate
-    assert train_module.time_left([], 4) == ""
+    assert time_left(history, 60) == "about 1 h 52 min left"
+    assert time_left(history[:1], 3) == "about 13 min left"
+    assert time_left([{"epoch": 1, "seconds": 2.0}], 2) == "about 1 min left"
+    assert time_left(history, 4) == ""  # the last epoch: nothing left to estimate
+    assert time_left([], 4) == ""
 
 
 def test_training_says_its_precision_and_the_time_left(synthetic_manifest, tmp_path, monkeypatch, capsys):

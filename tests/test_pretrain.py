@@ -24,7 +24,7 @@ def test_nt_xent_rewards_matching_views():
 
 
 def test_pretrain_uses_unlabelled_images_resumes_and_initialises_training(
-    synthetic_manifest, tmp_path, monkeypatch
+    synthetic_manifest, tmp_path, monkeypatch, capsys
 ):
     paths = image_paths([synthetic_manifest])
     rows = synthetic_manifest.read_text().splitlines()[1:]
@@ -33,6 +33,8 @@ def test_pretrain_uses_unlabelled_images_resumes_and_initialises_training(
     weights = pretrain(cfg, [synthetic_manifest], tmp_path / "ssl", progress=False)
     meta = read_meta(weights)
     assert meta["kind"] == "pretrained" and meta["pretrain"]["images"] == len(paths) and meta["epoch"] == 2
+    epoch_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and "left)" in epoch_lines[0] and "left)" not in epoch_lines[1]
     with pytest.raises(FileExistsError):
         pretrain(cfg, [synthetic_manifest], tmp_path / "ssl", progress=False)
 

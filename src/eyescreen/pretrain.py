@@ -25,6 +25,7 @@ from .checkpoint import load_state, save_model, save_state
 from .data import list_images, read_class_folders, read_manifest
 from .inference import autocast, resolve_device, resolve_precision
 from .models import create_model
+from .pace import time_left
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack, normalize
 from .train import seed_everything
 
@@ -128,6 +129,7 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
         "normalization": {"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)},
         "pretrain": asdict(cfg) | {"method": "simclr", "images": len(ok), "holdout_patients": len(holdout)},
     }
+    paces: list[dict] = []  # this process's epochs: the pace of the machine it runs on
     for epoch in range(start, cfg.epochs):
         model.train()
         began, losses = time.perf_counter(), []
@@ -146,8 +148,11 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
             losses.append(loss.item())
         scheduler.step()
         mean = sum(losses) / max(len(losses), 1)
+        paces.append({"epoch": epoch + 1, "seconds": time.perf_counter() - began})
+        left = time_left(paces, cfg.epochs)
         print(
-            f"epoch {epoch + 1}/{cfg.epochs}: contrastive loss {mean:.4f} | {time.perf_counter() - began:.0f}s"
+            f"epoch {epoch + 1}/{cfg.epochs}: contrastive loss {mean:.4f} | {paces[-1]['seconds']:.0f}s"
+            + (f"  ({left})" if left else "")
         )
         save_model(out / "pretrained.safetensors", model, meta | {"epoch": epoch + 1, "loss": mean})
         save_state(out / "pretrain-resume.pt", {

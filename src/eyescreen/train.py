@@ -42,6 +42,7 @@ from .findings import training_findings
 from .inference import autocast, resolve_device, resolve_precision
 from .metrics import headline_metrics
 from .models import is_binocular
+from .pace import time_left
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
 from .tasks import BothEyes, SingleEye, SingleEyeWithFindings, mixup
 
@@ -124,17 +125,6 @@ def run_info(argv: list[str] | None) -> dict:
 
 def _quiet(*args, **kwargs) -> None:
     pass
-
-
-def time_left(history: list[dict], epochs: int) -> str:
-    """The rest of the run at the pace of its last few epochs, e.g. "about 2 h 10 min left"."""
-    if not history or history[-1]["epoch"] >= epochs:
-        return ""
-    recent = [row["seconds"] for row in history[-3:]]  # recent epochs: the pace of this machine now
-    seconds = (epochs - history[-1]["epoch"]) * sum(recent) / len(recent)
-    minutes = max(1, round(seconds / 60))
-    text = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
-    return f"about {text} left"
 
 
 def _write_log(path: Path, history: list[dict]) -> None:

@@ -1,0 +1,14 @@
+"""How long the rest of a run will take, said after each epoch: long CPU runs should say so early."""
+
+from __future__ import annotations
+
+
+def time_left(history: list[dict], epochs: int) -> str:
+    """The rest of the run at the pace of its last few epochs, e.g. "about 2 h 10 min left"."""
+    if not history or history[-1]["epoch"] >= epochs:
+        return ""
+    recent = [row["seconds"] for row in history[-3:]]  # recent epochs: the pace of this machine now
+    seconds = (epochs - history[-1]["epoch"]) * sum(recent) / len(recent)
+    minutes = max(1, round(seconds / 60))
+    text = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+    return f"about {text} left"
