@@ -293,7 +293,8 @@ def test_time_left_follows_the_pace_of_the_last_epochs():
     # 56 epochs to go at the mean of the last three (120 s): 112 minutes; the slow first epoch is ignored
     assert time_left(history, 60) == "about 1 h 52 min left"
     assert time_left(history[:1], 3) == "about 13 min left"
-    assert time_left([{"epoch": 1, "seconds": 2.0}], 2) == "about 1 min left"
+    assert time_left([{"epoch": 1, "seconds": 2.0}], 2) == "under a minute left"
+    assert time_left([{"epoch": 1, "seconds": 50.0}], 3) == "about 2 min left"
     assert time_left(history, 4) == ""  # the last epoch: nothing left to estimate
     assert time_left([], 4) == ""
 

@@ -9,6 +9,8 @@ def time_left(history: list[dict], epochs: int) -> str:
         return ""
     recent = [row["seconds"] for row in history[-3:]]  # recent epochs: the pace of this machine now
     seconds = (epochs - history[-1]["epoch"]) * sum(recent) / len(recent)
-    minutes = max(1, round(seconds / 60))
+    if seconds < 60:
+        return "under a minute left"
+    minutes = round(seconds / 60)
     text = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
     return f"about {text} left"
