@@ -157,3 +157,38 @@ def test_interrupted_explain_resumes(checkpoints, folder, tmp_path, monkeypatch)
     assert (out / "index.html").read_text().count("<img") == (
         tmp_path / "full" / "index.html"
     ).read_text().count("<img")
+
+
+def test_folder_scan_names_the_files_it_left_aside(checkpoints, folder, tmp_path, capsys):
+    from eyescreen.cli import main
+
+    fundus(64, "spots", seed=50)[0].save(folder / "extra.webp")
+    (folder / "notes.txt").write_text("a note beside the photographs")
+    (folder / "scan.gif").write_bytes(b"GIF89a")
+    (folder / "._0_right.jpg").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource-fork copy
+    (folder / ".thumbs").mkdir()
+    fundus(64, None, seed=51)[0].save(folder / ".thumbs" / "0_right.jpg")
+
+    out = tmp_path / "predictions.csv"
+    assert (
+        main(
+            ["predict", str(folder), "--checkpoint", str(checkpoints[0]), "--out", str(out), "--no-progress"]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "left aside, not images by their names: 2 files (" in err and ".txt: 1" in err and ".gif: 1" in err
+    names = {row["file"].split("/")[-1] for row in rows(out)}
+    assert "extra.webp" in names and "broken.jpg" in names  # a bad image with an image's name is reported
+    assert not any(row["file"].count("/.") for row in rows(out))  # hidden files are not photographs
+
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no photographs here")
+    for command in ("predict", "explain"):
+        assert (
+            main([command, str(empty), "--checkpoint", str(checkpoints[0]), "--out", str(tmp_path / command)])
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert f"no image files in {empty}" in err and "readme.txt" not in err and ".txt: 1" in err

@@ -270,31 +270,8 @@ def run(args) -> int:
         from .evaluate import calibrate_from_split
 
         calibrate_from_split(args.checkpoint, args.normal_class, args.cache_dir, args.device)
-    elif args.command == "predict" and args.pairs:
-        from .pairs import DEFAULT_PATTERN
-        from .predict_pairs import predict_pairs
-
-        result = predict_pairs(args.inputs, args.checkpoint, args.out, pattern=args.pair_pattern or DEFAULT_PATTERN,
-                               device=args.device, progress=not args.no_progress, resume=args.resume)  # fmt: skip
-        kept = f" ({result['resumed']} kept from the earlier run)" if result["resumed"] else ""
-        print(f"{result['patients']} patients predicted{kept}, {len(result['unpaired'])} unpaired files, "
-              f"{len(result['failed'])} unreadable -> {result['csv']}")  # fmt: skip
-        return 0 if result["patients"] or result["resumed"] else 1
     elif args.command == "predict":
-        from .predict import predict
-
-        result = predict(
-            args.inputs,
-            args.checkpoint,
-            args.out,
-            batch_size=args.batch_size,
-            device=args.device,
-            progress=not args.no_progress,
-            resume=args.resume,
-        )
-        kept = f" ({result['resumed']} kept from the earlier run)" if result["resumed"] else ""
-        print(f"{result['predicted']} predicted{kept}, {len(result['failed'])} unreadable -> {result['csv']}")
-        return 0 if result["predicted"] or result["resumed"] or not result["failed"] else 1
+        return _predict(args)
     elif args.command == "explain":
         from .explain_cli import run_explain
 
@@ -367,6 +344,41 @@ def run(args) -> int:
             }
             print(f"{name}{role.get(name, '')}: {preset_settings(name)}")
     return 0
+
+
+def _predict(args) -> int:
+    from .data import describe_left_aside, scan_images
+
+    images, others = scan_images(args.inputs)
+    if others:
+        print(describe_left_aside(others), file=sys.stderr)
+    if not images:
+        print(f"eyescreen predict: error: no image files in {', '.join(args.inputs)}", file=sys.stderr)
+        return 2
+    if args.pairs:
+        from .pairs import DEFAULT_PATTERN
+        from .predict_pairs import predict_pairs
+
+        result = predict_pairs(args.inputs, args.checkpoint, args.out, pattern=args.pair_pattern or DEFAULT_PATTERN,
+                               device=args.device, progress=not args.no_progress, resume=args.resume)  # fmt: skip
+        kept = f" ({result['resumed']} kept from the earlier run)" if result["resumed"] else ""
+        print(f"{result['patients']} patients predicted{kept}, {len(result['unpaired'])} unpaired files, "
+              f"{len(result['failed'])} unreadable -> {result['csv']}")  # fmt: skip
+        return 0 if result["patients"] or result["resumed"] else 1
+    from .predict import predict
+
+    result = predict(
+        args.inputs,
+        args.checkpoint,
+        args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+        resume=args.resume,
+    )
+    kept = f" ({result['resumed']} kept from the earlier run)" if result["resumed"] else ""
+    print(f"{result['predicted']} predicted{kept}, {len(result['failed'])} unreadable -> {result['csv']}")
+    return 0 if result["predicted"] or result["resumed"] or not result["failed"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:

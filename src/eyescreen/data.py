@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
 SPLITS = ("train", "val", "test")
 
 
@@ -133,15 +133,36 @@ def read_class_folders(root: Path) -> list[Record]:
     return records
 
 
+def scan_images(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Expand files and folders (recursively) into image files, and the other files found in those
+    folders, left aside because their names are not an image's (hidden files, such as the `._x.jpg`
+    copies macOS leaves on shared drives, are neither). A file given by name is always an image here:
+    if it cannot be read, the loader says so rather than it being dropped."""
+    found: list[Path] = []
+    others: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            found.append(p)
+            continue
+        for q in sorted(p.rglob("*")):
+            if q.is_file() and not any(part.startswith(".") for part in q.relative_to(p).parts):
+                (found if q.suffix.lower() in IMAGE_EXTENSIONS else others).append(q)
+    return found, others
+
+
 def list_images(paths: list[str | Path]) -> list[Path]:
     """Expand files and folders (recursively) into a sorted list of image files."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
-        else:
-            found.append(p)  # a missing or odd file is reported by the loader, not silently dropped
-    return found
+    return scan_images(paths)[0]
+
+
+def describe_left_aside(others: list[Path]) -> str:
+    """One line on the files a folder scan left aside, counted by suffix."""
+    suffixes = Counter(q.suffix.lower() or "no suffix" for q in others)
+    counts = ", ".join(f"{s}: {n}" for s, n in suffixes.most_common())
+    return (
+        f"left aside, not images by their names: {len(others)} file{'s' if len(others) != 1 else ''} "
+        f"({counts}); give a file by name to read it anyway"
+    )
 
 
 def _select_classes(raw: list[Record], classes: list[str] | None, source: Path) -> Dataset:
