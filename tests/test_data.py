@@ -43,8 +43,11 @@ def test_folder_per_class_layout(tmp_path):
         (tmp_path / c).mkdir()
         for i in range(3):
             (tmp_path / c / f"{i}.jpg").write_bytes(b"")
+    (tmp_path / "x" / "._0.jpg").write_bytes(b"")  # macOS's resource-fork copy: not a photograph
+    (tmp_path / "y" / "notes.txt").write_text("")
     ds = load_dataset(tmp_path)
     assert ds.classes == ["x", "y"]
+    assert sorted(r.key for r in ds.records) == [f"{c}/{i}.jpg" for c in "xy" for i in range(3)]
     assert len({r.group for r in ds.records}) == 6  # no patient ids: every image is its own group
 
 

@@ -122,12 +122,9 @@ def read_class_folders(root: Path) -> list[Record]:
     """`root/<class>/*.jpg`: every sub-folder is a class; each image is its own group."""
     records = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(class_dir.rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-                key = path.relative_to(root).as_posix()
-                records.append(
-                    Record(path=path.resolve(), key=key, label=class_dir.name, group=f"image:{key}")
-                )
+        for path in scan_images([class_dir])[0]:
+            key = path.relative_to(root).as_posix()
+            records.append(Record(path=path.resolve(), key=key, label=class_dir.name, group=f"image:{key}"))
     if not records:
         raise DataError(f"{root}: no images found in class sub-folders (expected {root}/<class>/*.jpg)")
     return records
