@@ -47,6 +47,10 @@ def test_check_data_cli_exit_code_and_split_conflict(tmp_path, capsys):
     assert "identical images under different patients: 1" in out and "unreadable files: 2" in out
     clean = write_dataset(tmp_path / "clean", patients=6)
     assert main(["check-data", str(clean), "--no-progress"]) == 0
+    assert main(["check-data", "--data", str(clean), "--no-progress"]) == 0  # as `train` takes it
+    assert main(["check-data", "--no-progress"]) == 2
+    assert main(["check-data", str(clean), "--data", str(manifest), "--no-progress"]) == 2
+    assert "give the data" in capsys.readouterr().err.split("\n")[0]
     split = tmp_path / "split.csv"
     split.write_text("image,split\nimages/0_left.jpg,train\nimages/0_right.jpg,test\n" +
                      "".join(f"images/{p}_{e}.jpg,train\n" for p in range(1, 6) for e in ("left", "right")))  # fmt: skip

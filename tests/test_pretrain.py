@@ -77,7 +77,9 @@ def test_pretrain_uses_unlabelled_images_resumes_and_initialises_training(
 
 
 def test_pretrain_cli(synthetic_manifest, tmp_path, capsys):
-    rc = main(["pretrain", str(synthetic_manifest), "--out", str(tmp_path / "p"), "--model", "tiny-cnn",
+    assert main(["pretrain", "--out", str(tmp_path / "none")]) == 2  # no photographs given
+    assert "give the photographs" in capsys.readouterr().err
+    rc = main(["pretrain", "--data", str(synthetic_manifest), "--out", str(tmp_path / "p"), "--model", "tiny-cnn",
                "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--precision", "fp32", "--no-progress"])  # fmt: skip
     assert rc == 0 and "--init" in capsys.readouterr().out
     rc = main(["train", "--data", str(synthetic_manifest), "--out", str(tmp_path / "t"), "--preset", "quick",

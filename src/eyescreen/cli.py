@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default: next to the checkpoint, .onnx)")
 
     p = sub.add_parser("check-data", help="data-health report: counts, duplicates, unreadable files, sizes")
-    p.add_argument("data", help="manifest CSV or root/<class>/ folder")
+    p.add_argument("data", nargs="?", help="manifest CSV or root/<class>/ folder")
+    p.add_argument("--data", dest="data_option", metavar="DATA", help="the same, as `train` takes it")
     p.add_argument("--classes")
     p.add_argument("--split", help="also count per split and check no patient is in two splits")
     p.add_argument("--json", help="also write the report as JSON here")
@@ -188,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pretrain", help="self-supervised pre-training (SimCLR) on photographs, labelled or not"
     )
-    p.add_argument("data", nargs="+", help="manifests (every row, with or without a label) and/or folders")
+    p.add_argument("data", nargs="*", help="manifests (every row, with or without a label) and/or folders")
+    p.add_argument("--data", dest="data_option", metavar="DATA", action="append", default=[],
+                   help="the same, as `train` takes it (repeatable)")  # fmt: skip
     p.add_argument("--out", required=True)
     p.add_argument("--model", default="resnet18")
     p.add_argument("--image-size", type=int, default=128)
@@ -308,7 +311,8 @@ def run(args) -> int:
 
         from .check import check_data, format_report, problems
 
-        rep = check_data(args.data, parse_classes(args.classes), args.split, progress=not args.no_progress)
+        data = _one_data(args.data, args.data_option)
+        rep = check_data(data, parse_classes(args.classes), args.split, progress=not args.no_progress)
         print(format_report(rep))
         if args.json:
             Path(args.json).write_text(json.dumps(rep, indent=2))
@@ -321,7 +325,10 @@ def run(args) -> int:
             batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
             precision=args.precision, device=args.device, holdout_split=args.holdout_split,
         )  # fmt: skip
-        path = pretrain(cfg, args.data, args.out, resume=args.resume, cache_dir=args.cache_dir,
+        sources = args.data + args.data_option
+        if not sources:
+            raise ValueError("give the photographs: manifests and/or folders, as arguments or with --data")
+        path = pretrain(cfg, sources, args.out, resume=args.resume, cache_dir=args.cache_dir,
                         progress=not args.no_progress)  # fmt: skip
         print(f"pre-trained weights: {path}\nfine-tune with: eyescreen train ... --init {path}")
     elif args.command == "serve":
@@ -344,6 +351,15 @@ def run(args) -> int:
             }
             print(f"{name}{role.get(name, '')}: {preset_settings(name)}")
     return 0
+
+
+def _one_data(positional: str | None, option: str | None) -> str:
+    """A manifest or folder given either way (`check-data DATA` or `check-data --data DATA`), once."""
+    if positional and option and positional != option:
+        raise ValueError(f"two data sources given ({positional} and --data {option}): give one")
+    if not (positional or option):
+        raise ValueError("give the data: a manifest CSV or a root/<class>/ folder, as an argument or --data")
+    return positional or option
 
 
 def _predict(args) -> int:
