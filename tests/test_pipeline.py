@@ -104,9 +104,10 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     assert {p.name for p in (tmp_path / "cams" / "overlays").iterdir()} == {"a.png", "b.png"}
     assert np.load(tmp_path / "cams" / "maps" / "a.npy").shape == (48, 48)
     assert "predicted" in (tmp_path / "cams" / "index.html").read_text()
-    rc = main(["explain", "--subset", "test", "--checkpoint", str(best), "--method", "eigencam",
-               "--out", str(tmp_path / "gallery"), "--no-progress"])  # fmt: skip
-    assert rc == 0 and "true " in (tmp_path / "gallery" / "index.html").read_text()
+    rc = main(
+        ["explain", "--subset", "test", "--checkpoint", str(best), "--method", "eigencam", "--no-progress"]
+    )
+    assert rc == 0 and "true " in (best.parent / "explain-test" / "index.html").read_text()  # beside the run
     split_rows = list(csv.DictReader(open(best.parent / "split.csv")))
     damaged = synthetic_manifest.parent / next(r["image"] for r in split_rows if r["split"] == "test")
     photograph = damaged.read_bytes()

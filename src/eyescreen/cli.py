@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=int, help="--evaluate / --anatomy use a fixed sample of this many images (200 / all)"
     )
-    p.add_argument("--out", default="explanations")
+    p.add_argument("--out", help="default: with --subset S, beside the checkpoint, RUN/explain-S (RUN/faithfulness-S "
+                   "with --evaluate, RUN/anatomy-S with --anatomy), as evaluate writes RUN/eval-S; else ./explanations")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cache-dir")
     p.add_argument("--device", default="auto")
@@ -280,6 +281,7 @@ def run(args) -> int:
 
         if args.evaluate and args.anatomy:
             raise ValueError("give --evaluate or --anatomy, not both (--evaluate includes the anatomy table)")
+        args.out = args.out or _explain_out(args)
         if args.evaluate:
             from .explain_cli import run_faithfulness
 
@@ -351,6 +353,14 @@ def run(args) -> int:
             }
             print(f"{name}{role.get(name, '')}: {preset_settings(name)}")
     return 0
+
+
+def _explain_out(args) -> str:
+    """Where `explain` writes when --out is not given: a split's explanations live beside its checkpoint."""
+    if not args.subset:
+        return "explanations"
+    kind = "faithfulness" if args.evaluate else "anatomy" if args.anatomy else "explain"
+    return str(Path(args.checkpoint).parent / f"{kind}-{args.subset}")
 
 
 def _one_data(positional: str | None, option: str | None) -> str:
