@@ -231,6 +231,13 @@ def test_cli_train_with_overrides_and_bad_input_messages(synthetic_manifest, tmp
     assert rc == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["config"]["image_size"] == 40 and saved["classes"] == ["normal", "spots"]
+    capsys.readouterr()
+    assert (
+        main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    )  # its data from the run itself
+    assert f"resuming {out} after epoch 1 of 1" in capsys.readouterr().out
+    assert main(["train", "--out", str(tmp_path / "other"), "--no-progress"]) == 2
+    assert "give the data to train on: --data" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors: checkpoint not found" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x")]) == 2

@@ -60,9 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a classifier from scratch on a manifest CSV or class folders")
-    p.add_argument(
-        "--data", required=True, help="manifest CSV (image,label[,patient_id,eye]) or root/<class>/ folder"
-    )
+    p.add_argument("--data", help="manifest CSV (image,label[,patient_id,eye]) or root/<class>/ folder "
+                   "(with --resume, default: the data the run started on)")  # fmt: skip
     p.add_argument("--out", required=True, help="run directory (checkpoints, split, logs)")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help=f"training recipe (default: {DEFAULT_PRESET} on a CPU, {GPU_PRESET} on a GPU, where the "
@@ -228,6 +227,7 @@ def run(args) -> int:
     if args.command == "train":
         from .train import train
 
+        args.data = args.data or _resumed_data(args)
         name = args.preset
         if name is None and not args.resume:  # a resumed run keeps the settings it started with
             name, why = default_preset(args.data, args.model, args.device or "auto")
@@ -353,6 +353,18 @@ def run(args) -> int:
             }
             print(f"{name}{role.get(name, '')}: {preset_settings(name)}")
     return 0
+
+
+def _resumed_data(args) -> str:
+    """The data a run being resumed started on (its last checkpoint records it); else --data is needed."""
+    if not args.resume:
+        raise ValueError("give the data to train on: --data MANIFEST_OR_FOLDER")
+    from .checkpoint import read_meta
+
+    last = Path(args.out) / "last.safetensors"
+    if not last.is_file():
+        raise ValueError(f"{args.out}: no finished epoch to resume from (no last.safetensors); give --data")
+    return read_meta(last)["data"]
 
 
 def _explain_out(args) -> str:
