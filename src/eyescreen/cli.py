@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import MISSING
+from functools import partial
 from pathlib import Path
 
 from .checkpoint import CheckpointError
@@ -385,14 +386,9 @@ def _one_data(positional: str | None, option: str | None) -> str:
 
 
 def _predict(args) -> int:
-    from .data import describe_left_aside, scan_images
+    from .data import images_given
 
-    images, others = scan_images(args.inputs)
-    if others:
-        print(describe_left_aside(others), file=sys.stderr)
-    if not images:
-        print(f"eyescreen predict: error: no image files in {', '.join(args.inputs)}", file=sys.stderr)
-        return 2
+    images_given(args.inputs, say=partial(print, file=sys.stderr))
     if args.pairs:
         from .pairs import DEFAULT_PATTERN
         from .predict_pairs import predict_pairs

@@ -147,6 +147,17 @@ def scan_images(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
     return found, others
 
 
+def images_given(paths: list[str | Path], say=print) -> list[Path]:
+    """The image files of the files and folders a user named, saying which files were left aside; none
+    at all is an error (a typo'd folder must not give an empty result that looks like success)."""
+    images, others = scan_images(paths)
+    if others:
+        say(describe_left_aside(others))
+    if not images:
+        raise DataError(f"no image files in {', '.join(map(str, paths))}")
+    return images
+
+
 def list_images(paths: list[str | Path]) -> list[Path]:
     """Expand files and folders (recursively) into a sorted list of image files."""
     return scan_images(paths)[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .checkpoint import load_model
-from .data import describe_left_aside, list_images, load_dataset, scan_images, subset
+from .data import images_given, list_images, load_dataset, subset
 from .explain import explain_items
 from .inference import resolve_device
 from .models import is_binocular
@@ -35,11 +35,7 @@ def run_explain(args) -> dict:
     if bool(args.inputs) == bool(args.subset):
         raise ValueError("give image files/folders or --subset, not both and not neither")
     if args.inputs:
-        images, others = scan_images(args.inputs)
-        if others:
-            print(describe_left_aside(others), file=sys.stderr)
-        if not images:
-            raise ValueError(f"no image files in {', '.join(args.inputs)}")
+        images_given(args.inputs, say=partial(print, file=sys.stderr))
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
     prep = Preprocessing(**meta["preprocessing"])
     if is_binocular(meta["model"]["name"]):
