@@ -5,6 +5,7 @@ import io
 import os
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -41,6 +42,7 @@ def damaged_files(draw):
     return bytes(data)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # Pillow's own notes on the damaged files: expected
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=damaged_files())
 def test_loader_raises_only_image_error(tmp_path, data):
