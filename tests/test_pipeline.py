@@ -316,3 +316,25 @@ def test_training_says_its_precision_and_the_time_left(synthetic_manifest, tmp_p
     assert "training on cpu, fp32 (this CPU has no native bf16" in out
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert "left)" in epoch_lines[0] and "left)" not in epoch_lines[1]  # epoch 1 of 2, then the last
+
+
+def test_time_left_after_a_resume_counts_only_the_epochs_of_this_session(
+    synthetic_manifest, tmp_path, monkeypatch, capsys
+):
+    real_save_state = train_module.save_state
+
+    def crash_after_one_epoch(path, state):
+        real_save_state(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_state", crash_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(epochs=4), synthetic_manifest, tmp_path / "run", progress=False)
+    monkeypatch.setattr(train_module, "save_state", real_save_state)
+    state = load_state(tmp_path / "run" / "resume.pt")  # as if the first epoch ran on a far slower machine
+    state["history"] = json.dumps([row | {"seconds": 1e6} for row in json.loads(state["history"])])
+    ckpt.save_state(tmp_path / "run" / "resume.pt", state)
+    capsys.readouterr()
+    train(None, synthetic_manifest, tmp_path / "run", resume=True, progress=False)
+    epoch_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert epoch_lines[0].startswith("epoch 2/4") and epoch_lines[0].endswith("(under a minute left)")

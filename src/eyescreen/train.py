@@ -292,6 +292,7 @@ def train(
         if train_set.skipped or val_set.skipped:
             (out / "skipped_images.txt").write_text("\n".join(train_set.skipped + val_set.skipped) + "\n")
 
+    resumed_epochs = len(history)  # their pace was another session's, perhaps another machine's
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
     n = len(train_set)
     for epoch in range(start_epoch, cfg.epochs):
@@ -376,7 +377,7 @@ def train(
             f"val acc {val['accuracy']:.3f} bal-acc {val['balanced_accuracy']:.3f} "
             f"macro-AUC {val['macro_auc']:.3f} | {row['seconds']:.0f}s"
             + ("  *best" if best_epoch == epoch + 1 else "")
-            + (f"  ({left})" if (left := time_left(history, cfg.epochs)) else "")
+            + (f"  ({left})" if (left := time_left(history[resumed_epochs:], cfg.epochs)) else "")
         )
     if ctx.main and best_epoch > 0:
         best_model, _ = load_model(out / "best.safetensors", device)
