@@ -6,6 +6,7 @@ import torch
 
 from eyescreen.checkpoint import load_model, save_model
 from eyescreen.cli import main
+from eyescreen.explain import decided
 from eyescreen.models import create_model
 
 
@@ -17,6 +18,7 @@ def test_onnx_export_matches_pytorch_probabilities(tmp_path):
         "classes": ["a", "b", "c"],
         "preprocessing": {"image_size": 64, "version": 1},
         "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+        "calibration": {"temperature": 2.0, "decision": {"class_weights": [1.0, 3.0, 0.5]}},
     }
     save_model(tmp_path / "m.safetensors", model, meta)
     assert (
@@ -32,3 +34,6 @@ def test_onnx_export_matches_pytorch_probabilities(tmp_path):
     np.testing.assert_allclose(onnx_prob, torch_prob, atol=1e-4)
     described = json.loads(session.get_modelmeta().custom_metadata_map["eyescreen"])
     assert described["classes"] == ["a", "b", "c"] and described["normalization"]["std"] == [0.25] * 3
+    # with the calibration, another runtime names the class `predict` names
+    assert described["calibration"] == meta["calibration"]
+    np.testing.assert_array_equal(decided(onnx_prob, described), decided(torch_prob, meta))

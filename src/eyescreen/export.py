@@ -1,7 +1,8 @@
 """Export a checkpoint to ONNX: input a normalised float batch (N, 3, H, W), output probabilities.
 
-The checkpoint's description (classes, preprocessing, normalisation) travels in the ONNX file's
-metadata, so a runtime without eyescreen knows how to prepare images and name the outputs.
+The checkpoint's description (classes, preprocessing, normalisation, calibration) travels in the ONNX
+file's metadata, so a runtime without eyescreen knows how to prepare images, name the outputs and
+apply the decision rule and referable threshold that `predict` applies.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> Pat
     )
     program.save(str(out))
     proto = onnx.load(str(out))
-    description = {k: meta[k] for k in ("model", "classes", "preprocessing", "normalization")}
+    # The calibration too (temperature, decision weights, referable threshold): without it another
+    # runtime could not name the class `predict` names, nor flag the eyes it flags.
+    keys = ("model", "classes", "preprocessing", "normalization", "calibration")
+    description = {k: meta[k] for k in keys if k in meta}
     entry = proto.metadata_props.add()
     entry.key, entry.value = "eyescreen", json.dumps(description)
     onnx.save(proto, str(out))
