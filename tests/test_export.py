@@ -37,3 +37,17 @@ def test_onnx_export_matches_pytorch_probabilities(tmp_path):
     # with the calibration, another runtime names the class `predict` names
     assert described["calibration"] == meta["calibration"]
     np.testing.assert_array_equal(decided(onnx_prob, described), decided(torch_prob, meta))
+
+
+def test_a_both_eye_checkpoint_is_refused_with_a_clear_error(tmp_path, capsys):
+    model = create_model("tiny-cnn-binocular", num_classes=2)
+    meta = {
+        "model": {"name": "tiny-cnn-binocular", "args": {"num_classes": 2}},
+        "classes": ["a", "b"],
+        "preprocessing": {"image_size": 32, "version": 1},
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    }
+    save_model(tmp_path / "both.safetensors", model, meta)
+    assert main(["export", "--checkpoint", str(tmp_path / "both.safetensors")]) == 2
+    assert "both-eye model (tiny-cnn-binocular) cannot be exported" in capsys.readouterr().err
+    assert not (tmp_path / "both.onnx").exists()

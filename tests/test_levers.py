@@ -396,3 +396,11 @@ def test_training_with_crops_on_the_disc(synthetic_manifest, tmp_path, monkeypat
     both = preset("quick", model="tiny-cnn-binocular", image_size=40, crop_size=24, crop_on_disc=0.5)
     with pytest.raises(ValueError, match="--crop-on-disc crops single eyes"):
         train(both, synthetic_manifest, tmp_path / "both", progress=False)
+
+
+def test_a_warm_up_as_long_as_the_run_names_both_flags():
+    with pytest.raises(
+        ValueError, match=r"warmup_epochs \(1\) must be smaller than epochs \(1\): give more --epochs"
+    ):
+        preset("graham-augment", epochs=1)
+    assert preset("graham-augment", epochs=1, warmup_epochs=0).epochs == 1

@@ -86,7 +86,10 @@ class TrainConfig:
         if self.findings_weight < 0:
             raise ValueError("findings_weight must be zero or more")
         if not 0 <= self.warmup_epochs < max(self.epochs, 1):
-            raise ValueError("warmup_epochs must be smaller than epochs")
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs}): "
+                "give more --epochs, or --warmup-epochs 0"
+            )
         return self
 
 

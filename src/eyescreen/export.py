@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model
+from .models import is_binocular
 
 
 class _WithSoftmax(nn.Module):
@@ -29,6 +30,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> Pat
     import onnx
 
     model, meta = load_model(checkpoint, "cpu")
+    if is_binocular(meta["model"]["name"]):
+        # Its missing-eye mask picks images by value, which the exporter cannot trace into a graph.
+        raise ValueError(
+            f"{checkpoint}: a both-eye model ({meta['model']['name']}) cannot be exported to ONNX yet; "
+            "use `eyescreen predict --pairs` or `eyescreen serve` for it"
+        )
     size = meta["preprocessing"]["image_size"]
     example = torch.zeros(1, 3, size, size)
     out = Path(out)
