@@ -200,3 +200,13 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path):
         == 0
     )
     assert {p.name for p in (tmp_path / "f" / "overlays").iterdir()} == {"X.png", "Y.png"}
+
+    # the single-eye commands say so instead of failing inside the model; calibrate works on patients
+    assert main(["explain", "--evaluate", "--subset", "test", "--checkpoint", best, "--no-progress"]) == 2
+    assert main(["predict", str(folder), "--checkpoint", best, "--out", str(tmp_path / "p.csv")]) == 2
+    assert not (tmp_path / "p.csv").exists()
+    from eyescreen.checkpoint import read_meta
+
+    trained = read_meta(best)["calibration"]
+    assert main(["calibrate", "--checkpoint", best]) == 0  # re-fitted on the validation patients
+    assert read_meta(best)["calibration"]["temperature"] == pytest.approx(trained["temperature"], rel=1e-3)

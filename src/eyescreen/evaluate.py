@@ -75,10 +75,7 @@ def evaluate(
         "classes": classes,
     }
     if is_binocular(meta["model"]["name"]):
-        config = meta.get("config", {})
-        task = BothEyes(
-            classes, config.get("normal_class", "normal"), two_diseases=config.get("two_diseases", "exclude")
-        )
+        task = _both_eyes_task(meta)
         samples = task.load(part, cache, split_name, progress, report=True)
         prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], dev, prec, False)
         has_label = (samples.targets[:, 2] >= 0).numpy()
@@ -256,15 +253,30 @@ def validation_eyes(records, prob, y, dataset: Dataset, predict) -> dict:
     }
 
 
+def _both_eyes_task(meta: dict) -> BothEyes:
+    """The patients of a both-eye checkpoint, labelled as in its training."""
+    config = meta.get("config", {})
+    return BothEyes(
+        meta["classes"],
+        config.get("normal_class", "normal"),
+        two_diseases=config.get("two_diseases", "exclude"),
+    )
+
+
 def _validation_probabilities(checkpoint, cache_dir, device) -> dict:
     dev = resolve_device(str(device))
     model, meta = load_model(checkpoint, dev)
     dataset = load_dataset(meta["data"], meta["classes"])
     part = subset(dataset, meta["split"], "val")
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
-    images, ok, _ = load_stack([r.path for r in part.records], cache)
     precision = resolve_precision(meta.get("config", {}).get("precision", "auto"), dev)  # as in training
     norm = meta["normalization"]
+    if is_binocular(meta["model"]["name"]):  # patients, as the end of training calibrates them
+        task = _both_eyes_task(meta)
+        samples = task.load(part, cache, "val", True, report=True)
+        prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], dev, precision, False)
+        return {"prob": prob, "y": y}
+    images, ok, _ = load_stack([r.path for r in part.records], cache)
     prob = predict_proba(model, images, norm["mean"], norm["std"], dev, precision)
     predict = paths_predictor(model, cache, norm, dev, precision)
     return validation_eyes([part.records[i] for i in ok], prob, part.labels()[ok], dataset, predict)

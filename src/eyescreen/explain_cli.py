@@ -136,6 +136,10 @@ def run_faithfulness(args) -> str:
     if not args.subset:
         raise ValueError("--evaluate needs --subset (e.g. --subset test)")
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
+    if is_binocular(meta["model"]["name"]):
+        raise ValueError(
+            "--evaluate applies to single-eye checkpoints (its curves perturb one image at a time)"
+        )
     records = _subset_sample(args, meta, default_limit=200)
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), args.cache_dir)
     images, ok, errors = load_stack([r.path for r in records], cache, progress=not args.no_progress)

@@ -14,6 +14,7 @@ from .calibrate import apply_temperature, class_weights, decide
 from .checkpoint import load_model
 from .data import list_images
 from .inference import predict_proba, resolve_device, resolve_precision
+from .models import is_binocular
 from .preprocess import ImageError, Preprocessing, preprocess_image
 
 
@@ -33,6 +34,11 @@ def predict(
     same checkpoint into `out_csv` and predict only the other files (unreadable ones again)."""
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
+    if is_binocular(meta["model"]["name"]):
+        raise ValueError(
+            f"{checkpoint}: a both-eye model decides per patient: give it pairs of photographs with "
+            "`eyescreen predict --pairs` (files named like 12_left.jpg / 12_right.jpg)"
+        )
     classes, norm = meta["classes"], meta["normalization"]
     calibration = meta.get("calibration", {})
     temperature = calibration.get("temperature", 1.0)
