@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from eyescreen.fusion import LEFT, POOLINGS, RIGHT, Binocular
+from interrupt import interrupted_after_saves
 
 
 def model(pooling, backbone="tiny-cnn"):
@@ -91,17 +92,8 @@ def test_both_eye_model_trains_resumes_and_loads(tmp_path, monkeypatch):
     eyes, patient = model(torch.zeros(1, 2, 3, 40, 40), torch.tensor([[True, False]]))
     assert eyes.shape == (1, 2, 3) and patient.shape == (1, 3)
 
-    calls, real = [], train_module.save_state
-
-    def crash_after_one_epoch(path, state):
-        real(path, state)
-        calls.append(path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_state", crash_after_one_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_saves(monkeypatch, train_module):
         train(preset("quick", **cfg), manifest, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(train_module, "save_state", real)
     train(None, manifest, tmp_path / "cut", resume=True, progress=False)
     a, b = load_file(tmp_path / "full" / "last.safetensors"), load_file(tmp_path / "cut" / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -18,6 +18,7 @@ from eyescreen.evaluate import evaluate
 from eyescreen.pace import time_left
 from eyescreen.predict import predict
 from eyescreen.train import train
+from interrupt import interrupted_after_saves
 from synthetic import fundus
 
 
@@ -143,18 +144,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(synthetic_manifest, 
     cfg = dict(model="seed-cnn", epochs=3, ema=ema)
     train(tiny_config(**cfg), synthetic_manifest, tmp_path / "full", progress=False)
 
-    real_save_state, calls = train_module.save_state, []
-
-    def crash_after_two_epochs(path, state):
-        real_save_state(path, state)
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_state", crash_after_two_epochs)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_saves(monkeypatch, train_module, saves=2):
         train(tiny_config(**cfg), synthetic_manifest, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(train_module, "save_state", real_save_state)
     assert load_state(tmp_path / "cut" / "resume.pt")["epoch"] == 1
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_config(**cfg), synthetic_manifest, tmp_path / "cut", progress=False)
@@ -321,16 +312,8 @@ def test_training_says_its_precision_and_the_time_left(synthetic_manifest, tmp_p
 def test_time_left_after_a_resume_counts_only_the_epochs_of_this_session(
     synthetic_manifest, tmp_path, monkeypatch, capsys
 ):
-    real_save_state = train_module.save_state
-
-    def crash_after_one_epoch(path, state):
-        real_save_state(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_state", crash_after_one_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_saves(monkeypatch, train_module):
         train(tiny_config(epochs=4), synthetic_manifest, tmp_path / "run", progress=False)
-    monkeypatch.setattr(train_module, "save_state", real_save_state)
     state = load_state(tmp_path / "run" / "resume.pt")  # as if the first epoch ran on a far slower machine
     state["history"] = json.dumps([row | {"seconds": 1e6} for row in json.loads(state["history"])])
     ckpt.save_state(tmp_path / "run" / "resume.pt", state)

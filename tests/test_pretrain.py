@@ -13,6 +13,7 @@ from eyescreen.initial_weights import load_initial_weights
 from eyescreen.models import create_model
 from eyescreen.pretrain import PretrainConfig, image_paths, nt_xent, pretrain
 from eyescreen.train import train
+from interrupt import interrupted_after_saves
 
 
 def test_nt_xent_rewards_matching_views():
@@ -41,16 +42,8 @@ def test_pretrain_uses_unlabelled_images_resumes_and_initialises_training(
     # Resume: a run interrupted after its first epoch ends with the same weights as the full one.
     import eyescreen.pretrain as module
 
-    real_save = module.save_state
-
-    def crash_after_first_epoch(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(module, "save_state", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_saves(monkeypatch, module):
         pretrain(cfg, [synthetic_manifest], tmp_path / "ssl2", progress=False)
-    monkeypatch.setattr(module, "save_state", real_save)
     pretrain(cfg, [synthetic_manifest], tmp_path / "ssl2", resume=True, progress=False)
     a = load_file(str(tmp_path / "ssl2" / "pretrained.safetensors"))
     b = load_file(str(weights))
