@@ -269,3 +269,23 @@ def test_page_in_a_real_browser(live_server, screener, tmp_path):
             assert "not a supported image type" in page.locator("#error").inner_text()
         finally:
             browser.close()
+
+
+def test_a_both_eye_checkpoint_screens_a_patient_with_one_or_two_eyes(tmp_path):
+    from synthetic import write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=16)
+    cfg = preset("quick", model="tiny-cnn-binocular", image_size=48, epochs=2, batch_size=4, precision="fp32")
+    best = train(cfg, manifest, tmp_path / "run", progress=False, cache_dir=tmp_path / "cache")
+    screener = Screener(best, workers=1, device="cpu", max_upload_bytes=200_000)
+    with TestClient(create_app(screener)) as c:
+        assert c.get("/health").json()["both_eye_model"] is True
+        both = {side: ("x.jpg", jpeg_bytes(f"1111_{side}.jpg"), "image/jpeg") for side in ("right", "left")}
+        for files in (both, {"left": both["left"]}):
+            r = c.post("/v1/predict", params={"explain": "true"}, files=files)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert set(body["eyes"]) == set(files) and body["patient"]["predicted"] in screener.classes
+            assert all(eye["overlay_png"] for eye in body["eyes"].values())  # a heatmap for each eye sent
+            total = sum(body["patient"]["probabilities"].values())
+            assert total == pytest.approx(1.0, abs=1e-5)
