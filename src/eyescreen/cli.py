@@ -388,12 +388,13 @@ def _one_data(positional: str | None, option: str | None) -> str:
 def _predict(args) -> int:
     from .data import images_given
 
-    images_given(args.inputs, say=partial(print, file=sys.stderr))
+    # The files found, handed on as files: the folders are walked once.
+    images = images_given(args.inputs, say=partial(print, file=sys.stderr))
     if args.pairs:
         from .pairs import DEFAULT_PATTERN
         from .predict_pairs import predict_pairs
 
-        result = predict_pairs(args.inputs, args.checkpoint, args.out, pattern=args.pair_pattern or DEFAULT_PATTERN,
+        result = predict_pairs(images, args.checkpoint, args.out, pattern=args.pair_pattern or DEFAULT_PATTERN,
                                device=args.device, progress=not args.no_progress, resume=args.resume)  # fmt: skip
         kept = f" ({result['resumed']} kept from the earlier run)" if result["resumed"] else ""
         print(f"{result['patients']} patients predicted{kept}, {len(result['unpaired'])} unpaired files, "
@@ -402,7 +403,7 @@ def _predict(args) -> int:
     from .predict import predict
 
     result = predict(
-        args.inputs,
+        images,
         args.checkpoint,
         args.out,
         batch_size=args.batch_size,
