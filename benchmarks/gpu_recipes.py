@@ -51,6 +51,7 @@ RUNS = [
     ("nofind-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--findings", ""]),
 ]
 PRESET = "graham-findings"
+WEIGHTS_LIMIT = 48 * 2**20  # bytes of weights packed to travel back
 CLASSES = "normal,dr,amd,glaucoma"
 
 
@@ -240,8 +241,8 @@ def summarise(runs: list[Run], opts) -> list[dict]:
 
 
 def pack(rows: list[dict], opts) -> None:
-    """Everything but the weights in one archive; the best run by validation macro-AUC's weights in
-    chunks small enough to travel (`cat best.safetensors.part* > best.safetensors`)."""
+    """Everything but the weights in one archive; the weights of the best run by validation macro-AUC
+    among those small enough to travel (WEIGHTS_LIMIT), in chunks (`cat *.part* > best.safetensors`)."""
     dest = Path(opts.pack)
     dest.mkdir(parents=True, exist_ok=True)
 
@@ -251,9 +252,14 @@ def pack(rows: list[dict], opts) -> None:
     with tarfile.open(dest / "runs.tar.gz", "w:gz") as tar:
         tar.add(opts.out, arcname=opts.out.name, filter=small)
     scored = [r for r in rows if r["state"] == "finished" and "best_val_macro_auc" in r]
-    if not scored:
+    scored.sort(key=lambda r: r["best_val_macro_auc"], reverse=True)
+    # what comes back from a lease is capped (64 MiB in all): a ResNet-34 (85 MB) cannot travel
+    fits = [r for r in scored if (opts.out / r["run"] / "best.safetensors").stat().st_size <= WEIGHTS_LIMIT]
+    for r in scored[: scored.index(fits[0]) if fits else len(scored)]:
+        print(f"weights of {r['run']} too large to travel (> {WEIGHTS_LIMIT >> 20} MiB): left behind", flush=True)
+    if not fits:
         return
-    best = max(scored, key=lambda r: r["best_val_macro_auc"])
+    best = fits[0]
     weights = (opts.out / best["run"] / "best.safetensors").read_bytes()
     chunk = 15 * 2**20
     for old in dest.glob("*.safetensors.part*"):
