@@ -243,7 +243,10 @@ def test_demo_runs_end_to_end_on_the_bundled_sample(tmp_path, capsys):
     )
     assert report["classes"] == ["amd", "dr", "glaucoma", "normal"]
     assert (tmp_path / "demo" / "report" / "report.html").is_file()
-    assert "report:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "report:" in out
+    # the commands it suggests next name this run's model
+    assert f"eyescreen serve --checkpoint {tmp_path / 'demo' / 'best.safetensors'}" in out
 
 
 def test_training_skips_and_lists_unreadable_images(tmp_path):

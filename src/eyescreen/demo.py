@@ -41,4 +41,16 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir=None, progress: bool =
     )
     print(f"report: {report['files']['html']}\n        {report['files']['markdown']}")
     print(f"plots:  {out / 'report'}/*.png\ncheckpoint: {best}")
+    print(next_steps(best))
     return report
+
+
+def next_steps(checkpoint: Path) -> str:
+    """What a newcomer does after the demo: their own data, then this model in a browser."""
+    return (
+        "\nnext:\n"
+        "  your own photographs (README \"Data formats\"): eyescreen check-data --data MANIFEST_OR_FOLDER,\n"
+        "    then eyescreen train --data MANIFEST_OR_FOLDER --out runs/mine\n"
+        f"  screen photographs in a browser with this model: eyescreen serve --checkpoint {checkpoint}\n"
+        f"  a heatmap of what it looked at: eyescreen explain --checkpoint {checkpoint} IMAGE_OR_FOLDER"
+    )
