@@ -177,3 +177,22 @@ def test_both_eye_map_finds_a_lesion_in_the_left_eye_after_mirroring_back():
         py, px = np.unravel_index(cam.argmax(), cam.shape)
         inside += (px - cx) ** 2 + (py - cy) ** 2 <= (SIZE // 8 + 2) ** 2
     assert inside >= 0.75 * len(left), f"left-eye peak on the lesion for {inside}/{len(left)}"
+
+
+@pytest.mark.parametrize("eyes", [1, 2])
+def test_overlay_draws_each_fundus_and_its_map_the_same_size(eyes):
+    """A reader compares places between the photograph and its map: the colour bar must not shrink the map."""
+    import matplotlib.pyplot as plt
+
+    from eyescreen.explain import overlay_figure
+
+    image = np.asarray(fundus(SIZE, None, seed=3)[0])
+    cam = np.random.default_rng(0).random((SIZE, SIZE))
+    fig = overlay_figure([image] * eyes, [cam] * eyes, "title", names=("right eye", "left eye")[:eyes])
+    fig.canvas.draw()
+    boxes = [ax.get_window_extent() for ax in fig.axes]
+    for k in range(eyes):
+        photo, overlay = boxes[3 * k], boxes[3 * k + 1]
+        assert overlay.width == pytest.approx(photo.width, rel=0.01)
+        assert overlay.height == pytest.approx(photo.height, rel=0.01)
+    plt.close(fig)

@@ -139,6 +139,15 @@ def overlay_rgb(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.n
 def save_overlay(images, cams, path: Path, title: str, names=("fundus",)) -> None:
     """Each fundus and, beside it, its map over it (masked to the field of view) with a colour bar.
     One image (single eye) or several side by side (right and left eye of a patient)."""
+    import matplotlib.pyplot as plt
+
+    fig = overlay_figure(images, cams, title, names)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def overlay_figure(images, cams, title: str, names=("fundus",)):
+    """The figure `save_overlay` writes: axes fundus, map, colour bar for each eye in turn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,9 +155,12 @@ def save_overlay(images, cams, path: Path, title: str, names=("fundus",)) -> Non
 
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images, cams = [images], [cams]
-    fig, axes = plt.subplots(1, 2 * len(images), figsize=(8 * len(images), 4.3), squeeze=False)
+    # the colour bar gets its own narrow column, so that the fundus and its map are drawn the same size
+    # (a reader compares places between them)
+    fig, axes = plt.subplots(1, 3 * len(images), figsize=(8 * len(images), 4.3), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 0.05] * len(images)})  # fmt: skip
     for k, (image, cam, name) in enumerate(zip(images, cams, names, strict=True)):
-        left, right = axes[0, 2 * k], axes[0, 2 * k + 1]
+        left, right, bar = axes[0, 3 * k : 3 * k + 3]
         left.imshow(image)
         left.set_title(name)
         if cam is None:  # an eye without a photograph or without a map
@@ -158,13 +170,14 @@ def save_overlay(images, cams, path: Path, title: str, names=("fundus",)) -> Non
             shown = np.ma.masked_where(~field_of_view(image), cam)
             im = right.imshow(shown, cmap="jet", alpha=0.45, vmin=0, vmax=1)
             right.set_title("where the model looked")
-            fig.colorbar(im, ax=right, fraction=0.046, label="relative importance")
+            fig.colorbar(im, cax=bar, label="relative importance")
+        if cam is None:
+            bar.axis("off")
         left.axis("off")
         right.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def gallery(rows: list[dict], classes: list[str], path: Path, method: str) -> None:
