@@ -256,7 +256,10 @@ def pack(rows: list[dict], opts) -> None:
     # what comes back from a lease is capped (64 MiB in all): a ResNet-34 (85 MB) cannot travel
     fits = [r for r in scored if (opts.out / r["run"] / "best.safetensors").stat().st_size <= WEIGHTS_LIMIT]
     for r in scored[: scored.index(fits[0]) if fits else len(scored)]:
-        print(f"weights of {r['run']} too large to travel (> {WEIGHTS_LIMIT >> 20} MiB): left behind", flush=True)
+        print(
+            f"weights of {r['run']} too large to travel (> {WEIGHTS_LIMIT >> 20} MiB): left behind",
+            flush=True,
+        )
     if not fits:
         return
     best = fits[0]

@@ -93,7 +93,9 @@ def fellow_row(run: Path) -> str:
     val = json.loads((run / "eval-val" / "report.json").read_text())
     test = json.loads((run / "eval-test" / "report.json").read_text())
     if "with_fellow_eye" not in val or "with_fellow_eye" not in test:  # stopped early, or no fellow eyes
-        return f"| {run.name} | no fellow-eye part in its eval-val/eval-test reports (evaluation cut short?) |"
+        return (
+            f"| {run.name} | no fellow-eye part in its eval-val/eval-test reports (evaluation cut short?) |"
+        )
     vf, tf = val["with_fellow_eye"], test["with_fellow_eye"]
 
     def rule(block):

@@ -49,7 +49,7 @@ def next_steps(checkpoint: Path) -> str:
     """What a newcomer does after the demo: their own data, then this model in a browser."""
     return (
         "\nnext:\n"
-        "  your own photographs (README \"Data formats\"): eyescreen check-data --data MANIFEST_OR_FOLDER,\n"
+        '  your own photographs (README "Data formats"): eyescreen check-data --data MANIFEST_OR_FOLDER,\n'
         "    then eyescreen train --data MANIFEST_OR_FOLDER --out runs/mine\n"
         f"  screen photographs in a browser with this model: eyescreen serve --checkpoint {checkpoint}\n"
         f"  a heatmap of what it looked at: eyescreen explain --checkpoint {checkpoint} IMAGE_OR_FOLDER"
