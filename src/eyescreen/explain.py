@@ -223,6 +223,14 @@ def decided(prob: np.ndarray, meta: dict) -> np.ndarray:
     return decide(apply_temperature(prob, calibration.get("temperature", 1.0)), class_weights(calibration))
 
 
+def prepare_output(out_dir: Path, classes: list[str], target: str) -> None:
+    """Check --target before any work, and make the folders for the overlays and the raw maps."""
+    if target != "predicted" and target not in classes:
+        raise ValueError(f"--target {target!r}: use 'predicted' or one of {', '.join(classes)}")
+    for sub in ("overlays", "maps"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
 def explain_items(
     items: list[tuple[str, Path, str | None]],
     model: nn.Module,
@@ -247,11 +255,7 @@ def explain_items(
     from .preprocess import ImageError
 
     classes, norm = meta["classes"], meta["normalization"]
-    if target != "predicted" and target not in classes:
-        raise ValueError(f"--target {target!r}: use 'predicted' or one of {', '.join(classes)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "overlays").mkdir(exist_ok=True)
-    (out_dir / "maps").mkdir(exist_ok=True)
+    prepare_output(out_dir, classes, target)
     device = next(model.parameters()).device
     fields = ["name", "file", "true", "predicted", "probability", "target", "overlay", "map"]
     index = BatchOutput(out_dir / "explanations.csv", fields, checkpoint, resume, key="name",
@@ -315,10 +319,7 @@ def explain_patients(
     from .preprocess import ImageError
 
     classes, norm = meta["classes"], meta["normalization"]
-    if target != "predicted" and target not in classes:
-        raise ValueError(f"--target {target!r}: use 'predicted' or one of {', '.join(classes)}")
-    for sub in ("overlays", "maps"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    prepare_output(out_dir, classes, target)
     device = next(model.parameters()).device
     size = meta["preprocessing"]["image_size"]
     rows, failures = [], []
