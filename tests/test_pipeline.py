@@ -161,6 +161,48 @@ def test_resume_after_interruption_equals_uninterrupted_run(synthetic_manifest, 
     ).read_text().count("\n")
 
 
+def test_writes_spaced_out_by_save_every_still_resume_to_the_same_weights(
+    synthetic_manifest, tmp_path, monkeypatch
+):
+    """With --save-every longer than the run (a GPU's fast epochs), the files are written after the first
+    and last epochs only; best.safetensors holds the best epoch's weights all the same, and a run cut
+    between two writes resumes from the last one and ends as an uninterrupted run does."""
+    cfg = dict(model="seed-cnn", epochs=4)
+    full = train(tiny_config(**cfg), synthetic_manifest, tmp_path / "full", progress=False)
+
+    real, writes = train_module.save_state, []
+    monkeypatch.setattr(
+        train_module, "save_state", lambda path, state: (writes.append(state["epoch"]), real(path, state))
+    )
+    spaced = train(
+        tiny_config(**cfg), synthetic_manifest, tmp_path / "spaced", progress=False, save_every=1e9
+    )
+    assert writes == [0, 3]
+    best_epoch = load_model(full)[1]["epoch"]
+    assert load_model(spaced)[1]["epoch"] == best_epoch
+    for k, v in load_file(full).items():
+        assert torch.equal(v, load_file(spaced)[k]), k
+
+    real_log = train_module._write_log
+
+    def cut_at_epoch_3(path, history):
+        real_log(path, history)
+        if len(history) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_write_log", cut_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(**cfg), synthetic_manifest, tmp_path / "cut", progress=False, save_every=1e9)
+    assert load_state(tmp_path / "cut" / "resume.pt")["epoch"] == 0  # the first epoch's write only
+    monkeypatch.setattr(train_module, "_write_log", real_log)
+    train(None, synthetic_manifest, tmp_path / "cut", resume=True, progress=False, save_every=1e9)
+    for name in ("last.safetensors", "best.safetensors"):
+        expected, resumed = load_file(tmp_path / "full" / name), load_file(tmp_path / "cut" / name)
+        for k in expected:
+            assert torch.equal(expected[k], resumed[k]), (name, k)
+    assert (tmp_path / "cut" / "metrics.csv").read_text().count("\n") == 5  # header + 4 epochs
+
+
 def test_checkpoint_round_trip_describes_itself(synthetic_manifest, tmp_path):
     best = train(tiny_config(epochs=1), synthetic_manifest, tmp_path / "run", progress=False)
     model, meta = load_model(best)
@@ -324,3 +366,13 @@ def test_time_left_after_a_resume_counts_only_the_epochs_of_this_session(
     train(None, synthetic_manifest, tmp_path / "run", resume=True, progress=False)
     epoch_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert epoch_lines[0].startswith("epoch 2/4") and epoch_lines[0].endswith("(under a minute left)")
+
+
+def test_save_every_reaches_train_from_the_command_line(monkeypatch, tmp_path, synthetic_manifest):
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda *a, **kw: seen.update(kw))
+    args = ["train", "--data", str(synthetic_manifest), "--out", str(tmp_path / "r"), "--preset", "quick"]
+    assert main([*args, "--save-every", "45", "--no-progress"]) == 0
+    assert seen["save_every"] == 45.0
+    assert main([*args, "--no-progress"]) == 0
+    assert seen["save_every"] is None  # train chooses by device

@@ -46,7 +46,15 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def save_model(path: str | Path, model: nn.Module, meta: dict) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_weights(path, weights_of(model), meta)
+
+
+def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights on the CPU, unchanged by further training."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     metadata = {"eyescreen": json.dumps({"format": FORMAT, **meta})}
     _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

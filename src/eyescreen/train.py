@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import __version__, augment, distributed
-from .checkpoint import load_model, load_state, save_model, save_state
+from .checkpoint import load_model, load_state, save_model, save_state, save_weights, weights_of
 from .config import TrainConfig
 from .data import (
     Dataset,
@@ -45,6 +45,8 @@ from .models import is_binocular
 from .pace import time_left
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
 from .tasks import BothEyes, SingleEye, SingleEyeWithFindings, mixup
+
+GPU_SAVE_EVERY = 30.0  # seconds between checkpoint writes on a GPU (see train's docstring)
 
 LOG_COLUMNS = [
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss",
@@ -163,8 +165,14 @@ def train(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     argv: list[str] | None = None,
+    save_every: float | None = None,
 ) -> Path:
-    """Train a model on `data` into `out_dir`; returns the path of the best checkpoint."""
+    """Train a model on `data` into `out_dir`; returns the path of the best checkpoint.
+
+    The checkpoints and the resume state are written after the first epoch, the last, and any epoch that
+    ends `save_every` seconds or more after the previous write (None: every epoch on a CPU, 30 s on a
+    GPU, where writing them every epoch would take a fifth of the time; benchmarks/checkpoint_write.py).
+    An interrupted run resumes from the last write."""
     out = Path(out_dir)
     if resume:
         state = load_state(out / "resume.pt")
@@ -293,6 +301,10 @@ def train(
             (out / "skipped_images.txt").write_text("\n".join(train_set.skipped + val_set.skipped) + "\n")
 
     resumed_epochs = len(history)  # their pace was another session's, perhaps another machine's
+    if save_every is None:
+        save_every = 0.0 if device.type == "cpu" else GPU_SAVE_EVERY
+    # the first epoch of each session writes (last_write -inf); best_weights: an improvement not yet written
+    last_write, best_weights = -math.inf, None
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
     n = len(train_set)
     for epoch in range(start_epoch, cfg.epochs):
@@ -355,23 +367,28 @@ def train(
         epoch_meta = meta | {"epoch": epoch + 1, "val_metrics": val}
         if score > best:
             best, best_epoch = score, epoch + 1
-            save_model(out / "best.safetensors", evaluated, epoch_meta)
-        save_model(out / "last.safetensors", evaluated, epoch_meta)
-        save_state(
-            out / "resume.pt",
-            {
-                "model": trainable.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema else None,
-                "rng": torch.get_rng_state(),
-                "epoch": epoch,
-                "best": best,
-                "best_epoch": best_epoch,
-                "history": json.dumps(history),
-                "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes}),
-            },
-        )
+            best_weights = (weights_of(evaluated), epoch_meta)
+        if epoch == cfg.epochs - 1 or time.perf_counter() - last_write >= save_every:
+            if best_weights:  # written with the state it belongs to, so the files always agree
+                save_weights(out / "best.safetensors", *best_weights)
+                best_weights = None
+            save_model(out / "last.safetensors", evaluated, epoch_meta)
+            save_state(
+                out / "resume.pt",
+                {
+                    "model": trainable.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "ema": ema.state_dict() if ema else None,
+                    "rng": torch.get_rng_state(),
+                    "epoch": epoch,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "history": json.dumps(history),
+                    "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes}),
+                },
+            )
+            last_write = time.perf_counter()
         print(
             f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | "
             f"val acc {val['accuracy']:.3f} bal-acc {val['balanced_accuracy']:.3f} "
