@@ -376,3 +376,52 @@ def test_save_every_reaches_train_from_the_command_line(monkeypatch, tmp_path, s
     assert seen["save_every"] == 45.0
     assert main([*args, "--no-progress"]) == 0
     assert seen["save_every"] is None  # train chooses by device
+
+
+def test_sigterm_stops_after_the_epoch_with_it_written_and_resume_ends_as_an_uninterrupted_run(
+    synthetic_manifest, tmp_path, monkeypatch, capsys
+):
+    """A scheduler's SIGTERM mid-run, writes spaced out as on a GPU: the epoch finishes and is written
+    (not the earlier write), the command exits 143 saying how to go on, and --resume completes it."""
+    import os
+    import signal
+
+    args = ["train", "--data", str(synthetic_manifest), "--preset", "quick", "--model", "seed-cnn",
+            "--image-size", "48", "--epochs", "4", "--batch-size", "8", "--precision", "fp32",
+            "--save-every", "1e9", "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+    real_log, handler = train_module._write_log, signal.getsignal(signal.SIGTERM)
+
+    def term_at_epoch_2(path, history):
+        real_log(path, history)
+        if len(history) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train_module, "_write_log", term_at_epoch_2)
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 128 + signal.SIGTERM
+    assert "stopped (SIGTERM) after epoch 2 of 4" in capsys.readouterr().err
+    assert load_state(tmp_path / "cut" / "resume.pt")["epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) is handler  # ours did not outlive the run
+    monkeypatch.setattr(train_module, "_write_log", real_log)
+    assert main(["train", "--out", str(tmp_path / "cut"), "--resume", "--no-progress"]) == 0
+    expected, resumed = (
+        load_file(tmp_path / "full" / "last.safetensors"),
+        load_file(tmp_path / "cut" / "last.safetensors"),
+    )
+    for k in expected:
+        assert torch.equal(expected[k], resumed[k]), k
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    import os
+    import signal
+
+    from eyescreen.stopping import StopRequest
+
+    handler = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.reason == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is handler

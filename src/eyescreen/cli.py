@@ -23,6 +23,7 @@ from .config import (
 from .data import DataError, parse_classes
 from .models import describe_model, list_models
 from .preprocess import ImageError
+from .stopping import StopRequested
 
 
 def _add_config_overrides(p: argparse.ArgumentParser) -> None:
@@ -428,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ImageError, CheckpointError, FileExistsError, ValueError) as e:
         print(f"eyescreen {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except StopRequested as e:
+        print(f"eyescreen {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(
             "interrupted; continue with the same command and --resume (train, predict, explain)",

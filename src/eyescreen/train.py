@@ -15,6 +15,7 @@ import random
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from .metrics import headline_metrics
 from .models import is_binocular
 from .pace import time_left
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
+from .stopping import StopRequest, StopRequested
 from .tasks import BothEyes, SingleEye, SingleEyeWithFindings, mixup
 
 GPU_SAVE_EVERY = 30.0  # seconds between checkpoint writes on a GPU (see train's docstring)
@@ -307,95 +309,104 @@ def train(
     last_write, best_weights = -math.inf, None
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
     n = len(train_set)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        # The order depends only on (seed, epoch), so a resumed run sees the same batches.
-        if cfg.sampler == "balanced":
-            order = distributed.balanced_epoch_indices(train_set.labels, cfg.seed, epoch, ctx)
-        else:
-            order = distributed.epoch_indices(n, cfg.seed, epoch, ctx)
-        if len(order) % local_batch == 1:
-            order = order[:-1]  # a batch of one breaks batch normalisation
-        total_loss, correct, scored, seen = 0.0, 0, 0, 0
-        bar = tqdm(range(0, len(order), local_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (progress and ctx.main))  # fmt: skip
-        for start in bar:
-            idx = order[start : start + local_batch]
-            x, mask, y = task.batch(train_set, idx, transform, device, mean, std, channels_last)
-            mix = None
-            if cfg.mixup:
-                x, mix = mixup(x, cfg.mixup)
-            with autocast(device, precision):
-                loss, n_correct, n_scored = task.loss(
-                    net, x, mask, y, loss_fn, log_prior, cfg.logit_adjust != 0, mix
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if ema:
-                ema.update_parameters(model)
-            total_loss += loss.item() * len(idx)
-            correct += n_correct
-            scored += n_scored
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / max(scored, 1):.3f}")
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        total_loss, correct, scored, seen = distributed.sum_across(ctx, total_loss, correct, scored, seen)
-        if not ctx.main:
-            continue  # validation, logs and checkpoints are rank 0's job
+    stop = StopRequest()  # SIGTERM or Ctrl-C: finish the epoch, write it, stop (one process only:
+    # under torchrun the processes could disagree on the epoch)
+    with stop if not ctx.enabled else nullcontext():
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            model.train()
+            # The order depends only on (seed, epoch), so a resumed run sees the same batches.
+            if cfg.sampler == "balanced":
+                order = distributed.balanced_epoch_indices(train_set.labels, cfg.seed, epoch, ctx)
+            else:
+                order = distributed.epoch_indices(n, cfg.seed, epoch, ctx)
+            if len(order) % local_batch == 1:
+                order = order[:-1]  # a batch of one breaks batch normalisation
+            total_loss, correct, scored, seen = 0.0, 0, 0, 0
+            bar = tqdm(range(0, len(order), local_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not (progress and ctx.main))  # fmt: skip
+            for start in bar:
+                idx = order[start : start + local_batch]
+                x, mask, y = task.batch(train_set, idx, transform, device, mean, std, channels_last)
+                mix = None
+                if cfg.mixup:
+                    x, mix = mixup(x, cfg.mixup)
+                with autocast(device, precision):
+                    loss, n_correct, n_scored = task.loss(
+                        net, x, mask, y, loss_fn, log_prior, cfg.logit_adjust != 0, mix
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if ema:
+                    ema.update_parameters(model)
+                total_loss += loss.item() * len(idx)
+                correct += n_correct
+                scored += n_scored
+                seen += len(idx)
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / max(scored, 1):.3f}")
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            total_loss, correct, scored, seen = distributed.sum_across(ctx, total_loss, correct, scored, seen)
+            if not ctx.main:
+                continue  # validation, logs and checkpoints are rank 0's job
 
-        prob, y_val = task.probabilities(evaluated, val_set, mean, std, device, precision, channels_last)
-        val = headline_metrics(y_val, prob)
-        val_loss = float(
-            nn.functional.nll_loss(
-                torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(y_val)
+            prob, y_val = task.probabilities(evaluated, val_set, mean, std, device, precision, channels_last)
+            val = headline_metrics(y_val, prob)
+            val_loss = float(
+                nn.functional.nll_loss(
+                    torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(y_val)
+                )
             )
-        )
-        row = {
-            "epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen, "train_accuracy": correct / max(scored, 1),
-            "val_loss": val_loss, "val_accuracy": val["accuracy"],
-            "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_auc": val["macro_auc"],
-            "seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak_rss_mb(),
-        }  # fmt: skip
-        history.append(row)
-        _write_log(out / "metrics.csv", history)
-        score = val[cfg.select_metric]
-        score = -math.inf if math.isnan(score) else score
-        epoch_meta = meta | {"epoch": epoch + 1, "val_metrics": val}
-        if score > best:
-            best, best_epoch = score, epoch + 1
-            best_weights = (weights_of(evaluated), epoch_meta)
-        if epoch == cfg.epochs - 1 or time.perf_counter() - last_write >= save_every:
-            if best_weights:  # written with the state it belongs to, so the files always agree
-                save_weights(out / "best.safetensors", *best_weights)
-                best_weights = None
-            save_model(out / "last.safetensors", evaluated, epoch_meta)
-            save_state(
-                out / "resume.pt",
-                {
-                    "model": trainable.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "ema": ema.state_dict() if ema else None,
-                    "rng": torch.get_rng_state(),
-                    "epoch": epoch,
-                    "best": best,
-                    "best_epoch": best_epoch,
-                    "history": json.dumps(history),
-                    "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes}),
-                },
+            row = {
+                "epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen, "train_accuracy": correct / max(scored, 1),
+                "val_loss": val_loss, "val_accuracy": val["accuracy"],
+                "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_auc": val["macro_auc"],
+                "seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak_rss_mb(),
+            }  # fmt: skip
+            history.append(row)
+            _write_log(out / "metrics.csv", history)
+            score = val[cfg.select_metric]
+            score = -math.inf if math.isnan(score) else score
+            epoch_meta = meta | {"epoch": epoch + 1, "val_metrics": val}
+            if score > best:
+                best, best_epoch = score, epoch + 1
+                best_weights = (weights_of(evaluated), epoch_meta)
+            if epoch == cfg.epochs - 1 or time.perf_counter() - last_write >= save_every or stop.reason:
+                if best_weights:  # written with the state it belongs to, so the files always agree
+                    save_weights(out / "best.safetensors", *best_weights)
+                    best_weights = None
+                save_model(out / "last.safetensors", evaluated, epoch_meta)
+                save_state(
+                    out / "resume.pt",
+                    {
+                        "model": trainable.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "ema": ema.state_dict() if ema else None,
+                        "rng": torch.get_rng_state(),
+                        "epoch": epoch,
+                        "best": best,
+                        "best_epoch": best_epoch,
+                        "history": json.dumps(history),
+                        "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes}),
+                    },
+                )
+                last_write = time.perf_counter()
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | "
+                f"val acc {val['accuracy']:.3f} bal-acc {val['balanced_accuracy']:.3f} "
+                f"macro-AUC {val['macro_auc']:.3f} | {row['seconds']:.0f}s"
+                + ("  *best" if best_epoch == epoch + 1 else "")
+                + (f"  ({left})" if (left := time_left(history[resumed_epochs:], cfg.epochs)) else "")
             )
-            last_write = time.perf_counter()
-        print(
-            f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | "
-            f"val acc {val['accuracy']:.3f} bal-acc {val['balanced_accuracy']:.3f} "
-            f"macro-AUC {val['macro_auc']:.3f} | {row['seconds']:.0f}s"
-            + ("  *best" if best_epoch == epoch + 1 else "")
-            + (f"  ({left})" if (left := time_left(history[resumed_epochs:], cfg.epochs)) else "")
-        )
+            if stop.reason and epoch + 1 < cfg.epochs:
+                raise StopRequested(
+                    f"stopped ({stop.reason}) after epoch {epoch + 1} of {cfg.epochs}, written to {out}; "
+                    f"continue with: eyescreen train --out {out} --resume",
+                    stop.reason,
+                )
     if ctx.main and best_epoch > 0:
         best_model, _ = load_model(out / "best.safetensors", device)
         prob, y_val = task.probabilities(best_model, val_set, mean, std, device, precision, channels_last)
