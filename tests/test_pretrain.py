@@ -98,3 +98,27 @@ def test_holdout_split_leaves_out_every_photograph_of_validation_and_test_patien
     assert kept == {r.path for r in rows if r.group not in held}
     with pytest.raises(ValueError, match="split file"):
         holdout_patients(synthetic_manifest)
+
+
+def test_sigterm_during_pretraining_finishes_and_writes_the_epoch(synthetic_manifest, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import eyescreen.pretrain as module
+    from eyescreen.checkpoint import load_state
+    from eyescreen.stopping import StopRequested
+
+    real = module.time_left  # called once an epoch, before that epoch is written
+
+    def term_at_epoch_1(paces, epochs):
+        if len(paces) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(paces, epochs)
+
+    monkeypatch.setattr(module, "time_left", term_at_epoch_1)
+    cfg = PretrainConfig(model="tiny-cnn", image_size=40, epochs=3, batch_size=16, precision="fp32")
+    with pytest.raises(StopRequested, match=r"stopped \(SIGTERM\) after epoch 1 of 3") as stopped:
+        pretrain(cfg, [synthetic_manifest], tmp_path / "ssl", progress=False)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert load_state(tmp_path / "ssl" / "pretrain-resume.pt")["epoch"] == 0
+    assert read_meta(tmp_path / "ssl" / "pretrained.safetensors")["epoch"] == 1

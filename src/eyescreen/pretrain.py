@@ -27,6 +27,7 @@ from .inference import autocast, resolve_device, resolve_precision
 from .models import create_model
 from .pace import time_left
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack, normalize
+from .stopping import StopRequest, StopRequested
 from .train import seed_everything
 
 
@@ -130,34 +131,41 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
         "pretrain": asdict(cfg) | {"method": "simclr", "images": len(ok), "holdout_patients": len(holdout)},
     }
     paces: list[dict] = []  # this process's epochs: the pace of the machine it runs on
-    for epoch in range(start, cfg.epochs):
-        model.train()
-        began, losses = time.perf_counter(), []
-        order = torch.randperm(len(images))
-        steps = range(0, len(order) - batch + 1, batch)  # full batches: NT-Xent needs negatives
-        for s in tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
-            chunk = images[order[s : s + batch]]
-            chunk = chunk.to(device)
-            x = normalize(torch.cat([transform(chunk), transform(chunk)]), DEFAULT_MEAN, DEFAULT_STD)
-            with autocast(device, precision):
-                z = model(x)
-            loss = nt_xent(z[: len(chunk)], z[len(chunk) :], cfg.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        scheduler.step()
-        mean = sum(losses) / max(len(losses), 1)
-        paces.append({"epoch": epoch + 1, "seconds": time.perf_counter() - began})
-        left = time_left(paces, cfg.epochs)
-        print(
-            f"epoch {epoch + 1}/{cfg.epochs}: contrastive loss {mean:.4f} | {paces[-1]['seconds']:.0f}s"
-            + (f"  ({left})" if left else "")
-        )
-        save_model(out / "pretrained.safetensors", model, meta | {"epoch": epoch + 1, "loss": mean})
-        save_state(out / "pretrain-resume.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
-            "config": json.dumps(asdict(cfg)),
-        })  # fmt: skip
+    with StopRequest() as stop:  # SIGTERM or Ctrl-C: finish the epoch, write it, stop
+        for epoch in range(start, cfg.epochs):
+            model.train()
+            began, losses = time.perf_counter(), []
+            order = torch.randperm(len(images))
+            steps = range(0, len(order) - batch + 1, batch)  # full batches: NT-Xent needs negatives
+            for s in tqdm(steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
+                chunk = images[order[s : s + batch]]
+                chunk = chunk.to(device)
+                x = normalize(torch.cat([transform(chunk), transform(chunk)]), DEFAULT_MEAN, DEFAULT_STD)
+                with autocast(device, precision):
+                    z = model(x)
+                loss = nt_xent(z[: len(chunk)], z[len(chunk) :], cfg.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            scheduler.step()
+            mean = sum(losses) / max(len(losses), 1)
+            paces.append({"epoch": epoch + 1, "seconds": time.perf_counter() - began})
+            left = time_left(paces, cfg.epochs)
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs}: contrastive loss {mean:.4f} | {paces[-1]['seconds']:.0f}s"
+                + (f"  ({left})" if left else "")
+            )
+            save_model(out / "pretrained.safetensors", model, meta | {"epoch": epoch + 1, "loss": mean})
+            save_state(out / "pretrain-resume.pt", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
+                "config": json.dumps(asdict(cfg)),
+            })  # fmt: skip
+            if stop.reason and epoch + 1 < cfg.epochs:
+                raise StopRequested(
+                    f"stopped ({stop.reason}) after epoch {epoch + 1} of {cfg.epochs}, written to {out}; "
+                    "continue with the same command and --resume",
+                    stop.reason,
+                )
     return out / "pretrained.safetensors"
