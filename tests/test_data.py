@@ -49,6 +49,8 @@ def test_folder_per_class_layout(tmp_path):
     assert ds.classes == ["x", "y"]
     assert sorted(r.key for r in ds.records) == [f"{c}/{i}.jpg" for c in "xy" for i in range(3)]
     assert len({r.group for r in ds.records}) == 6  # no patient ids: every image is its own group
+    assert ds.skipped == {"not an image by its name: .txt": 1}  # said in the summary; hidden files are not
+    assert "not used (not an image by its name: .txt): 1" in ds.summary()
 
 
 def test_split_keeps_patients_whole_stratified_and_seeded(synthetic_manifest):

@@ -68,8 +68,11 @@ def load_dataset(source: str | Path, classes: list[str] | None = None) -> Datase
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: no such manifest or folder")
-    raw = read_manifest(source) if source.is_file() else read_class_folders(source)
-    return _select_classes(raw, classes, source)
+    left_aside: Counter = Counter()
+    raw = read_manifest(source) if source.is_file() else read_class_folders(source, left_aside)
+    dataset = _select_classes(raw, classes, source)
+    dataset.skipped.update(left_aside)
+    return dataset
 
 
 def manifest_columns(data: str | Path) -> list[str]:
@@ -118,11 +121,15 @@ def read_manifest(manifest: Path) -> list[Record]:
     return records
 
 
-def read_class_folders(root: Path) -> list[Record]:
-    """`root/<class>/*.jpg`: every sub-folder is a class; each image is its own group."""
+def read_class_folders(root: Path, left_aside: Counter | None = None) -> list[Record]:
+    """`root/<class>/*.jpg`: every sub-folder is a class; each image is its own group. Files whose names
+    are not an image's are counted by suffix into `left_aside` when given."""
     records = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in scan_images([class_dir])[0]:
+        images, others = scan_images([class_dir])
+        if left_aside is not None:
+            left_aside.update(f"not an image by its name: {q.suffix.lower() or 'no suffix'}" for q in others)
+        for path in images:
             key = path.relative_to(root).as_posix()
             records.append(Record(path=path.resolve(), key=key, label=class_dir.name, group=f"image:{key}"))
     if not records:
