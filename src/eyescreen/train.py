@@ -140,6 +140,24 @@ def _write_log(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
+def write_checkpoints(out: Path, best: tuple | None, last: tuple, resume_state: dict) -> None:
+    """best.safetensors (when `best` = (weights, meta) holds an improvement not yet written),
+    last.safetensors from `last` = (model, meta), then resume.pt: written together, the files agree."""
+    if best:
+        save_weights(out / "best.safetensors", *best)
+    save_model(out / "last.safetensors", *last)
+    save_state(out / "resume.pt", resume_state)
+
+
+def epoch_line(row: dict, epochs: int, best_epoch: int) -> str:
+    return (
+        f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | "
+        f"val acc {row['val_accuracy']:.3f} bal-acc {row['val_balanced_accuracy']:.3f} "
+        f"macro-AUC {row['val_macro_auc']:.3f} | {row['seconds']:.0f}s"
+        + ("  *best" if best_epoch == row["epoch"] else "")
+    )
+
+
 def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
     """One eye or both eyes per sample; with --findings, one eye plus the findings head."""
     if is_binocular(cfg.model):
@@ -374,33 +392,17 @@ def train(
                 best, best_epoch = score, epoch + 1
                 best_weights = (weights_of(evaluated), epoch_meta)
             if epoch == cfg.epochs - 1 or time.perf_counter() - last_write >= save_every or stop.reason:
-                if best_weights:  # written with the state it belongs to, so the files always agree
-                    save_weights(out / "best.safetensors", *best_weights)
-                    best_weights = None
-                save_model(out / "last.safetensors", evaluated, epoch_meta)
-                save_state(
-                    out / "resume.pt",
-                    {
-                        "model": trainable.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "ema": ema.state_dict() if ema else None,
-                        "rng": torch.get_rng_state(),
-                        "epoch": epoch,
-                        "best": best,
-                        "best_epoch": best_epoch,
-                        "history": json.dumps(history),
-                        "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes}),
-                    },
-                )
-                last_write = time.perf_counter()
-            print(
-                f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | "
-                f"val acc {val['accuracy']:.3f} bal-acc {val['balanced_accuracy']:.3f} "
-                f"macro-AUC {val['macro_auc']:.3f} | {row['seconds']:.0f}s"
-                + ("  *best" if best_epoch == epoch + 1 else "")
-                + (f"  ({left})" if (left := time_left(history[resumed_epochs:], cfg.epochs)) else "")
-            )
+                resume_state = {
+                    "model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
+                    "rng": torch.get_rng_state(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                    "history": json.dumps(history),
+                    "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes}),
+                }  # fmt: skip
+                write_checkpoints(out, best_weights, (evaluated, epoch_meta), resume_state)
+                last_write, best_weights = time.perf_counter(), None
+            left = time_left(history[resumed_epochs:], cfg.epochs)
+            print(epoch_line(row, cfg.epochs, best_epoch) + (f"  ({left})" if left else ""))
             if stop.reason and epoch + 1 < cfg.epochs:
                 raise StopRequested(
                     f"stopped ({stop.reason}) after epoch {epoch + 1} of {cfg.epochs}, written to {out}; "
