@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import pickle
 
 import numpy as np
@@ -65,6 +66,23 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     assert load_model(best)[1]["calibration"]["temperature"] == pytest.approx(
         meta["calibration"]["temperature"], rel=1e-3
     )
+
+    # other data, lacking one of the model's classes (an external set): scored over the classes present
+    with open(synthetic_manifest, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["label"] != "spots"]
+    other = tmp_path / "no-spots.csv"
+    with open(other, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=list(rows[0]))
+        out.writeheader()
+        out.writerows(r | {"image": str(synthetic_manifest.parent / r["image"])} for r in rows)
+    assert main(["evaluate", "--checkpoint", str(best), "--data", str(other), "--subset", "all",
+                 "--out", str(tmp_path / "external"), "--bootstrap", "20", "--no-progress"]) == 0  # fmt: skip
+    external = json.loads((tmp_path / "external" / "report.json").read_text())
+    assert external["metrics"]["per_class"]["spots"]["support"] == 0
+    assert external["metrics"]["per_class"]["spots"]["roc_auc"] is None or math.isnan(
+        external["metrics"]["per_class"]["spots"]["roc_auc"]
+    )
+    assert "absent from these data: spots" in (tmp_path / "external" / "report.md").read_text()
 
     folder = tmp_path / "new"
     folder.mkdir()

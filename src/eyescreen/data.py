@@ -63,14 +63,15 @@ def parse_classes(text: str | None) -> list[str] | None:
     return classes
 
 
-def load_dataset(source: str | Path, classes: list[str] | None = None) -> Dataset:
-    """Read a manifest CSV or a folder-per-class layout and keep the rows usable for training."""
+def load_dataset(source: str | Path, classes: list[str] | None = None, allow_absent: bool = False) -> Dataset:
+    """Read a manifest CSV or a folder-per-class layout and keep the rows usable for training.
+    `allow_absent`: `classes` may name classes these data lack (a model's, evaluated on other data)."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: no such manifest or folder")
     left_aside: Counter = Counter()
     raw = read_manifest(source) if source.is_file() else read_class_folders(source, left_aside)
-    dataset = _select_classes(raw, classes, source)
+    dataset = _select_classes(raw, classes, source, allow_absent)
     dataset.skipped.update(left_aside)
     return dataset
 
@@ -180,13 +181,15 @@ def describe_left_aside(others: list[Path]) -> str:
     )
 
 
-def _select_classes(raw: list[Record], classes: list[str] | None, source: Path) -> Dataset:
+def _select_classes(
+    raw: list[Record], classes: list[str] | None, source: Path, allow_absent: bool = False
+) -> Dataset:
     present = sorted({r.label for r in raw if r.label is not None})
     if classes is None:
         classes = present
     else:
         unknown = [c for c in classes if c not in present]
-        if unknown:
+        if unknown and not allow_absent:
             raise DataError(
                 f"{source}: class(es) {', '.join(unknown)} not found in the data; present: {', '.join(present)}"
             )

@@ -21,6 +21,16 @@ from .report import write_report
 from .tasks import BothEyes
 
 
+def absent_classes_note(part: Dataset, classes: list[str]) -> list[str]:
+    """A model evaluated on other data may meet only some of its classes: say which are missing."""
+    present = {r.label for r in part.records}
+    absent = [c for c in classes if c not in present]
+    if not absent:
+        return []
+    return [f"classes of the model absent from these data: {', '.join(absent)} (no AUC or sensitivity for "
+            "them; macro-AUC and balanced accuracy are over the classes present)"]  # fmt: skip
+
+
 def evaluate(
     checkpoint: str | Path,
     out_dir: str | Path | None = None,
@@ -43,7 +53,7 @@ def evaluate(
             raise ValueError("--tta applies to single-eye models")
         model = ViewAverage(model, tta)
     classes = meta["classes"]
-    dataset = load_dataset(data or meta["data"], classes)
+    dataset = load_dataset(data or meta["data"], classes, allow_absent=True)  # other data may lack some
     if split_name == "all":
         part = dataset
     else:
@@ -73,6 +83,7 @@ def evaluate(
         "split": split_name,
         "test_time_augmentation": TTA_DESCRIPTIONS[tta] if tta else "none",
         "classes": classes,
+        "notes": absent_classes_note(part, classes),
     }
     if is_binocular(meta["model"]["name"]):
         task = _both_eyes_task(meta)
@@ -105,12 +116,12 @@ def evaluate(
         if has.any()
         else []
     )
-    report = _score(common | {"level": "eye", "notes": notes}, y, prob, groups, [r.key for r in records], meta, out,
+    report = _score(common | {"level": "eye", "notes": common["notes"] + notes}, y, prob, groups, [r.key for r in records], meta, out,
                     metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
     if has.any():
         note = (f"each eye blended with its fellow eye (weight {fellow_weight:.2f}, fitted on validation); "
                 f"{int(has.sum())} of {len(records)} eyes have one; each eye alone: [../report.md](../report.md)")  # fmt: skip
-        sub = _score(common | {"level": "eye", "notes": [note]}, y, blend(prob, fellow_prob, has, fellow_weight), groups,
+        sub = _score(common | {"level": "eye", "notes": common["notes"] + [note]}, y, blend(prob, fellow_prob, has, fellow_weight), groups,
                      [r.key for r in records], meta, out / "fellow-eye", None, n_resamples, [])  # fmt: skip
         report["with_fellow_eye"] = {
             k: sub[k] for k in ("metrics", "confidence_intervals", "calibration", "decision", "files")
