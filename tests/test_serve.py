@@ -185,14 +185,20 @@ def test_serve_without_checkpoint_trains_the_demo_model_once(tmp_path, monkeypat
 
     def fake_demo(run_dir):
         calls.append(run_dir)
-        (tmp_path / "demo").mkdir()
+        (tmp_path / "demo" / "report").mkdir(parents=True, exist_ok=True)
         (tmp_path / "demo" / "best.safetensors").write_bytes(b"x")
+        (tmp_path / "demo" / "report" / "report.json").write_text("{}")  # the demo's last step
 
     monkeypatch.setattr("eyescreen.demo.run_demo", fake_demo)
     assert server_module.demo_checkpoint(tmp_path / "demo") == tmp_path / "demo" / "best.safetensors"
-    assert "training it on the bundled sample" in capsys.readouterr().out
+    assert "no demo model" in capsys.readouterr().out
     server_module.demo_checkpoint(tmp_path / "demo")
     assert len(calls) == 1
+
+    # a demo interrupted after its first checkpoint, before its report: trained again, not served half-done
+    (tmp_path / "demo" / "report" / "report.json").unlink()
+    server_module.demo_checkpoint(tmp_path / "demo")
+    assert len(calls) == 2 and "an unfinished demo run" in capsys.readouterr().out
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -118,12 +118,15 @@ def create_app(screener: Screener, max_pending: int = 64):
 
 
 def demo_checkpoint(run_dir: str | Path = "runs/demo") -> Path:
-    """The demo model, trained first from the bundled sample when there is none yet."""
+    """The demo model, trained first from the bundled sample when there is none yet, or when the demo
+    that made it was interrupted (its report, written last, is missing): a half-trained model is not it."""
     best = Path(run_dir) / "best.safetensors"
-    if not best.is_file():
+    finished = (Path(run_dir) / "report" / "report.json").is_file()
+    if not (best.is_file() and finished):
         from .demo import run_demo
 
-        print(f"no --checkpoint given and no demo model in {run_dir}: training it on the bundled sample "
+        why = "an unfinished demo run" if best.is_file() else "no demo model"
+        print(f"no --checkpoint given and {why} in {run_dir}: training it on the bundled sample "
               "first (a few minutes on a CPU, once; pass --checkpoint to serve your own model)")  # fmt: skip
         run_demo(run_dir)
     return best
