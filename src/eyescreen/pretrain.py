@@ -27,7 +27,7 @@ from .inference import autocast, resolve_device, resolve_precision
 from .models import create_model
 from .pace import time_left
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack, normalize
-from .stopping import StopRequest, StopRequested
+from .stopping import StopRequest
 from .train import seed_everything
 
 
@@ -162,10 +162,5 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
                 "config": json.dumps(asdict(cfg)),
             })  # fmt: skip
-            if stop.reason and epoch + 1 < cfg.epochs:
-                raise StopRequested(
-                    f"stopped ({stop.reason}) after epoch {epoch + 1} of {cfg.epochs}, written to {out}; "
-                    "continue with the same command and --resume",
-                    stop.reason,
-                )
+            stop.stop_if_asked(epoch + 1, cfg.epochs, out, "continue with the same command and --resume")
     return out / "pretrained.safetensors"

@@ -37,6 +37,14 @@ class StopRequest:
             signal.signal(s, handler)
         self._previous = {}
 
+    def stop_if_asked(self, done: int, total: int, out, how_to_continue: str) -> None:
+        """After epoch `done` is written: raise StopRequested when a stop was asked and epochs remain."""
+        if self.reason and done < total:
+            raise StopRequested(
+                f"stopped ({self.reason}) after epoch {done} of {total}, written to {out}; {how_to_continue}",
+                self.reason,
+            )
+
     def _handle(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.reason:
             raise KeyboardInterrupt  # the second Ctrl-C: now

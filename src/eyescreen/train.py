@@ -45,7 +45,7 @@ from .metrics import headline_metrics
 from .models import is_binocular
 from .pace import time_left
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
-from .stopping import StopRequest, StopRequested
+from .stopping import StopRequest
 from .tasks import BothEyes, SingleEye, SingleEyeWithFindings, mixup
 
 GPU_SAVE_EVERY = 30.0  # seconds between checkpoint writes on a GPU (see train's docstring)
@@ -403,12 +403,9 @@ def train(
                 last_write, best_weights = time.perf_counter(), None
             left = time_left(history[resumed_epochs:], cfg.epochs)
             print(epoch_line(row, cfg.epochs, best_epoch) + (f"  ({left})" if left else ""))
-            if stop.reason and epoch + 1 < cfg.epochs:
-                raise StopRequested(
-                    f"stopped ({stop.reason}) after epoch {epoch + 1} of {cfg.epochs}, written to {out}; "
-                    f"continue with: eyescreen train --out {out} --resume",
-                    stop.reason,
-                )
+            stop.stop_if_asked(
+                epoch + 1, cfg.epochs, out, f"continue with: eyescreen train --out {out} --resume"
+            )
     if ctx.main and best_epoch > 0:
         best_model, _ = load_model(out / "best.safetensors", device)
         prob, y_val = task.probabilities(best_model, val_set, mean, std, device, precision, channels_last)
