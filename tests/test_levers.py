@@ -404,3 +404,19 @@ def test_a_warm_up_as_long_as_the_run_names_both_flags():
     ):
         preset("graham-augment", epochs=1)
     assert preset("graham-augment", epochs=1, warmup_epochs=0).epochs == 1
+
+
+def test_train_help_says_what_every_setting_does_and_offers_the_named_choices(capsys):
+    from eyescreen.cli import build_parser
+    from eyescreen.config import config_fields
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in config_fields():
+        assert " ".join(f.metadata["help"].split()) in shown, f.name
+    assert "--augment {none,fundus,light}" in shown
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--out", "x", "--augment", "heavy"])
+    assert "invalid choice: 'heavy'" in capsys.readouterr().err

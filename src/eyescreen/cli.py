@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import (
+    CHOICES,
     DEFAULT_PRESET,
     FALLBACK_PRESET,
     FINETUNE_PRESETS,
@@ -40,17 +41,16 @@ def _add_config_overrides(p: argparse.ArgumentParser) -> None:
             default = f"{shown[0][1]} in the default presets"
         else:
             default = ", ".join(f"{value} in {name}" for name, value in shown)
+        meaning = f"{f.metadata['help']} ({default})"
         if f.type in ("bool", bool):
             group.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"({default})",
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=meaning
             )
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            group.add_argument(flag, dest=f.name, type=kind, default=None, help=f"({default})")
+            group.add_argument(
+                flag, dest=f.name, type=kind, default=None, choices=CHOICES.get(f.name), help=meaning
+            )
 
 
 def _overrides(args) -> dict:

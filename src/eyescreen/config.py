@@ -3,67 +3,85 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+
+# Allowed values of the settings that take a name; checked by `TrainConfig.validate` and offered by the CLI.
+CHOICES = {
+    "optimizer": ("adam", "adamw", "sgd"),
+    "scheduler": ("cosine", "constant"),
+    "augment": ("none", "fundus", "light"),
+    "enhance": ("none", "clahe", "graham"),
+    "class_weighting": ("none", "balanced"),
+    "sampler": ("shuffle", "balanced"),
+    "select_metric": ("accuracy", "balanced_accuracy", "macro_auc"),
+    "precision": ("auto", "bf16", "fp32"),
+    "pooling": ("mean", "max", "attention", "concat"),
+    "two_diseases": ("exclude", "priority"),
+}
+
+
+def setting(default, meaning: str):
+    """A training setting with what it does, for `eyescreen train --help`."""
+    return field(default=default, metadata={"help": meaning})
 
 
 @dataclass
 class TrainConfig:
-    model: str = "resnet18"
-    image_size: int = 224
-    enhance: str = "none"  # none | clahe | graham: structure-aware preprocessing (see preprocess.py)
-    epochs: int = 40
-    batch_size: int = 32
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 0.01
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"  # cosine (annealed to zero over all epochs) | constant
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    augment: str = "none"  # none | fundus (flips, any rotation, scale, colour, gamma) | light (flips, ±15°)
-    class_weighting: str = "none"  # none | balanced (loss weights inverse to class frequency)
-    sampler: str = "shuffle"  # shuffle | balanced (each class drawn equally often)
-    logit_adjust: float = 0.0  # tau of logit-adjusted loss (Menon et al. 2021); 0 = off
-    select_metric: str = "accuracy"  # accuracy | balanced_accuracy | macro_auc, on the validation split
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 where the hardware supports it) | bf16 | fp32
-    channels_last: bool = True
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    pooling: str = "attention"  # both-eye models: mean | max | attention | concat
-    mirror_left: bool = True  # both-eye models: flip the left eye so both discs fall on the same side
-    two_diseases: str = (
-        "exclude"  # both-eye models: a patient with two different diseases: exclude | priority
+    model: str = setting("resnet18", "network (`eyescreen models` lists them)")
+    image_size: int = setting(224, "side of the square the photographs are resized to, in pixels")
+    enhance: str = setting("none", "structure-aware preprocessing: clahe (green-channel contrast), "
+                           "graham (background subtraction of a blurred copy)")  # fmt: skip
+    epochs: int = setting(40, "training epochs")
+    batch_size: int = setting(32, "images per step (the global batch under torchrun)")
+    optimizer: str = setting("adam", "optimiser")
+    lr: float = setting(0.01, "peak learning rate")
+    weight_decay: float = setting(0.0, "weight decay")
+    scheduler: str = setting(
+        "cosine", "learning-rate schedule: cosine (annealed to zero over all epochs) or constant"
     )
-    normal_class: str = "normal"  # the class that is not referable, for the screening operating point
-    init: str = ""  # start from these weights: `eyescreen pretrain` output or a trained checkpoint
-    compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start)
-    ema: float = 0.0  # decay of an exponential moving average of the weights, per step; 0 = off
-    findings: str = ""  # manifest column of ';'-separated findings, predicted by a training-only head
-    findings_weight: float = 0.5  # weight of the findings loss beside the class loss
-    mixup: float = 0.0  # alpha of Beta(alpha, alpha): train on blends of two eyes and their targets; 0 = off
-    # Train on random crops of this many pixels, cut at the image's own scale; validation, evaluation and
-    # prediction see whole images (the network pools globally). Fine detail of a large image at the cost
-    # of a small one. 0 = whole images.
-    crop_size: int = 0
-    # Share of those crops drawn to hold the optic disc (found by anatomy.locate), where glaucoma is
-    # judged and which a random crop mostly misses; the rest are cut anywhere. 0 = all anywhere.
-    crop_on_disc: float = 0.0
+    warmup_epochs: int = setting(0, "epochs of linear learning-rate warm-up")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    augment: str = setting("none", "training augmentation: fundus (flips, any rotation, scale, colour, gamma), "
+                           "light (flips, ±15°)")  # fmt: skip
+    class_weighting: str = setting("none", "balanced: loss weights inverse to class frequency")
+    sampler: str = setting("shuffle", "balanced: each class drawn equally often")
+    logit_adjust: float = setting(0.0, "tau of the logit-adjusted loss (Menon et al. 2021); 0 = off")
+    select_metric: str = setting("accuracy", "validation metric that picks the best epoch")
+    val_fraction: float = setting(0.1, "share of patients held out for validation")
+    test_fraction: float = setting(0.1, "share of patients held out for test")
+    seed: int = setting(0, "random seed of the split, the initial weights and the batches")
+    precision: str = setting("auto", "auto: bf16 where the hardware supports it, else fp32")
+    channels_last: bool = setting(True, "channels-last memory layout (faster convolutions)")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    pooling: str = setting("attention", "both-eye models: how the two eyes' features are combined")
+    mirror_left: bool = setting(
+        True, "both-eye models: flip the left eye so both discs fall on the same side"
+    )
+    two_diseases: str = setting("exclude", "both-eye models: a patient with two different diseases")
+    normal_class: str = setting(
+        "normal", "the class that is not referable, for the screening operating point"
+    )
+    init: str = setting("", "start from these weights: `eyescreen pretrain` output or a trained checkpoint")
+    # Measured slower on one H100 for graham-findings-256 (benchmarks/RESULTS.md): kept for other models.
+    compile: bool = setting(False, "torch.compile the model (slow to start; measure before relying on it)")
+    ema: float = setting(0.0, "decay per step of an exponential moving average of the weights, which is "
+                         "validated and saved; 0 = off")  # fmt: skip
+    findings: str = setting(
+        "", "manifest column of ';'-separated findings, predicted by a training-only head"
+    )
+    findings_weight: float = setting(0.5, "weight of the findings loss beside the class loss")
+    mixup: float = setting(
+        0.0, "alpha of Beta(alpha, alpha): train on blends of two eyes and their targets; 0 = off"
+    )
+    # Fine detail of a large image at the cost of a small one: the network pools globally.
+    crop_size: int = setting(0, "train on random crops of this many pixels, cut at the image's own scale "
+                             "(validation and prediction see whole images); 0 = whole images")  # fmt: skip
+    # Glaucoma is judged at the disc, which a random crop mostly misses.
+    crop_on_disc: float = setting(0.0, "share of those crops drawn to hold the optic disc (found by "
+                                  "anatomy.locate); 0 = all anywhere")  # fmt: skip
 
     def validate(self) -> TrainConfig:
-        choices = {
-            "optimizer": ("adam", "adamw", "sgd"),
-            "scheduler": ("cosine", "constant"),
-            "augment": ("none", "fundus", "light"),
-            "enhance": ("none", "clahe", "graham"),
-            "class_weighting": ("none", "balanced"),
-            "sampler": ("shuffle", "balanced"),
-            "select_metric": ("accuracy", "balanced_accuracy", "macro_auc"),
-            "precision": ("auto", "bf16", "fp32"),
-            "pooling": ("mean", "max", "attention", "concat"),
-            "two_diseases": ("exclude", "priority"),
-        }
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
         for name in ("epochs", "batch_size", "image_size"):
