@@ -192,3 +192,60 @@ def test_folder_scan_names_the_files_it_left_aside(checkpoints, folder, tmp_path
         )
         err = capsys.readouterr().err
         assert f"no image files in {empty}" in err and "readme.txt" not in err and ".txt: 1" in err
+
+
+def test_predict_shows_a_few_rows_and_what_predicted_and_referable_mean(
+    checkpoints, folder, tmp_path, capsys
+):
+    from eyescreen.calibrate import describe_outputs
+    from eyescreen.checkpoint import load_model
+    from eyescreen.cli import main
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in ("0_right.jpg", "0_left.jpg", "broken.jpg"):
+        shutil.copy(folder / name, few / name)
+    out = tmp_path / "few.csv"
+    assert (
+        main(["predict", str(few), "--checkpoint", str(checkpoints[0]), "--out", str(out), "--no-progress"])
+        == 0
+    )
+    shown = capsys.readouterr().out.splitlines()
+    header = next(line.split() for line in shown if line.startswith("file "))
+    _, meta = load_model(checkpoints[0], "cpu")
+    flag = ["referable"] if "referable" in meta.get("calibration", {}) else []
+    assert header == ["file", "predicted"] + [f"prob_{c}" for c in meta["classes"]] + flag + ["error"]
+    for row in rows(out):  # each file's row, its probabilities rounded to three places
+        line = next(line for line in shown if line.startswith(row["file"]))
+        first = row["prob_" + meta["classes"][0]]
+        assert (f"{float(first):.3f}" if first else row["error"]) in line
+    legend = describe_outputs(meta.get("calibration"))
+    assert (
+        legend and shown[-len(legend) :] == legend
+    )  # this checkpoint is calibrated: it has a flag to explain
+
+    for i in (20, 21):  # 21 files: the summary line only, no table
+        fundus(64, None, seed=i)[0].save(folder / f"{i}_right.jpg")
+    many = tmp_path / "many.csv"
+    assert main(["predict", str(folder), "--checkpoint", str(checkpoints[0]), "--out", str(many), "--no-progress",
+                 "--batch-size", "4"]) == 0  # fmt: skip
+    assert not any(line.startswith("file ") for line in capsys.readouterr().out.splitlines())
+
+
+def test_the_console_says_what_predicted_and_referable_mean_at_this_checkpoints_operating_points():
+    from eyescreen.calibrate import describe_outputs
+
+    calibration = {
+        "decision": {"prior_power": 1.25, "class_weights": [2.0, 4.0, 43.0, 49.0]},
+        "referable": {"normal_class": "normal", "threshold": 0.4044, "target_specificity": 0.9,
+                      "sensitivity": 0.512, "specificity": 0.902},
+    }  # fmt: skip
+    predicted, referable = describe_outputs(calibration)
+    assert (
+        predicted.startswith("predicted: ") and "prior^-1.25" in predicted and "low probability" in predicted
+    )
+    assert referable.startswith("referable: 1 - P(normal) > 0.404") and "90% specificity" in referable
+    assert "0.51" in referable
+    calibration["decision"]["prior_power"] = 0.0  # plain arg-max: nothing to explain about `predicted`
+    assert [line.split(":")[0] for line in describe_outputs(calibration)] == ["referable"]
+    assert describe_outputs(None) == [] and describe_outputs({}) == []

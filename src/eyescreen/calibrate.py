@@ -124,6 +124,26 @@ def class_weights(calibration: dict | None) -> np.ndarray | None:
     return np.asarray(weights, dtype=float) if weights else None
 
 
+def describe_outputs(calibration: dict | None) -> list[str]:
+    """What `predicted` and `referable` mean for this checkpoint, in a line each, for the console after
+    `predict`: the two answer different questions at different operating points, and can disagree."""
+    calibration = calibration or {}
+    lines = []
+    power = calibration.get("decision", {}).get("prior_power", 0.0)
+    if power:
+        lines.append(
+            f"predicted: the decision rule's class, P(class) x prior^-{power:g} (fitted on validation for "
+            "balanced accuracy): it can name a rare disease at a low probability; read the probabilities too"
+        )
+    if referable := calibration.get("referable"):
+        lines.append(
+            f"referable: 1 - P({referable['normal_class']}) > {referable['threshold']:.3f}, set for "
+            f"{referable['target_specificity']:.0%} specificity on validation (sensitivity there "
+            f"{referable['sensitivity']:.2f}): the screening flag, which may disagree with `predicted`"
+        )
+    return lines
+
+
 def decide(prob: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     """Predicted class per row (or for one probability vector) under the decision weights."""
     return (prob if weights is None else prob * weights).argmax(axis=-1)

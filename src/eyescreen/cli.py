@@ -113,21 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict classes for image files or folders into a CSV")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="predictions.csv")
+    p.add_argument("--checkpoint", required=True, help="a trained model: RUN/best.safetensors")
+    p.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
     p.add_argument(
         "--pairs", action="store_true", help="pair left/right files by name and write one row per patient"
     )
     p.add_argument(
         "--pair-pattern", help="regular expression with groups 'id' and 'side' matched on file stems"
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images read and predicted at a time")
     p.add_argument(
         "--resume",
         action="store_true",
         help="keep the rows of an interrupted run into --out (same checkpoint) and predict only the rest",
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("explain", help="CAM heatmaps over the fundus for files, folders or a data split")
@@ -408,6 +408,8 @@ def _predict(args) -> int:
         kept = f" ({result['resumed']} kept from the earlier run)" if result["resumed"] else ""
         print(f"{result['patients']} patients predicted{kept}, {len(result['unpaired'])} unpaired files, "
               f"{len(result['failed'])} unreadable -> {result['csv']}")  # fmt: skip
+        _print_preview(result["csv"], ["patient", "predicted", "prob_*", "driven_by", "referable", "error"])
+        print("\n".join(result["legend"]))
         return 0 if result["patients"] or result["resumed"] else 1
     from .predict import predict
 
@@ -422,7 +424,35 @@ def _predict(args) -> int:
     )
     kept = f" ({result['resumed']} kept from the earlier run)" if result["resumed"] else ""
     print(f"{result['predicted']} predicted{kept}, {len(result['failed'])} unreadable -> {result['csv']}")
+    _print_preview(result["csv"], ["file", "predicted", "prob_*", "referable", "error"])
+    print("\n".join(result["legend"]))
     return 0 if result["predicted"] or result["resumed"] or not result["failed"] else 1
+
+
+def _short(cell: str) -> str:
+    """Probabilities to three places on the console (the CSV keeps six)."""
+    try:
+        return f"{float(cell):.3f}" if "." in cell else cell
+    except ValueError:
+        return cell
+
+
+def _print_preview(csv_path: Path, columns: list[str], most: int = 20) -> None:
+    """A few rows on the console, so that predicting a handful of files needs no spreadsheet; "prob_*" is
+    every class's probability column."""
+    import csv
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or len(rows) > most:
+        return
+    shown = [
+        name for c in columns for name in rows[0] if name == c or (c == "prob_*" and name.startswith("prob_"))
+    ]
+    table = [shown] + [[_short(row[c]) for c in shown] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(shown))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
 def main(argv: list[str] | None = None) -> int:

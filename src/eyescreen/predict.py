@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from .batch_output import BatchOutput
-from .calibrate import apply_temperature, class_weights, decide
+from .calibrate import apply_temperature, class_weights, decide, describe_outputs
 from .checkpoint import load_model
 from .data import list_images
 from .inference import predict_proba, resolve_device, resolve_precision
@@ -96,4 +96,5 @@ def predict(
         "resumed": resumed,
         "failed": failures,
         "warnings": warnings,
+        "legend": describe_outputs(calibration),
     }

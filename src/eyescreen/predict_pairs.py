@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .batch_output import BatchOutput
-from .calibrate import apply_temperature, class_weights, decide
+from .calibrate import apply_temperature, class_weights, decide, describe_outputs
 from .checkpoint import load_model
 from .fellow import blend, stored_weight
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
@@ -132,6 +132,7 @@ def predict_pairs(
         "resumed": output.kept,
         "unpaired": unpaired,
         "failed": failed,
+        "legend": describe_outputs(calibration),
     }
 
 
