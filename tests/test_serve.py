@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -229,7 +230,7 @@ def live_server(screener):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
-def test_page_in_a_real_browser(live_server, screener, tmp_path):
+def test_page_in_a_real_browser(live_server, screener, tmp_path, monkeypatch):
     from playwright.sync_api import sync_playwright
 
     right = tmp_path / "right.jpg"
@@ -267,6 +268,28 @@ def test_page_in_a_real_browser(live_server, screener, tmp_path):
                 page.click("#download")
             report = download.value.path().read_text()
             assert "eyescreen report" in report and "data:image/png;base64," in report
+
+            # A class named by the decision rule, not the most probable one, says which is.
+            answer = httpx.post(
+                live_server + "v1/predict", files={"right": ("r.jpg", right.read_bytes())}
+            ).json()
+            probabilities = answer["eyes"]["right"]["probabilities"]
+            top, least = max(probabilities, key=probabilities.get), min(probabilities, key=probabilities.get)
+            shown_rule = answer["eyes"]["right"]["predicted"] != top
+            assert page.locator("#eye-right .rule").count() == shown_rule  # the page before: as the rule said
+            weights = np.ones(len(screener.classes))
+            weights[screener.classes.index(least)] = 1e6
+            monkeypatch.setattr(screener, "weights", weights)
+            page.click("#clear")
+            page.set_input_files("#file-right", str(right))
+            page.click("#screen")
+            page.wait_for_selector("#eye-right .rule", timeout=60_000)
+            note = page.locator("#eye-right .rule").inner_text()
+            assert (
+                note.startswith(f"most probable: {top} (")
+                and f"{least} is named by the decision rule" in note
+            )
+            assert page.locator("#eye-right .decision strong").inner_text() == least
 
             page.click("#clear")
             page.set_input_files("#file-left", str(text))
