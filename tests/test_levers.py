@@ -420,3 +420,33 @@ def test_train_help_says_what_every_setting_does_and_offers_the_named_choices(ca
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--out", "x", "--augment", "heavy"])
     assert "invalid choice: 'heavy'" in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    import argparse
+
+    from eyescreen.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    silent = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in commands.choices.items()
+        for action in parser._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert not silent
+
+
+def test_the_workflow_in_the_top_level_help_is_made_of_valid_commands():
+    import shlex
+
+    from eyescreen.cli import WORKFLOW, build_parser
+
+    commands = [
+        line.split("eyescreen ", 1)[1].split("(")[0] for line in WORKFLOW.splitlines() if "eyescreen " in line
+    ]
+    runnable = [c for c in commands if "COMMAND" not in c]
+    assert len(runnable) == 7
+    for command in runnable:
+        args = build_parser().parse_args(shlex.split(command))  # exits (fails the test) on a bad option
+        assert args.command == command.split()[0]

@@ -57,8 +57,42 @@ def _overrides(args) -> dict:
     return {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
 
 
+WORKFLOW = """\
+a first run:      eyescreen demo
+your own data:    eyescreen check-data DATA            (a manifest CSV, or a folder per class)
+                  eyescreen train --data DATA --out runs/mine
+                  eyescreen evaluate --checkpoint runs/mine/best.safetensors
+new photographs:  eyescreen predict --checkpoint runs/mine/best.safetensors PHOTOS/
+                  eyescreen explain --checkpoint runs/mine/best.safetensors PHOTOS/
+                  eyescreen serve --checkpoint runs/mine/best.safetensors
+each command's options: eyescreen COMMAND --help"""
+
+
+def _checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a trained model: RUN/best.safetensors")
+
+
+def _cache_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", help="where preprocessed images are cached (default: ~/.cache/eyescreen, "
+                   "or $EYESCREEN_CACHE)")  # fmt: skip
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one) | cpu | cuda | cuda:N")
+
+
+def _no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and scripts)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eyescreen", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="eyescreen",
+        description="Screen fundus photographs for eye disease: train from scratch on your own images, "
+        "evaluate on held-out patients, predict, explain with heatmaps, serve a web page.",
+        epilog=WORKFLOW,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a classifier from scratch on a manifest CSV or class folders")
@@ -79,15 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the checkpoints and the resume state at most this often (and after the first "
                         "and last epochs; an interrupted run resumes from the last write); default: every "
                         "epoch on a CPU, every 30 s on a GPU")  # fmt: skip
-    p.add_argument("--cache-dir", help="where preprocessed images are cached (default ~/.cache/eyescreen)")
-    p.add_argument("--no-progress", action="store_true")
+    _cache_dir(p)
+    _no_progress(p)
     _add_config_overrides(p)
 
     p = sub.add_parser("evaluate", help="metrics, confidence intervals and a report for a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    _checkpoint(p)
     p.add_argument("--data", help="manifest or folder (default: the data the checkpoint was trained on)")
     p.add_argument("--split", help="split file (default: the split stored in the checkpoint)")
-    p.add_argument("--subset", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--subset", default="test", choices=["train", "val", "test", "all"],
+                   help="which patients of the split to score (default: test; all: every row of --data)")  # fmt: skip
     p.add_argument("--out", help="report directory (default: next to the checkpoint)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument(
@@ -98,22 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="test-time augmentation: average the logits over flipped copies (`--tta`, `--tta flips`) or "
         "over the 8 quarter turns and mirror images (`--tta dihedral`)",
     )
-    p.add_argument("--cache-dir")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    _cache_dir(p)
+    _device(p)
+    _no_progress(p)
 
     p = sub.add_parser(
         "calibrate",
         help="fit temperature, decision rule, referable threshold and fellow-eye weight on the validation split",
     )
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--normal-class", default="normal")
-    p.add_argument("--cache-dir")
-    p.add_argument("--device", default="auto")
+    _checkpoint(p)
+    p.add_argument(
+        "--normal-class", default="normal", help="the class that is not referable (default: normal)"
+    )
+    _cache_dir(p)
+    _device(p)
 
     p = sub.add_parser("predict", help="predict classes for image files or folders into a CSV")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--checkpoint", required=True, help="a trained model: RUN/best.safetensors")
+    _checkpoint(p)
     p.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
     p.add_argument(
         "--pairs", action="store_true", help="pair left/right files by name and write one row per patient"
@@ -127,12 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the rows of an interrupted run into --out (same checkpoint) and predict only the rest",
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--no-progress", action="store_true")
+    _device(p)
+    _no_progress(p)
 
     p = sub.add_parser("explain", help="CAM heatmaps over the fundus for files, folders or a data split")
     p.add_argument("inputs", nargs="*", help="image files and/or folders; or use --subset")
-    p.add_argument("--checkpoint", required=True)
+    _checkpoint(p)
     p.add_argument(
         "--subset",
         choices=["train", "val", "test"],
@@ -167,30 +204,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="default: with --subset S, beside the checkpoint, RUN/explain-S (RUN/faithfulness-S "
                    "with --evaluate, RUN/anatomy-S with --anatomy), as evaluate writes RUN/eval-S; else ./explanations")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--cache-dir")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch-size", type=int, default=16, help="images explained at a time")
+    _cache_dir(p)
+    _device(p)
+    _no_progress(p)
 
     p = sub.add_parser("demo", help="train, evaluate and report on the sample bundled with eyescreen")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--epochs", type=int, help="override the quick preset's epochs")
     p.add_argument("--model", help="override the quick preset's model")
-    p.add_argument("--cache-dir")
-    p.add_argument("--no-progress", action="store_true")
+    _cache_dir(p)
+    _no_progress(p)
 
     p = sub.add_parser("export", help="export a checkpoint for other runtimes (ONNX)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--format", default="onnx", choices=["onnx"])
+    _checkpoint(p)
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="the runtime format (onnx)")
     p.add_argument("--out", help="output file (default: next to the checkpoint, .onnx)")
 
     p = sub.add_parser("check-data", help="data-health report: counts, duplicates, unreadable files, sizes")
     p.add_argument("data", nargs="?", help="manifest CSV or root/<class>/ folder")
     p.add_argument("--data", dest="data_option", metavar="DATA", help="the same, as `train` takes it")
-    p.add_argument("--classes")
+    p.add_argument("--classes", help="comma-separated classes to count (default: all in the data)")
     p.add_argument("--split", help="also count per split and check no patient is in two splits")
     p.add_argument("--json", help="also write the report as JSON here")
-    p.add_argument("--no-progress", action="store_true")
+    _no_progress(p)
 
     p = sub.add_parser(
         "pretrain", help="self-supervised pre-training (SimCLR) on photographs, labelled or not"
@@ -198,31 +235,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="*", help="manifests (every row, with or without a label) and/or folders")
     p.add_argument("--data", dest="data_option", metavar="DATA", action="append", default=[],
                    help="the same, as `train` takes it (repeatable)")  # fmt: skip
-    p.add_argument("--out", required=True)
-    p.add_argument("--model", default="resnet18")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--enhance", default="none", choices=["none", "clahe", "graham"])
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--out", required=True, help="run directory (backbone weights for train --init, logs)")
+    p.add_argument("--model", default="resnet18", help="network, as train's --model (default: resnet18)")
+    p.add_argument(
+        "--image-size", type=int, default=128, help="pixels, as the fine-tuning run (default: 128)"
+    )
+    p.add_argument("--enhance", default="none", choices=["none", "clahe", "graham"],
+                   help="preprocessing, as the fine-tuning run (default: none)")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=20, help="(default: 20)")
+    p.add_argument("--batch-size", type=int, default=64, help="pairs of views per step (default: 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     p.add_argument("--temperature", type=float, default=0.2, help="of the NT-Xent loss")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the hardware supports it, else fp32")  # fmt: skip
+    _device(p)
     p.add_argument("--holdout-split", default="",
                    help="split file of the fine-tuning run (train's split.csv): its validation and test "
                         "patients' photographs are left out, so they stay unseen")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--cache-dir")
-    p.add_argument("--no-progress", action="store_true")
+    _cache_dir(p)
+    _no_progress(p)
 
     p = sub.add_parser("serve", help="web page and JSON API for screening, with Grad-CAM overlays")
     p.add_argument("--checkpoint", help="model to serve (default: the demo model, trained first if needed)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
     p.add_argument("--workers", type=int, default=2, help="requests computed at once (one model copy each)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted image file")
-    p.add_argument("--device", default="auto")
+    _device(p)
 
     sub.add_parser("models", help="list the available models")
     sub.add_parser("presets", help="show the training presets")
