@@ -450,3 +450,29 @@ def test_the_workflow_in_the_top_level_help_is_made_of_valid_commands():
     for command in runnable:
         args = build_parser().parse_args(shlex.split(command))  # exits (fails the test) on a bad option
         assert args.command == command.split()[0]
+
+
+def test_compiled_training_keeps_the_full_batch_graph_after_a_smaller_last_batch():
+    from eyescreen.train import compile_model
+
+    torch._dynamo.reset()
+    graphs = []  # [batch size it was compiled for, calls], per graph dynamo hands the backend
+
+    def counting_backend(graph, example_inputs):
+        images = next(x for x in example_inputs if isinstance(x, torch.Tensor) and x.shape[1:] == (3, 8, 8))
+        entry = [images.shape[0], 0]
+        graphs.append(entry)
+
+        def run(*args):
+            entry[1] += 1
+            return graph.forward(*args)
+
+        return run
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    net(torch.zeros(1, 3, 8, 8))  # materialise the lazy layer before compiling
+    compiled = compile_model(net, backend=counting_backend)
+    for batch in (32, 32, 18, 32, 32, 18, 32):  # epochs whose last batch is smaller
+        compiled(torch.randn(batch, 3, 8, 8))
+    assert sorted(graphs) == [[18, 2], [32, 5]]  # each shape its own graph; no dynamic one serving all
+    torch._dynamo.reset()
