@@ -61,3 +61,27 @@ def test_bootstrap_resamples_patients_not_images():
     assert per_patient["unit"] == "patient"
     assert bootstrap_ci(y, prob, np.arange(200) // 20, n_resamples=300) == per_patient  # seeded
     assert per_patient["accuracy"] != per_image["accuracy"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_bootstraps_numpy_metrics_equal_scikit_learns(seed):
+    from eyescreen.metrics import headline_metrics, patient_resamples, resample_metrics
+
+    rng = np.random.default_rng(seed)
+    n, k = 120, 4
+    y = rng.choice(k, n, p=[0.6, 0.3, 0.06, 0.04])  # rare classes: some resamples lack them
+    prob = rng.dirichlet(np.ones(k), n)
+    prob[: n // 3] = np.round(prob[: n // 3], 1)  # many ties, which AUC counts as half
+    prob /= prob.sum(axis=1, keepdims=True)
+    weights = None if seed % 2 else np.array([1.0, 2.0, 9.0, 15.0])
+    groups = np.repeat(np.arange(n // 2), 2)
+    for idx in patient_resamples(groups, 40, rng):
+        fast, reference = (
+            resample_metrics(y[idx], prob[idx], weights),
+            headline_metrics(y[idx], prob[idx], weights),
+        )
+        assert fast.keys() == reference.keys()
+        for name in fast:
+            assert fast[name] == pytest.approx(reference[name], abs=1e-12), name
+    one_class = np.zeros(10, dtype=int)  # no negatives for any AUC: undefined, as in headline_metrics
+    assert np.isnan(resample_metrics(one_class, np.full((10, k), 0.25))["macro_auc"])

@@ -1,6 +1,8 @@
 """Classification metrics as plain functions on arrays, computed with scikit-learn.
 
-Only expected calibration error is written here: scikit-learn has calibration curves but no ECE.
+Written here: expected calibration error (scikit-learn has calibration curves but no ECE), and the
+bootstrap's headline metrics in numpy (`resample_metrics`: scikit-learn's per-call checks dominate
+thousands of resamples; a test holds it equal to scikit-learn's).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -68,6 +71,29 @@ def headline_metrics(y: np.ndarray, prob: np.ndarray, weights: np.ndarray | None
         }
 
 
+def resample_metrics(y: np.ndarray, prob: np.ndarray, weights: np.ndarray | None = None) -> dict:
+    """`headline_metrics` in plain numpy, for the bootstrap's thousands of resamples, where scikit-learn's
+    input checks cost ~20 ms a call (minutes for an evaluation). The same numbers: one-vs-rest AUC as the
+    Mann-Whitney statistic on average ranks (ties count half, as in roc_auc_score), balanced accuracy as
+    the mean recall over the classes present in `y` (as balanced_accuracy_score)."""
+    pred = _predicted(prob, weights)
+    present = np.flatnonzero(np.bincount(y, minlength=prob.shape[1]))
+    recall = [np.mean(pred[y == c] == c) for c in present]
+    ranks = rankdata(prob, axis=0)
+    aucs = []
+    for c in range(prob.shape[1]):
+        positive = y == c
+        n_pos = int(positive.sum())
+        n_neg = len(y) - n_pos
+        if n_pos and n_neg:
+            aucs.append((ranks[positive, c].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return {
+        "accuracy": float(np.mean(pred == y)),
+        "balanced_accuracy": float(np.mean(recall)),
+        "macro_auc": float(np.mean(aucs)) if aucs else float("nan"),
+    }
+
+
 def classification_metrics(
     y: np.ndarray, prob: np.ndarray, classes: list[str], weights: np.ndarray | None = None
 ) -> dict:
@@ -126,7 +152,7 @@ def bootstrap_ci(
     """
     samples: dict[str, list[float]] = {k: [] for k in ("accuracy", "balanced_accuracy", "macro_auc")}
     for idx in patient_resamples(groups, n_resamples, np.random.default_rng(seed)):
-        for k, v in headline_metrics(y[idx], prob[idx], weights).items():
+        for k, v in resample_metrics(y[idx], prob[idx], weights).items():
             samples[k].append(v)
     alpha = (1 - level) / 2
     out = {}
