@@ -103,6 +103,7 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     assert len(meta["calibration"]["decision"]["class_weights"]) == 3 and "decision" in report
     model, forced = load_model(best)
     forced["calibration"]["decision"]["class_weights"] = [1e-6, 1e-6, 1e6]
+    forced["calibration"]["temperature"] = 3.0  # far from 1: scaled and raw probabilities differ
     save_model(tmp_path / "forced.safetensors", model, forced)
     predict([folder], tmp_path / "forced.safetensors", tmp_path / "forced.csv", progress=False)
     assert {r["predicted"] for r in csv.DictReader(open(tmp_path / "forced.csv")) if not r["error"]} == {
@@ -123,6 +124,21 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     assert {p.name for p in (tmp_path / "cams" / "overlays").iterdir()} == {"a.png", "b.png"}
     assert np.load(tmp_path / "cams" / "maps" / "a.npy").shape == (48, 48)
     assert "predicted" in (tmp_path / "cams" / "index.html").read_text()
+    # explain names the class predict names, at the probability predict shows (temperature-scaled)
+    assert main(["explain", str(folder), "--checkpoint", str(tmp_path / "forced.safetensors"), "--out",
+                 str(tmp_path / "forced-cams"), "--no-progress"]) == 0  # fmt: skip
+    predicted = {
+        r["file"].rsplit("/", 1)[-1]: r
+        for r in csv.DictReader(open(tmp_path / "forced.csv"))
+        if not r["error"]
+    }
+    explained = list(csv.DictReader(open(tmp_path / "forced-cams" / "explanations.csv")))
+    assert {r["name"] for r in explained} == set(predicted)
+    for row in explained:
+        assert row["predicted"] == predicted[row["name"]]["predicted"]
+        assert float(row["probability"]) == pytest.approx(
+            float(predicted[row["name"]]["probability"]), abs=1e-3
+        )
     rc = main(
         ["explain", "--subset", "test", "--checkpoint", str(best), "--method", "eigencam", "--no-progress"]
     )

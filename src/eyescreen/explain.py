@@ -215,12 +215,14 @@ def gallery(rows: list[dict], classes: list[str], path: Path, method: str) -> No
     )
 
 
-def decided(prob: np.ndarray, meta: dict) -> np.ndarray:
-    """The class `predict` would name: the checkpoint's decision rule on temperature-scaled probabilities."""
+def as_predicted(prob: np.ndarray, meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities and classes `predict` would show: temperature-scaled, then the checkpoint's
+    decision rule."""
     from .calibrate import apply_temperature, class_weights, decide
 
     calibration = meta.get("calibration") or {}
-    return decide(apply_temperature(prob, calibration.get("temperature", 1.0)), class_weights(calibration))
+    scaled = apply_temperature(prob, calibration.get("temperature", 1.0))
+    return scaled, decide(scaled, class_weights(calibration))
 
 
 def prepare_output(out_dir: Path, classes: list[str], target: str) -> None:
@@ -275,7 +277,7 @@ def explain_items(
             if arrays:
                 images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
                 prob = predict_proba(model, images, norm["mean"], norm["std"], device)
-                pred = decided(prob, meta)
+                prob, pred = as_predicted(prob, meta)
                 targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
                 cams = compute_cams(
                     model, images, norm["mean"], norm["std"], method, list(targets), batch_size
@@ -346,7 +348,7 @@ def explain_patients(
                     m.to(device),
                 )
             prob = torch.softmax(logits.float(), 1).cpu().numpy()
-            pred = decided(prob, meta)
+            prob, pred = as_predicted(prob, meta)
             targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
             cams = compute_pair_cams(model, x, m, norm["mean"], norm["std"], method, list(targets))
             kept = [c for c, k in zip(chunk, keep, strict=True) if k]
