@@ -28,7 +28,7 @@ def tiny_config(**kw):
     return preset("quick", **(values | kw))
 
 
-def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
+def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
     best = train(tiny_config(epochs=1), synthetic_manifest, tmp_path / "run", progress=False)
     for name in (
         "best.safetensors",
@@ -104,7 +104,14 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path):
     model, forced = load_model(best)
     forced["calibration"]["decision"]["class_weights"] = [1e-6, 1e-6, 1e6]
     forced["calibration"]["temperature"] = 3.0  # far from 1: scaled and raw probabilities differ
+    forced["calibration"]["decision"]["prior_power"] = 1.0
     save_model(tmp_path / "forced.safetensors", model, forced)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "forced.safetensors"), "--out", str(tmp_path / "fe"),
+                 "--bootstrap", "20", "--no-progress"]) == 0  # fmt: skip
+    rule = json.loads((tmp_path / "fe" / "report.json").read_text())["decision"]["metrics"]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("with the decision rule"))
+    assert f"balanced_accuracy {rule['balanced_accuracy']:.4f}" in line and "the class predict names" in line
     predict([folder], tmp_path / "forced.safetensors", tmp_path / "forced.csv", progress=False)
     assert {r["predicted"] for r in csv.DictReader(open(tmp_path / "forced.csv")) if not r["error"]} == {
         forced["classes"][2]

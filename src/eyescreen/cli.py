@@ -312,6 +312,12 @@ def run(args) -> int:
             lo, hi = ci[key]
             interval = f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None else ""
             print(f"{key:>18}: {m[key]:.4f}{interval}")
+        if "decision" in report and report["decision"]["prior_power"]:  # what predict and serve name
+            d = report["decision"]
+            lo, hi = d["confidence_intervals"]["balanced_accuracy"]
+            print(f"with the decision rule (prior^-{d['prior_power']:g}, the class predict names): balanced_accuracy "
+                  f"{d['metrics']['balanced_accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), accuracy "
+                  f"{d['metrics']['accuracy']:.4f}")  # fmt: skip
         if "with_fellow_eye" in report:
             f = report["with_fellow_eye"]
             lo, hi = f["confidence_intervals"]["macro_auc"]
