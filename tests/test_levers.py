@@ -476,3 +476,20 @@ def test_compiled_training_keeps_the_full_batch_graph_after_a_smaller_last_batch
         compiled(torch.randn(batch, 3, 8, 8))
     assert sorted(graphs) == [[18, 2], [32, 5]]  # each shape its own graph; no dynamic one serving all
     torch._dynamo.reset()
+
+
+def test_presets_lists_each_recipe_as_train_flags_that_rebuild_it(capsys):
+    import shlex
+
+    from eyescreen.cli import _overrides, build_parser, main
+    from eyescreen.config import PRESETS, TrainConfig, preset_settings
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in PRESETS:
+        at = next(i for i, line in enumerate(lines) if line.split(" (")[0] == name)
+        purpose, flags = lines[at + 1].strip(), lines[at + 2].strip()
+        assert purpose and flags.startswith("= ")
+        given = [] if flags == "= the defaults" else shlex.split(flags[2:])
+        args = build_parser().parse_args(["train", "--out", "x", *given])
+        assert TrainConfig(**_overrides(args)) == preset_settings(name), name

@@ -15,11 +15,12 @@ from .config import (
     FALLBACK_PRESET,
     FINETUNE_PRESETS,
     GPU_PRESET,
+    PRESET_PURPOSES,
     PRESETS,
     config_fields,
     default_preset,
     preset,
-    preset_settings,
+    preset_changes,
 )
 from .data import DataError, parse_classes
 from .models import describe_model, list_models
@@ -408,7 +409,11 @@ def run(args) -> int:
                 n: f" (second stage: --init RUN/best.safetensors of a {DEFAULT_PRESET} run)"
                 for n in FINETUNE_PRESETS
             }
-            print(f"{name}{role.get(name, '')}: {preset_settings(name)}")
+            changes = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in preset_changes(name).items())
+            print(
+                f"{name}{role.get(name, '')}\n    {PRESET_PURPOSES[name]}\n    = {changes or 'the defaults'}"
+            )
+        print("every setting and its default: eyescreen train --help")
     return 0
 
 

@@ -205,6 +205,30 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# What each preset is for, in a line, for `eyescreen presets` (the comments above say why).
+PRESET_PURPOSES = {
+    "seed": "the reference study's recipe, exactly (224 px, Adam 0.01, cosine over 40 epochs, no augmentation)",
+    "screen": "the first from-scratch screening recipe; superseded by graham-findings",
+    "graham": "Graham background subtraction and AdamW at 128 px for 10 epochs: the fast recipe",
+    "graham-augment": "graham with fundus augmentation for 40 epochs; the best without a diagnoses column",
+    "graham-findings": "graham-augment plus the findings head on a diagnoses column, 60 epochs",
+    "graham-findings-256": "graham-findings at 256 px for 120 epochs: the best found, for a GPU",
+    "graham-findings-crop": "graham-findings at 256 px, each training step on a 160-px crop",
+    "finetune-224": "fine-tunes a trained graham-findings run at 224 px for 15 epochs",
+    "quick": "demos and smoke tests on small data",
+}
+
+
+def preset_changes(name: str) -> dict:
+    """The settings preset `name` changes from TrainConfig's defaults (which are the `seed` recipe's)."""
+    settings, defaults = preset_settings(name), TrainConfig()
+    return {
+        f.name: getattr(settings, f.name)
+        for f in fields(TrainConfig)
+        if getattr(settings, f.name) != getattr(defaults, f.name)
+    }
+
+
 # The best recipes found on validation (benchmarks/RESULTS.md): on a GPU, the best of all; on a CPU, the
 # best that trains within the hour. Both need a manifest column of per-eye diagnoses and a single-eye
 # model. Without them, `eyescreen train` falls back to the best recipe that trains on any `image,label`
