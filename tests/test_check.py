@@ -56,3 +56,20 @@ def test_check_data_cli_exit_code_and_split_conflict(tmp_path, capsys):
                      "".join(f"images/{p}_{e}.jpg,train\n" for p in range(1, 6) for e in ("left", "right")))  # fmt: skip
     with pytest.raises(DataError, match="patient 0 is in both train and test"):
         check_data(clean, split_file=split, progress=False)
+
+
+def test_check_data_on_class_folders_counts_images_with_no_patient_in_their_name(tmp_path, capsys):
+    manifest = write_dataset(tmp_path / "src", patients=4)
+    root = tmp_path / "folders"
+    for row in csv.DictReader(open(manifest)):
+        if row["label"]:
+            (root / row["label"]).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(manifest.parent / row["image"], root / row["label"] / row["image"].split("/")[-1])
+    first = next(root.iterdir())
+    shutil.copyfile(next(first.iterdir()), first / "scan.jpg")  # the same photograph, no patient in its name
+    rep = check_data(root, progress=False)
+    assert rep["images_without_a_patient_in_the_name"] == 1
+    assert rep["patients"] == 5  # four named by their files, and the unnamed one
+    assert len(rep["same_image_two_patients"]) == 1  # the copy is caught as another patient's photograph
+    assert main(["check-data", str(root), "--no-progress"]) == 1
+    assert "images without a patient in the name (each its own patient" in capsys.readouterr().out

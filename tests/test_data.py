@@ -53,6 +53,33 @@ def test_folder_per_class_layout(tmp_path):
     assert "not used (not an image by its name: .txt): 1" in ds.summary()
 
 
+def test_class_folders_find_patients_in_file_names_and_splits_keep_them_whole(tmp_path):
+    layout = {
+        "normal": ["1_left", "1_right", "2_L", "3_od", "scan7"],
+        "dr": ["2_R", "3_OS", "4_left", "5_right"],
+    }
+    for label, stems in layout.items():
+        (tmp_path / label).mkdir()
+        for stem in stems:
+            (tmp_path / label / f"{stem}.jpg").write_bytes(b"")
+    for i in range(6, 30):  # enough patients for a three-way split
+        for label in layout:
+            (tmp_path / label / f"{label}{i}_right.jpg").write_bytes(b"")
+    ds = load_dataset(tmp_path)
+    by_key = {r.key: r for r in ds.records}
+    assert by_key["normal/2_L.jpg"].group == by_key["dr/2_R.jpg"].group == "patient:2"  # across class folders
+    assert (by_key["normal/3_od.jpg"].eye, by_key["dr/3_OS.jpg"].eye) == ("right", "left")
+    assert (
+        by_key["normal/scan7.jpg"].group == "image:normal/scan7.jpg"
+        and by_key["normal/scan7.jpg"].eye is None
+    )
+    assert "from file names (12_left.jpg, 12_right.jpg: patient 12): 56 images; 1 others" in ds.summary()
+    for seed in range(5):
+        split = make_split(ds, seed=seed)
+        for patient in ("1", "2", "3"):
+            assert len({split[r.key] for r in ds.records if r.group == f"patient:{patient}"}) == 1
+
+
 def test_split_keeps_patients_whole_stratified_and_seeded(synthetic_manifest):
     ds = load_dataset(synthetic_manifest)
     split = make_split(ds, seed=3)

@@ -61,6 +61,10 @@ def check_data(
             eyes[r.group].add(r.eye)
     report["patients"] = len({r.group for r in dataset.records})
     report["patients_with_one_eye"] = sum(1 for e in eyes.values() if len(e) == 1)
+    if not source.is_file():  # class folders: patients come from file names, where they say so
+        report["images_without_a_patient_in_the_name"] = sum(
+            r.group.startswith("image:") for r in dataset.records
+        )
     if split_file:
         split = read_split(split_file, dataset)  # raises on a patient in two splits
         report["per_split"] = {
@@ -84,6 +88,9 @@ def format_report(rep: dict) -> str:
         w, h = rep["image_size"]["width"], rep["image_size"]["height"]
         lines.append(f"image size (min/median/max): width {w[0]}/{w[1]}/{w[2]}, height {h[0]}/{h[1]}/{h[2]}")
     lines.append(f"patients with one eye: {rep['patients_with_one_eye']}")
+    if rep.get("images_without_a_patient_in_the_name"):
+        lines.append(f"images without a patient in the name (each its own patient; name them like 12_left.jpg "
+                     f"so that a split keeps both eyes together): {rep['images_without_a_patient_in_the_name']}")  # fmt: skip
     for title, key in (
         ("duplicate rows", "duplicate_rows"),
         ("unreadable files", "unreadable"),

@@ -51,6 +51,10 @@ class Dataset:
         lines = [f"{self.source}: {len(self.records)} labelled images from {groups} patients"]
         lines += [f"  {c:>14}: {counts[c]}" for c in self.classes]
         lines += [f"  not used ({reason}): {n}" for reason, n in sorted(self.skipped.items())]
+        if self.source.is_dir():  # class folders: say how the patients were found
+            named = sum(r.group.startswith("patient:") for r in self.records)
+            lines.append(f"  patients from file names (12_left.jpg, 12_right.jpg: patient 12): {named} images; "
+                         f"{len(self.records) - named} others, each its own patient")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -123,8 +127,12 @@ def read_manifest(manifest: Path) -> list[Record]:
 
 
 def read_class_folders(root: Path, left_aside: Counter | None = None) -> list[Record]:
-    """`root/<class>/*.jpg`: every sub-folder is a class; each image is its own group. Files whose names
-    are not an image's are counted by suffix into `left_aside` when given."""
+    """`root/<class>/*.jpg`: every sub-folder is a class. A file named like 12_left.jpg / 12_right.jpg
+    belongs to patient 12 (`eye_names`), wherever its class folder, so that a split keeps both eyes
+    together; any other image is its own patient. Files whose names are not an image's are counted by
+    suffix into `left_aside` when given."""
+    from .eye_names import patient_and_side
+
     records = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images, others = scan_images([class_dir])
@@ -132,7 +140,9 @@ def read_class_folders(root: Path, left_aside: Counter | None = None) -> list[Re
             left_aside.update(f"not an image by its name: {q.suffix.lower() or 'no suffix'}" for q in others)
         for path in images:
             key = path.relative_to(root).as_posix()
-            records.append(Record(path=path.resolve(), key=key, label=class_dir.name, group=f"image:{key}"))
+            named = patient_and_side(path.stem)
+            group, eye = (f"patient:{named[0]}", named[1]) if named else (f"image:{key}", None)
+            records.append(Record(path=path.resolve(), key=key, label=class_dir.name, group=group, eye=eye))
     if not records:
         raise DataError(f"{root}: no images found in class sub-folders (expected {root}/<class>/*.jpg)")
     return records

@@ -3,15 +3,11 @@ and derive a patient-level label from the eyes' labels by a documented rule."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .data import Record, list_images
-
-# <id><sep><side>.<ext>, e.g. 12_left.jpg, 12-L.png, 12_R.jpeg, patient7_right.tif (case-insensitive)
-DEFAULT_PATTERN = r"^(?P<id>.+?)[_\-. ](?P<side>left|right|l|r|os|od)$"
-SIDES = {"left": "left", "l": "left", "os": "left", "right": "right", "r": "right", "od": "right"}
+from .eye_names import DEFAULT_PATTERN, SIDES, patient_and_side
 
 
 @dataclass(frozen=True)
@@ -29,16 +25,15 @@ def pair_files(paths: list[str | Path], pattern: str = DEFAULT_PATTERN) -> tuple
     A file whose name does not match the pattern, or a patient with two files for the same side, is
     reported as unpaired rather than guessed. A patient with only one side is a pair with one eye.
     """
-    regex = re.compile(pattern, re.IGNORECASE)
     sides: dict[str, dict[str, list[Path]]] = {}
     unpaired: list[Path] = []
     for path in list_images(list(paths)):
-        match = regex.match(path.stem)
-        side = SIDES.get(match.group("side").lower()) if match else None
-        if side is None:
+        found = patient_and_side(path.stem, pattern)
+        if found is None:
             unpaired.append(path)
             continue
-        sides.setdefault(match.group("id"), {}).setdefault(side, []).append(path)
+        patient, side = found
+        sides.setdefault(patient, {}).setdefault(side, []).append(path)
     pairs = []
     for patient, found in sorted(sides.items()):
         if any(len(v) > 1 for v in found.values()):
