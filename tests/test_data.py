@@ -121,3 +121,32 @@ def test_split_file_round_trip_and_patient_in_two_splits_rejected(synthetic_mani
         w.writerows(rows)
     with pytest.raises(DataError, match=r"patient \d+ is in both"):
         read_split(path, ds)
+
+
+def test_manifests_saved_by_spreadsheets_read_the_same(synthetic_manifest, tmp_path):
+    reference = load_dataset(synthetic_manifest)
+    lines = synthetic_manifest.read_text().splitlines()
+    variants = {
+        "semicolons.csv": ("\ufeff" + "\n".join(line.replace(",", ";") for line in lines)).encode(),
+        "tabs.csv": "\n".join(line.replace(",", "\t") for line in lines).encode(),
+        "windows.csv": "\r\n".join(
+            [lines[0].replace(",", ", ")] + [line.replace("/", "\\") for line in lines[1:]]
+        ).encode(),
+    }
+    for name, data in variants.items():
+        (synthetic_manifest.parent / name).write_bytes(data)
+        ds = load_dataset(synthetic_manifest.parent / name)
+        assert [(r.key, r.label, r.group, r.eye, r.path) for r in ds.records] == [
+            (r.key, r.label, r.group, r.eye, r.path) for r in reference.records
+        ], name
+
+
+def test_manifest_errors_name_the_file_and_the_line(tmp_path):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("image,label\nimages/caf\xe9.jpg,normal\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"latin\.csv: not UTF-8 text \(byte 22\); save it as CSV in UTF-8"):
+        load_dataset(latin)
+    gap = tmp_path / "gap.csv"
+    gap.write_text("image,label\na.jpg,normal\n,dr\nb.jpg,dr\nc.jpg,normal\n")
+    with pytest.raises(DataError, match=r"gap\.csv: line 3: empty image path"):
+        load_dataset(gap)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -80,13 +81,29 @@ def load_dataset(source: str | Path, classes: list[str] | None = None, allow_abs
     return dataset
 
 
+def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """A manifest's columns and its rows with their line numbers. Separated by commas, or by semicolons or
+    tabs (spreadsheets in many locales save "CSV" so); UTF-8, with or without a byte-order mark."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as CSV in UTF-8") from None
+    header = text.split("\n", 1)[0]
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=max(",;\t", key=header.count))
+    # Column names trimmed ("image, label" is common); cells beyond the header dropped.
+    rows = [(reader.line_num, {k.strip(): v for k, v in row.items() if k is not None}) for row in reader]
+    return [c.strip() for c in reader.fieldnames or []], rows
+
+
+def image_key(written: str | None) -> str:
+    """An image path as a manifest gives it, with Windows separators made portable."""
+    return (written or "").strip().replace("\\", "/")
+
+
 def manifest_columns(data: str | Path) -> list[str]:
     """The header of a manifest CSV; none for a folder of class folders."""
     path = Path(data)
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return next(csv.reader(f), [])
+    return read_table(path)[0] if path.is_file() else []
 
 
 def manifest_fingerprint(data: str | Path) -> str | None:
@@ -97,22 +114,19 @@ def manifest_fingerprint(data: str | Path) -> str | None:
 
 def read_manifest(manifest: Path) -> list[Record]:
     """Rows of a CSV with columns image,label and optional patient_id,eye; paths relative to it."""
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or [])
-        missing = {"image", "label"} - columns
-        if missing:
-            raise DataError(
-                f"{manifest}: missing column(s) {', '.join(sorted(missing))}; "
-                f"expected image,label[,patient_id,eye], found {', '.join(reader.fieldnames or []) or 'none'}"
-            )
-        rows = list(reader)
+    columns, rows = read_table(manifest)
+    missing = {"image", "label"} - set(columns)
+    if missing:
+        raise DataError(
+            f"{manifest}: missing column(s) {', '.join(sorted(missing))}; "
+            f"expected image,label[,patient_id,eye], found {', '.join(columns) or 'none'}"
+        )
     root = manifest.parent
     records = []
-    for row in rows:
-        key = (row["image"] or "").strip()
+    for line, row in rows:
+        key = image_key(row["image"])
         if not key:
-            raise DataError(f"{manifest}: line {reader.line_num}: empty image path")
+            raise DataError(f"{manifest}: line {line}: empty image path")
         patient = (row.get("patient_id") or "").strip()
         records.append(
             Record(

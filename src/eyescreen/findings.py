@@ -11,7 +11,6 @@ validation and test patients never do.
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import DataError, Dataset, Record, read_manifest
+from .data import DataError, Dataset, Record, image_key, read_manifest, read_table
 
 SEPARATOR = ";"
 MIN_COUNT = 20  # a finding rarer than this among the training eyes is not worth a head output
@@ -50,19 +49,17 @@ class Findings:
 
 
 def read_findings(manifest: Path, column: str) -> dict[str, frozenset[str]]:
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if column not in (reader.fieldnames or []):
-            raise DataError(
-                f"{manifest}: no column {column!r} for --findings; "
-                f"found {', '.join(reader.fieldnames or []) or 'none'}"
-            )
-        return {
-            (row["image"] or "").strip(): frozenset(
-                t.strip().lower() for t in (row[column] or "").split(SEPARATOR) if t.strip()
-            )
-            for row in reader
-        }
+    columns, rows = read_table(manifest)
+    if column not in columns:
+        raise DataError(
+            f"{manifest}: no column {column!r} for --findings; found {', '.join(columns) or 'none'}"
+        )
+    tags = {}
+    for _, row in rows:
+        tags[image_key(row["image"])] = frozenset(
+            t.strip().lower() for t in (row[column] or "").split(SEPARATOR) if t.strip()
+        )
+    return tags
 
 
 def training_findings(dataset: Dataset, split: dict, column: str, min_count: int = MIN_COUNT) -> Findings:
