@@ -13,6 +13,7 @@ from synthetic import write_dataset
 def messy_manifest(root):
     manifest = write_dataset(root, patients=6)
     rows = list(csv.reader(open(manifest)))
+    rows[2][3] = rows[2][3].capitalize()  # "Normal" beside "normal": two classes to training
     shutil.copyfile(root / "images/0_left.jpg", root / "images/copy.jpg")
     (root / "images/empty.jpg").write_bytes(b"")
     Image.new("RGB", (64, 64)).save(root / "images/black.png")
@@ -36,6 +37,7 @@ def test_check_data_finds_each_problem(tmp_path):
     assert any("black.png" in u for u in rep["no_field_of_view"])
     pairs = [sorted(g) for g in rep["same_image_two_patients"]]
     assert any(any("copy.jpg (patient:99)" in x for x in g) for g in pairs)
+    assert rep["labels_differing_in_case"] == [["Normal", "normal"]]  # patient 0's right eye
     assert rep["patients_with_one_eye"] == 4
     assert rep["image_size"]["width"][0] == 64
 
@@ -45,6 +47,7 @@ def test_check_data_cli_exit_code_and_split_conflict(tmp_path, capsys):
     assert main(["check-data", str(manifest), "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert "identical images under different patients: 1" in out and "unreadable files: 2" in out
+    assert "labels that differ only in case (two classes to training): 1\n  - Normal, normal" in out
     clean = write_dataset(tmp_path / "clean", patients=6)
     assert main(["check-data", str(clean), "--no-progress"]) == 0
     assert main(["check-data", "--data", str(clean), "--no-progress"]) == 0  # as `train` takes it

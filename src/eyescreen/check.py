@@ -23,6 +23,12 @@ def check_data(
     report["per_class"] = dict(Counter(r.label for r in dataset.records))
     report["not_used"] = dict(dataset.skipped)
 
+    spellings = defaultdict(set)  # "Normal" and "normal" would train as two classes
+    for r in raw:
+        if r.label:
+            spellings[r.label.casefold()].add(r.label)
+    report["labels_differing_in_case"] = [sorted(s) for s in spellings.values() if len(s) > 1]
+
     keys = Counter(r.key for r in raw)
     report["duplicate_rows"] = sorted(k for k, n in keys.items() if n > 1)
 
@@ -92,6 +98,7 @@ def format_report(rep: dict) -> str:
         lines.append(f"images without a patient in the name (each its own patient; name them like 12_left.jpg "
                      f"so that a split keeps both eyes together): {rep['images_without_a_patient_in_the_name']}")  # fmt: skip
     for title, key in (
+        ("labels that differ only in case (two classes to training)", "labels_differing_in_case"),
         ("duplicate rows", "duplicate_rows"),
         ("unreadable files", "unreadable"),
         ("no fundus field of view", "no_field_of_view"),
@@ -108,5 +115,11 @@ def format_report(rep: dict) -> str:
 
 
 def problems(rep: dict) -> int:
-    keys = ("duplicate_rows", "unreadable", "no_field_of_view", "same_image_two_patients")
+    keys = (
+        "labels_differing_in_case",
+        "duplicate_rows",
+        "unreadable",
+        "no_field_of_view",
+        "same_image_two_patients",
+    )
     return sum(len(rep[k]) for k in keys)
