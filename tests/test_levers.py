@@ -407,7 +407,7 @@ def test_a_warm_up_as_long_as_the_run_names_both_flags():
 
 
 def test_train_help_says_what_every_setting_does_and_offers_the_named_choices(capsys):
-    from eyescreen.cli import build_parser
+    from eyescreen.cli_args import build_parser
     from eyescreen.config import config_fields
 
     parser = build_parser()
@@ -425,7 +425,7 @@ def test_train_help_says_what_every_setting_does_and_offers_the_named_choices(ca
 def test_every_option_of_every_command_says_what_it_is_for():
     import argparse
 
-    from eyescreen.cli import build_parser
+    from eyescreen.cli_args import build_parser
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     silent = [
@@ -440,7 +440,7 @@ def test_every_option_of_every_command_says_what_it_is_for():
 def test_the_workflow_in_the_top_level_help_is_made_of_valid_commands():
     import shlex
 
-    from eyescreen.cli import WORKFLOW, build_parser
+    from eyescreen.cli_args import WORKFLOW, build_parser
 
     commands = [
         line.split("eyescreen ", 1)[1].split("(")[0] for line in WORKFLOW.splitlines() if "eyescreen " in line
@@ -481,7 +481,8 @@ def test_compiled_training_keeps_the_full_batch_graph_after_a_smaller_last_batch
 def test_presets_lists_each_recipe_as_train_flags_that_rebuild_it(capsys):
     import shlex
 
-    from eyescreen.cli import _overrides, build_parser, main
+    from eyescreen.cli import main
+    from eyescreen.cli_args import build_parser, config_overrides
     from eyescreen.config import PRESETS, TrainConfig, preset_settings
 
     assert main(["presets"]) == 0
@@ -492,4 +493,4 @@ def test_presets_lists_each_recipe_as_train_flags_that_rebuild_it(capsys):
         assert purpose and flags.startswith("= ")
         given = [] if flags == "= the defaults" else shlex.split(flags[2:])
         args = build_parser().parse_args(["train", "--out", "x", *given])
-        assert TrainConfig(**_overrides(args)) == preset_settings(name), name
+        assert TrainConfig(**config_overrides(args)) == preset_settings(name), name
