@@ -328,6 +328,7 @@ def test_demo_runs_end_to_end_on_the_bundled_sample(tmp_path, capsys):
     assert (tmp_path / "demo" / "report" / "report.html").is_file()
     out = capsys.readouterr().out
     assert "report:" in out
+    assert "far too few to learn from" in out  # a newcomer is told what the numbers of 80 eyes mean
     # the commands it suggests next name this run's model
     assert f"eyescreen serve --checkpoint {tmp_path / 'demo' / 'best.safetensors'}" in out
 

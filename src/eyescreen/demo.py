@@ -34,10 +34,14 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir=None, progress: bool =
         best, out / "report", split_name="test", cache_dir=cache_dir, progress=progress, n_resamples=200
     )
     m, ci = report["metrics"], report["confidence_intervals"]
+    lo, hi = ci["accuracy"]
+    interval = f"[{lo:.2f}, {hi:.2f}]" if lo is not None else "[no interval]"
     print(
         f"\ndemo test split ({m['n']} images, {report['n_patients']} patients — a tiny sample, expect wide intervals):\n"
-        f"  accuracy {m['accuracy']:.3f} {ci['accuracy']}, balanced accuracy {m['balanced_accuracy']:.3f}, "
-        f"macro-AUC {m['macro_auc']:.3f}"
+        f"  accuracy {m['accuracy']:.3f} {interval}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+        f"macro-AUC {m['macro_auc']:.3f}\n"
+        "  80 eyes are far too few to learn from: these numbers show the pipeline working, not what a model\n"
+        '  reaches (on ODIR-5K\'s 3,227 training eyes: macro-AUC 0.82-0.84 on a CPU; README, "What it is for")'
     )
     print(f"report: {report['files']['html']}\n        {report['files']['markdown']}")
     print(f"plots:  {out / 'report'}/*.png\ncheckpoint: {best}")
