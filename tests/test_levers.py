@@ -494,3 +494,13 @@ def test_presets_lists_each_recipe_as_train_flags_that_rebuild_it(capsys):
         given = [] if flags == "= the defaults" else shlex.split(flags[2:])
         args = build_parser().parse_args(["train", "--out", "x", *given])
         assert TrainConfig(**config_overrides(args)) == preset_settings(name), name
+
+
+def test_a_boolean_setting_is_shown_as_the_switch_that_sets_it():
+    from eyescreen.cli import _as_flag
+    from eyescreen.cli_args import build_parser
+
+    for value in (True, False):
+        args = build_parser().parse_args(["train", "--out", "x", _as_flag("channels_last", value)])
+        assert args.channels_last is value
+    assert _as_flag("image_size", 256) == "--image-size 256"

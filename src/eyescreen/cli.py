@@ -163,12 +163,20 @@ def run(args) -> int:
                 n: f" (second stage: --init RUN/best.safetensors of a {DEFAULT_PRESET} run)"
                 for n in FINETUNE_PRESETS
             }
-            changes = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in preset_changes(name).items())
+            changes = " ".join(_as_flag(k, v) for k, v in preset_changes(name).items())
             print(
                 f"{name}{role.get(name, '')}\n    {PRESET_PURPOSES[name]}\n    = {changes or 'the defaults'}"
             )
         print("every setting and its default: eyescreen train --help")
     return 0
+
+
+def _as_flag(setting: str, value) -> str:
+    """A training setting as the `train` option that sets it."""
+    flag = setting.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
 
 
 def _resumed_data(args) -> str:
