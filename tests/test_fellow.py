@@ -193,3 +193,29 @@ def test_the_web_service_blends_two_eyes_and_leaves_one_eye_alone(trained, tmp_p
     assert probs(both_alone, "right") != pytest.approx(probs(both_alone, "left"), abs=1e-4)
     assert probs(both_blended, "right") == pytest.approx(probs(both_blended, "left"), abs=1e-6)
     assert probs(one_blended, "right") == pytest.approx(probs(one_alone, "right"), abs=1e-6)  # no fellow sent
+
+
+def test_class_folders_find_each_eyes_fellow_by_file_name_in_any_class_folder(tmp_path):
+    from eyescreen.data import load_dataset
+    from eyescreen.fellow import fellow_probabilities
+
+    for label, stems in {
+        "normal": ["7_left", "8_right", "scan"],
+        "dr": ["7_right", "8_left", "9_left"],
+    }.items():
+        (tmp_path / label).mkdir()
+        for stem in stems:
+            (tmp_path / label / f"{stem}.jpg").write_bytes(b"")
+    records = [r for r in load_dataset(tmp_path).records if r.label == "normal"]  # their fellows are in dr/
+    prob = np.tile([[0.9, 0.1]], (len(records), 1))
+    asked = []
+
+    def predict(paths):  # the fellows outside the scored records are predicted on demand
+        asked.extend(Path(p).name for p in paths)
+        return np.array([[0.3, 0.7]] * len(paths)), list(range(len(paths)))
+
+    fellow_prob, has = fellow_probabilities(predict, records, prob, tmp_path)
+    by_name = {r.path.name: i for i, r in enumerate(records)}
+    assert sorted(asked) == ["7_right.jpg", "8_left.jpg"]
+    assert has[by_name["7_left.jpg"]] and has[by_name["8_right.jpg"]] and not has[by_name["scan.jpg"]]
+    np.testing.assert_allclose(fellow_prob[by_name["7_left.jpg"]], [0.3, 0.7])

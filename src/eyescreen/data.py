@@ -75,10 +75,15 @@ def load_dataset(source: str | Path, classes: list[str] | None = None, allow_abs
     if not source.exists():
         raise DataError(f"{source}: no such manifest or folder")
     left_aside: Counter = Counter()
-    raw = read_manifest(source) if source.is_file() else read_class_folders(source, left_aside)
+    raw = read_records(source, left_aside)
     dataset = _select_classes(raw, classes, source, allow_absent)
     dataset.skipped.update(left_aside)
     return dataset
+
+
+def read_records(source: Path, left_aside: Counter | None = None) -> list[Record]:
+    """Every image of a manifest (labelled or not) or of a folder of class folders, before any selection."""
+    return read_manifest(source) if source.is_file() else read_class_folders(source, left_aside)
 
 
 def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:

@@ -110,7 +110,7 @@ def evaluate(
     has = np.zeros(len(records), dtype=bool)
     if fellow_weight > 0:  # the same eyes, each with its fellow eye's photograph as evidence
         predict = paths_predictor(model, cache, norm, dev, prec)
-        fellow_prob, has = fellow_probabilities(predict, records, prob, _manifest(dataset))
+        fellow_prob, has = fellow_probabilities(predict, records, prob, dataset.source)
     notes = (
         ["each eye blended with its fellow eye: [fellow-eye/report.md](fellow-eye/report.md)"]
         if has.any()
@@ -236,7 +236,7 @@ def calibrate_from_split(checkpoint, normal_class="normal", cache_dir=None, devi
 def calibrate_on_validation(checkpoint, val: dict, normal_class: str = "normal") -> dict | None:
     """Fit the calibration on validation probabilities of the checkpoint's model and store it in the
     checkpoint (one rewrite): temperature, decision rule, screening threshold, and the fellow-eye weight
-    where `val` says which eyes they are ("records", "manifest", "predict" for their fellows)."""
+    where `val` says which eyes they are ("records", "source", "predict" for their fellows)."""
     model, meta = load_model(checkpoint)
     try:
         calibration = calibrate(val["prob"], val["y"], meta["classes"], normal_class)
@@ -259,7 +259,7 @@ def validation_eyes(records, prob, y, dataset: Dataset, predict) -> dict:
         "prob": prob,
         "y": y,
         "records": list(records),
-        "manifest": _manifest(dataset),
+        "source": dataset.source,
         "predict": predict,
     }
 
@@ -295,7 +295,7 @@ def _validation_probabilities(checkpoint, cache_dir, device) -> dict:
 
 def _fit_fellow_weight(val: dict, classes: list[str]) -> dict | None:
     """Choose the fellow-eye weight on the validation eyes (fellow.py); None when no eye has a fellow."""
-    fellow_prob, has = fellow_probabilities(val["predict"], val["records"], val["prob"], val["manifest"])
+    fellow_prob, has = fellow_probabilities(val["predict"], val["records"], val["prob"], val["source"])
     if not has.any():
         return None
     fit = choose_weight(val["prob"], fellow_prob, has, val["y"], classes)
@@ -312,7 +312,3 @@ def paths_predictor(model, cache, norm, device, precision):
         return predict_proba(model, images, norm["mean"], norm["std"], device, precision), ok
 
     return predict
-
-
-def _manifest(dataset: Dataset):
-    return dataset.source if dataset.source.is_file() else None

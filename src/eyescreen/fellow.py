@@ -14,9 +14,11 @@ same patient in the manifest, labelled or not: its image is an input, never its 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from .data import Record, read_manifest
+from .data import Record, read_records
 from .metrics import classification_metrics
 
 WEIGHTS = tuple(round(0.05 * i, 2) for i in range(11))  # 0, 0.05, ..., 0.5
@@ -27,11 +29,12 @@ def stored_weight(calibration: dict | None) -> float:
     return float(((calibration or {}).get("fellow_eye") or {}).get("weight", 0.0))
 
 
-def fellow_of(records: list[Record], manifest_records: list[Record]) -> list[Record | None]:
-    """The other eye of each record's patient, from every row of the manifest; None where the
-    manifest gives no patient id or eye side, or the patient has one photograph of that eye side."""
+def fellow_of(records: list[Record], every_record: list[Record]) -> list[Record | None]:
+    """The other eye of each record's patient, from every image of the data; None where the data give
+    no patient or eye side (a manifest's patient_id and eye, a folder's file names such as 12_left.jpg),
+    or the patient has two photographs of that eye side."""
     by_side: dict[tuple[str, str], list[Record]] = {}
-    for r in manifest_records:
+    for r in every_record:
         if r.group.startswith("patient:") and r.eye in ("left", "right"):
             by_side.setdefault((r.group, r.eye), []).append(r)
     out = []
@@ -72,18 +75,16 @@ def choose_weight(prob, fellow_prob, has_fellow, y, classes: list[str], weights=
 
 
 def fellow_probabilities(
-    predict, records: list[Record], prob: np.ndarray, manifest
+    predict, records: list[Record], prob: np.ndarray, source: Path
 ) -> tuple[np.ndarray, np.ndarray]:
     """The fellow eye's probabilities for each record ([N, K], and a mask of rows that have one).
 
     `prob` holds the records' own probabilities (reused where the fellow is among them); `predict(paths)`
-    returns (probabilities, indices of the paths it could read) for the others. `manifest`: the CSV the
-    records come from, or None (a folder of classes has no patients)."""
+    returns (probabilities, indices of the paths it could read) for the others. `source`: the manifest
+    or folder of class folders the records come from."""
     has = np.zeros(len(records), dtype=bool)
     out = np.zeros_like(prob)
-    if manifest is None:
-        return out, has
-    fellows = fellow_of(records, read_manifest(manifest))
+    fellows = fellow_of(records, read_records(source))
     position = {r.key: i for i, r in enumerate(records)}
     missing = sorted(
         {f.key: f for f in fellows if f is not None and f.key not in position}.values(), key=lambda f: f.key
