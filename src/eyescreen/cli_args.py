@@ -22,10 +22,10 @@ def _add_config_overrides(p: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not MISSING else None
         # What the default presets set, so the help matches a plain `eyescreen train`.
         shown = []
-        for name in (DEFAULT_PRESET, FALLBACK_PRESET):
+        for name in (DEFAULT_PRESET, GPU_PRESET, FALLBACK_PRESET):
             value = PRESETS[name].get(f.name, default)
             shown.append((name, "unset" if value == "" else value))
-        if shown[0][1] == shown[1][1]:
+        if len({value for _, value in shown}) == 1:
             default = f"{shown[0][1]} in the default presets"
         else:
             default = ", ".join(f"{value} in {name}" for name, value in shown)
