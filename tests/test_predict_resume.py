@@ -249,3 +249,33 @@ def test_the_console_says_what_predicted_and_referable_mean_at_this_checkpoints_
     calibration["decision"]["prior_power"] = 0.0  # plain arg-max: nothing to explain about `predicted`
     assert [line.split(":")[0] for line in describe_outputs(calibration)] == ["referable"]
     assert describe_outputs(None) == [] and describe_outputs({}) == []
+
+
+def test_predict_points_to_pairs_when_both_eyes_of_a_patient_are_given(checkpoints, folder, tmp_path, capsys):
+    from eyescreen.checkpoint import load_model, save_model
+    from eyescreen.cli import main
+
+    model, meta = load_model(checkpoints[0], "cpu")
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in ("0_right.jpg", "0_left.jpg", "1_right.jpg"):
+        shutil.copy(folder / name, few / name)
+    for weight in (0.3, 0.0):
+        meta["calibration"]["fellow_eye"] = {"weight": weight}
+        save_model(tmp_path / f"w{weight}.safetensors", model, meta)
+        args = [
+            "predict",
+            str(few),
+            "--checkpoint",
+            str(tmp_path / f"w{weight}.safetensors"),
+            "--no-progress",
+        ]
+        assert main(args + ["--out", str(tmp_path / f"w{weight}.csv")]) == 0
+        hint = [line for line in capsys.readouterr().out.splitlines() if "predict --pairs" in line]
+        if weight:  # patient 0 has both eyes here; patient 1 one
+            assert hint == [
+                "1 patient(s) have both eyes here: `predict --pairs` blends each eye with its fellow "
+                "(weight 0.30 for this checkpoint, fitted on validation)"
+            ]
+        else:  # nothing to blend: no hint
+            assert hint == []

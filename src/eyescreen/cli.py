@@ -240,6 +240,13 @@ def _predict(args) -> int:
     print(f"{result['predicted']} predicted{kept}, {len(result['failed'])} unreadable -> {result['csv']}")
     _print_preview(result["csv"], ["file", "predicted", "prob_*", "referable", "error"])
     print("\n".join(result["legend"]))
+    if result["fellow_weight"]:
+        from .pairs import pair_files
+
+        both = sum(1 for pair in pair_files(images)[0] if pair.right and pair.left)
+        if both:
+            print(f"{both} patient(s) have both eyes here: `predict --pairs` blends each eye with its fellow "
+                  f"(weight {result['fellow_weight']:.2f} for this checkpoint, fitted on validation)")  # fmt: skip
     return 0 if result["predicted"] or result["resumed"] or not result["failed"] else 1
 
 

@@ -13,6 +13,7 @@ from .batch_output import BatchOutput
 from .calibrate import apply_temperature, class_weights, decide, describe_outputs
 from .checkpoint import load_model
 from .data import list_images
+from .fellow import stored_weight
 from .inference import predict_proba, resolve_device, resolve_precision
 from .models import is_binocular
 from .preprocess import ImageError, Preprocessing, preprocess_image
@@ -97,4 +98,5 @@ def predict(
         "failed": failures,
         "warnings": warnings,
         "legend": describe_outputs(calibration),
+        "fellow_weight": stored_weight(calibration),  # what `predict --pairs` would blend in
     }
