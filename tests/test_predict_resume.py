@@ -249,6 +249,10 @@ def test_the_console_says_what_predicted_and_referable_mean_at_this_checkpoints_
     calibration["decision"]["prior_power"] = 0.0  # plain arg-max: nothing to explain about `predicted`
     assert [line.split(":")[0] for line in describe_outputs(calibration)] == ["referable"]
     assert describe_outputs(None) == [] and describe_outputs({}) == []
+    older = {"referable": {"normal_class": "normal", "threshold": 0.5}}  # no operating point recorded
+    assert describe_outputs(older) == [
+        "referable: 1 - P(normal) > 0.500: the screening flag, which may disagree with `predicted`"
+    ]
 
 
 def test_predict_points_to_pairs_when_both_eyes_of_a_patient_are_given(checkpoints, folder, tmp_path, capsys):

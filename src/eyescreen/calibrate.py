@@ -136,10 +136,13 @@ def describe_outputs(calibration: dict | None) -> list[str]:
             "balanced accuracy): it can name a rare disease at a low probability; read the probabilities too"
         )
     if referable := calibration.get("referable"):
+        where = ""  # an older checkpoint may not record its operating point
+        if "target_specificity" in referable and "sensitivity" in referable:
+            where = (f", set for {referable['target_specificity']:.0%} specificity on validation (sensitivity "
+                     f"there {referable['sensitivity']:.2f})")  # fmt: skip
         lines.append(
-            f"referable: 1 - P({referable['normal_class']}) > {referable['threshold']:.3f}, set for "
-            f"{referable['target_specificity']:.0%} specificity on validation (sensitivity there "
-            f"{referable['sensitivity']:.2f}): the screening flag, which may disagree with `predicted`"
+            f"referable: 1 - P({referable['normal_class']}) > {referable['threshold']:.3f}{where}: "
+            "the screening flag, which may disagree with `predicted`"
         )
     return lines
 
