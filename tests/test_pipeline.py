@@ -110,7 +110,10 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "forced.safetensors"), "--out", str(tmp_path / "fe"),
                  "--bootstrap", "20", "--no-progress"]) == 0  # fmt: skip
     rule = json.loads((tmp_path / "fe" / "report.json").read_text())["decision"]["metrics"]
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("with the decision rule"))
+    shown = capsys.readouterr().out.splitlines()
+    n_test = json.loads((tmp_path / "fe" / "report.json").read_text())["metrics"]["n"]
+    assert f"test split, {n_test} eyes; classes as the most probable one:" in shown
+    line = next(x for x in shown if x.startswith("with the decision rule"))
     assert f"balanced_accuracy {rule['balanced_accuracy']:.4f}" in line and "the class predict names" in line
     predict([folder], tmp_path / "forced.safetensors", tmp_path / "forced.csv", progress=False)
     assert {r["predicted"] for r in csv.DictReader(open(tmp_path / "forced.csv")) if not r["error"]} == {

@@ -63,6 +63,7 @@ def run(args) -> int:
             progress=not args.no_progress,
         )
         m, ci = report["metrics"], report["confidence_intervals"]
+        print(f"{report['split']} split, {m['n']} {report['level']}s; classes as the most probable one:")
         for key in ("accuracy", "balanced_accuracy", "macro_auc"):
             lo, hi = ci[key]
             interval = f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None else ""
