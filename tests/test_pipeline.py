@@ -56,6 +56,10 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
     ):
         assert (tmp_path / "eval" / name).is_file(), name
     assert "balanced accuracy" in (tmp_path / "eval" / "report.md").read_text()
+    assert (
+        "name each eye's most probable class; `predict` names the decision rule's"
+        in (tmp_path / "eval" / "report.md").read_text()
+    )
     patients = report["patient_level"]["metrics"]
     assert patients["n"] == report["n_patients"]  # synthetic patients: two eyes, one class each
     assert (tmp_path / "eval" / "patients" / "report.md").is_file()

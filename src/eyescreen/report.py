@@ -117,6 +117,14 @@ def markdown(report: dict) -> str:
             else []
         ),
         *(f"- {note}" for note in report.get("notes", [])),
+        *(
+            [
+                f"- the table and the confusion matrix name each {report.get('level', 'eye')}'s most probable "
+                'class; `predict` names the decision rule\'s (section "Decision rule" below)'
+            ]
+            if report.get("decision")
+            else []
+        ),
         "",
         "| metric | value | 95% CI |",
         "|---|---|---|",
