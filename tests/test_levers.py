@@ -497,10 +497,9 @@ def test_presets_lists_each_recipe_as_train_flags_that_rebuild_it(capsys):
 
 
 def test_a_boolean_setting_is_shown_as_the_switch_that_sets_it():
-    from eyescreen.cli import _as_flag
-    from eyescreen.cli_args import build_parser
+    from eyescreen.cli_args import as_flag, build_parser
 
     for value in (True, False):
-        args = build_parser().parse_args(["train", "--out", "x", _as_flag("channels_last", value)])
+        args = build_parser().parse_args(["train", "--out", "x", as_flag("channels_last", value)])
         assert args.channels_last is value
-    assert _as_flag("image_size", 256) == "--image-size 256"
+    assert as_flag("image_size", 256) == "--image-size 256"

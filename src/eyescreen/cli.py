@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .cli_args import build_parser, config_overrides
+from .cli_args import as_flag, build_parser, config_overrides
 from .config import (
     DEFAULT_PRESET,
     FALLBACK_PRESET,
@@ -164,20 +164,12 @@ def run(args) -> int:
                 n: f" (second stage: --init RUN/best.safetensors of a {DEFAULT_PRESET} run)"
                 for n in FINETUNE_PRESETS
             }
-            changes = " ".join(_as_flag(k, v) for k, v in preset_changes(name).items())
+            changes = " ".join(as_flag(k, v) for k, v in preset_changes(name).items())
             print(
                 f"{name}{role.get(name, '')}\n    {PRESET_PURPOSES[name]}\n    = {changes or 'the defaults'}"
             )
         print("every setting and its default: eyescreen train --help")
     return 0
-
-
-def _as_flag(setting: str, value) -> str:
-    """A training setting as the `train` option that sets it."""
-    flag = setting.replace("_", "-")
-    if isinstance(value, bool):
-        return f"--{flag}" if value else f"--no-{flag}"
-    return f"--{flag} {value}"
 
 
 def _resumed_data(args) -> str:
@@ -263,9 +255,10 @@ def _print_preview(csv_path: Path, columns: list[str], most: int = 20) -> None:
     """A few rows on the console, so that predicting a handful of files needs no spreadsheet; "prob_*" is
     every class's probability column."""
     import csv
+    from itertools import islice
 
     with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = list(islice(csv.DictReader(f), most + 1))  # enough to know it is too long to show
     if not rows or len(rows) > most:
         return
     shown = [

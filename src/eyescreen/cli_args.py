@@ -18,7 +18,7 @@ from .config import (
 def _add_config_overrides(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("training settings (override the preset)")
     for f in config_fields():
-        flag = "--" + f.name.replace("_", "-")
+        flag = option(f.name)
         default = f.default if f.default is not MISSING else None
         # What the default presets set, so the help matches a plain `eyescreen train`.
         shown = []
@@ -39,6 +39,18 @@ def _add_config_overrides(p: argparse.ArgumentParser) -> None:
             group.add_argument(
                 flag, dest=f.name, type=kind, default=None, choices=CHOICES.get(f.name), help=meaning
             )
+
+
+def option(setting: str) -> str:
+    """The `train` option of a training setting: image_size -> --image-size."""
+    return "--" + setting.replace("_", "-")
+
+
+def as_flag(setting: str, value) -> str:
+    """A training setting's value as the `train` option that sets it (booleans: --x / --no-x)."""
+    if isinstance(value, bool):
+        return option(setting) if value else "--no-" + option(setting)[2:]
+    return f"{option(setting)} {value}"
 
 
 def config_overrides(args) -> dict:
