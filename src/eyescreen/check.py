@@ -68,9 +68,7 @@ def check_data(
     report["patients"] = len({r.group for r in dataset.records})
     report["patients_with_one_eye"] = sum(1 for e in eyes.values() if len(e) == 1)
     if not source.is_file():  # class folders: patients come from file names, where they say so
-        report["images_without_a_patient_in_the_name"] = sum(
-            r.group.startswith("image:") for r in dataset.records
-        )
+        report["images_without_a_patient_in_the_name"] = dataset.images_without_patient()
     if split_file:
         split = read_split(split_file, dataset)  # raises on a patient in two splits
         report["per_split"] = {

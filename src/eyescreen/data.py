@@ -46,6 +46,10 @@ class Dataset:
         index = {c: i for i, c in enumerate(self.classes)}
         return np.array([index[r.label] for r in self.records], dtype=np.int64)
 
+    def images_without_patient(self) -> int:
+        """Images that are their own patient: no patient_id in the manifest, no patient in the file name."""
+        return sum(r.group.startswith("image:") for r in self.records)
+
     def summary(self) -> str:
         counts = Counter(r.label for r in self.records)
         groups = len({r.group for r in self.records})
@@ -53,9 +57,9 @@ class Dataset:
         lines += [f"  {c:>14}: {counts[c]}" for c in self.classes]
         lines += [f"  not used ({reason}): {n}" for reason, n in sorted(self.skipped.items())]
         if self.source.is_dir():  # class folders: say how the patients were found
-            named = sum(r.group.startswith("patient:") for r in self.records)
-            lines.append(f"  patients from file names (12_left.jpg, 12_right.jpg: patient 12): {named} images; "
-                         f"{len(self.records) - named} others, each its own patient")  # fmt: skip
+            alone = self.images_without_patient()
+            lines.append(f"  patients from file names (12_left.jpg, 12_right.jpg: patient 12): "
+                         f"{len(self.records) - alone} images; {alone} others, each its own patient")  # fmt: skip
         return "\n".join(lines)
 
 
