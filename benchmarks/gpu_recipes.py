@@ -47,7 +47,7 @@ RUNS = [
     ("ema-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--ema", "0.999"]),
     # mixup against the fall over the last epochs
     ("mix-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--mixup", "0.2"]),
-    # without the findings head (data with no diagnoses column): should the GPU fallback be 256 px too?
+    # without the findings head (data with no diagnoses column): = the preset graham-augment-256
     ("nofind-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--findings", ""]),
 ]
 PRESET = "graham-findings"

@@ -173,6 +173,9 @@ def test_presets_are_the_recipes_measured_in_results():
     assert preset("graham-findings-256") == preset(
         "graham-findings", image_size=256, epochs=120
     )  # runs/gpu/f256-e120-s1 (benchmarks/gpu_recipes.py)
+    assert preset("graham-augment-256") == preset(
+        "graham-findings", image_size=256, epochs=120, findings=""
+    )  # runs/gpu/nofind-f256-e120-s1 (benchmarks/gpu_recipes.py)
 
 
 def test_default_preset_is_the_best_one_the_data_and_model_allow(tmp_path, synthetic_manifest):
@@ -204,7 +207,12 @@ def test_default_preset_on_a_gpu_is_the_long_256_px_recipe(tmp_path, synthetic_m
     name, why = default_preset(with_keywords, "resnet18", "cpu")
     assert name == "graham-findings" and "graham-findings-256" in why
     assert default_preset(with_keywords, "resnet18-binocular", "cuda")[0] == "graham-augment"
-    assert default_preset(synthetic_manifest, None, "cuda:0")[0] == "graham-augment"
+    # without a diagnoses column, 256 px and 120 epochs on a GPU too; a both-eye model was not measured there
+    name, why = default_preset(synthetic_manifest, None, "cuda:0")
+    assert name == "graham-augment-256" and "'keywords'" in why and "on a GPU" in why
+    name, why = default_preset(synthetic_manifest, None, "cpu")
+    assert name == "graham-augment" and "graham-augment-256" in why
+    assert default_preset(synthetic_manifest, "resnet18-binocular", "cuda")[0] == "graham-augment"
 
 
 def test_cli_train_without_a_preset_says_and_records_the_default(synthetic_manifest, tmp_path, capsys):

@@ -12,6 +12,7 @@ from .config import (
     DEFAULT_PRESET,
     FALLBACK_PRESET,
     FINETUNE_PRESETS,
+    GPU_FALLBACK_PRESET,
     GPU_PRESET,
     PRESET_PURPOSES,
     PRESETS,
@@ -158,7 +159,8 @@ def run(args) -> int:
             role = {
                 DEFAULT_PRESET: " (default on a CPU)",
                 GPU_PRESET: " (default on a GPU)",
-                FALLBACK_PRESET: " (default without a diagnoses column)",
+                FALLBACK_PRESET: " (default on a CPU without a diagnoses column, or for a both-eye model)",
+                GPU_FALLBACK_PRESET: " (default on a GPU without a diagnoses column)",
             }
             role |= {
                 n: f" (second stage: --init RUN/best.safetensors of a {DEFAULT_PRESET} run)"

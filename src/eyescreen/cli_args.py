@@ -9,6 +9,7 @@ from .config import (
     CHOICES,
     DEFAULT_PRESET,
     FALLBACK_PRESET,
+    GPU_FALLBACK_PRESET,
     GPU_PRESET,
     PRESETS,
     config_fields,
@@ -22,7 +23,7 @@ def _add_config_overrides(p: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not MISSING else None
         # What the default presets set, so the help matches a plain `eyescreen train`.
         shown = []
-        for name in (DEFAULT_PRESET, GPU_PRESET, FALLBACK_PRESET):
+        for name in (DEFAULT_PRESET, GPU_PRESET, FALLBACK_PRESET, GPU_FALLBACK_PRESET):
             value = PRESETS[name].get(f.name, default)
             shown.append((name, "unset" if value == "" else value))
         if len({value for _, value in shown}) == 1:
@@ -102,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help=f"training recipe (default: {DEFAULT_PRESET} on a CPU, {GPU_PRESET} on a GPU, where the "
                         f"manifest has a {PRESETS[DEFAULT_PRESET]['findings']!r} column of diagnoses and the model "
-                        f"is single-eye, else {FALLBACK_PRESET}; seed = the reference study's; finetune-224 = the "
-                        f"second stage, with --init RUN/best.safetensors)")  # fmt: skip
+                        f"is single-eye; without that column {FALLBACK_PRESET} on a CPU, {GPU_FALLBACK_PRESET} on a "
+                        f"GPU; {FALLBACK_PRESET} for a both-eye model; seed = the reference study's; finetune-224 = "
+                        f"the second stage, with --init RUN/best.safetensors)")  # fmt: skip
     p.add_argument(
         "--classes", help="comma-separated classes to use, in this order (default: all in the data)"
     )

@@ -169,6 +169,10 @@ PRESETS: dict[str, dict] = {
         "augment": "fundus",
         "findings": "keywords",
     },
+    # The default on a GPU where the data has no diagnoses column (benchmarks/RESULTS.md, issue 7):
+    # `graham-augment` at 256 px for 120 epochs, as `graham-findings-256` is to `graham-findings` (one
+    # seed: validation 0.857 against 0.787-0.803 at 128 px). 4 minutes on one H200 GPU.
+    "graham-augment-256": {**_GRAHAM, "image_size": 256, "epochs": 120, "augment": "fundus"},
     # The 256-px photographs on a CPU (benchmarks/RESULTS.md, issue 7): `graham-findings` at 256 px, but
     # each training step sees a random 160-px crop at the image's own scale (validation and prediction
     # see whole images). Fine lesions stay as sharp as at 256 px for 1.6 times the cost of a 128-px
@@ -210,7 +214,8 @@ PRESET_PURPOSES = {
     "seed": "the reference study's recipe, exactly (224 px, Adam 0.01, cosine over 40 epochs, no augmentation)",
     "screen": "the first from-scratch screening recipe; superseded by graham-findings",
     "graham": "Graham background subtraction and AdamW at 128 px for 10 epochs: the fast recipe",
-    "graham-augment": "graham with fundus augmentation for 40 epochs; the best without a diagnoses column",
+    "graham-augment": "graham with fundus augmentation for 40 epochs; the best without a diagnoses column on a CPU",
+    "graham-augment-256": "graham-augment at 256 px for 120 epochs: the best without a diagnoses column, for a GPU",
     "graham-findings": "graham-augment plus the findings head on a diagnoses column, 60 epochs",
     "graham-findings-256": "graham-findings at 256 px for 120 epochs: the best found, for a GPU",
     "graham-findings-crop": "graham-findings at 256 px, each training step on a 160-px crop",
@@ -232,10 +237,12 @@ def preset_changes(name: str) -> dict:
 # The best recipes found on validation (benchmarks/RESULTS.md): on a GPU, the best of all; on a CPU, the
 # best that trains within the hour. Both need a manifest column of per-eye diagnoses and a single-eye
 # model. Without them, `eyescreen train` falls back to the best recipe that trains on any `image,label`
-# manifest.
+# manifest: at 256 px on a GPU for a single-eye model, else at 128 px (a both-eye model was not
+# measured at 256 px).
 DEFAULT_PRESET = "graham-findings"
 GPU_PRESET = "graham-findings-256"
 FALLBACK_PRESET = "graham-augment"
+GPU_FALLBACK_PRESET = "graham-augment-256"
 
 
 def default_preset(data, model: str | None = None, device: str = "cpu") -> tuple[str, str]:
@@ -245,12 +252,16 @@ def default_preset(data, model: str | None = None, device: str = "cpu") -> tuple
     from .models import is_binocular
 
     column = PRESETS[DEFAULT_PRESET]["findings"]
+    on_gpu = resolve_device(device).type == "cuda"
     if model and is_binocular(model):
         return FALLBACK_PRESET, "a both-eye model has no findings head"
     if column not in manifest_columns(data):
-        return FALLBACK_PRESET, f"no {column!r} column of per-eye diagnoses for the findings head"
+        why = f"no {column!r} column of per-eye diagnoses for the findings head"
+        if on_gpu:
+            return GPU_FALLBACK_PRESET, why + "; on a GPU, at 256 px for 120 epochs"
+        return FALLBACK_PRESET, why + f"; on a CPU, at 128 px (on a GPU: {GPU_FALLBACK_PRESET})"
     why = f"the manifest's {column!r} column feeds the findings head"
-    if resolve_device(device).type == "cuda":
+    if on_gpu:
         return GPU_PRESET, why + "; on a GPU, at 256 px for 120 epochs"
     return DEFAULT_PRESET, why + f"; on a CPU, at 128 px (on a GPU: {GPU_PRESET})"
 
