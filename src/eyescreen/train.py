@@ -95,8 +95,8 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
 def compile_model(net: nn.Module, backend: str = "inductor") -> nn.Module:
     """`torch.compile` with one static graph per batch shape. An epoch's last batch is usually smaller;
     by default dynamo would then recompile with a symbolic batch size, and that dynamic graph would serve
-    every later batch, full ones included. (Part, not all, of why `--compile` ran slower than eager on a
-    GPU: with static graphs it is still 1.26 times slower on one H200, benchmarks/RESULTS.md.)"""
+    every later batch, full ones included. Static graphs did not make `--compile` pay on a GPU, though:
+    an epoch still takes 1.26 times as long as eager on one H200 (benchmarks/RESULTS.md)."""
     return torch.compile(net, dynamic=False, backend=backend)
 
 
