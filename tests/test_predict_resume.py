@@ -283,3 +283,35 @@ def test_predict_points_to_pairs_when_both_eyes_of_a_patient_are_given(checkpoin
             ]
         else:  # nothing to blend: no hint
             assert hint == []
+
+
+def test_a_batch_with_many_bad_files_prints_a_few_and_keeps_them_all(checkpoints, folder, tmp_path, capsys):
+    """A folder where most files fail (another camera's format, a copy gone wrong) must not bury the
+    console: the first few problems are printed, then how many more and where every one is kept."""
+    from eyescreen.batch_output import SHOWN
+    from eyescreen.cli import main
+
+    best, _ = checkpoints
+    for i in range(SHOWN + 5):
+        (folder / f"broken{i:02d}.jpg").write_bytes(b"")  # with broken.jpg: SHOWN + 6 bad files
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(folder), "--checkpoint", str(best), "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert sum(line.startswith("could not read: ") and ".jpg" in line for line in err) == SHOWN
+    assert f"could not read: 6 more not shown; all {SHOWN + 6} are in the 'error' column of {out}" in err
+    assert (
+        sum(bool(r["error"]) for r in rows(out)) == SHOWN + 6 and sum(not r["error"] for r in rows(out)) == 18
+    )
+
+    # explain has no row for a file it could not read: every one goes to unreadable.txt
+    explained = tmp_path / "explained"
+    args = ["explain", str(folder), "--checkpoint", str(best), "--out", str(explained), "--no-progress"]
+    assert main(args) == 0
+    listed = (explained / "unreadable.txt").read_text().splitlines()
+    assert len(listed) == SHOWN + 6 and all(".jpg" in line for line in listed)
+    assert f"are in {explained / 'unreadable.txt'}" in capsys.readouterr().err
+    for i in range(SHOWN + 5):
+        (folder / f"broken{i:02d}.jpg").unlink()
+    (folder / "broken.jpg").unlink()
+    assert main(args) == 0
+    assert not (explained / "unreadable.txt").exists()  # an earlier run's list does not outlive its files

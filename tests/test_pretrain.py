@@ -72,9 +72,17 @@ def test_pretrain_uses_unlabelled_images_resumes_and_initialises_training(
 def test_pretrain_cli(synthetic_manifest, tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "none")]) == 2  # no photographs given
     assert "give the photographs" in capsys.readouterr().err
-    rc = main(["pretrain", "--data", str(synthetic_manifest), "--out", str(tmp_path / "p"), "--model", "tiny-cnn",
-               "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--precision", "fp32", "--no-progress"])  # fmt: skip
-    assert rc == 0 and "--init" in capsys.readouterr().out
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "broken.jpg").write_bytes(b"not an image")
+    rc = main(["pretrain", "--data", str(synthetic_manifest), str(extra), "--out", str(tmp_path / "p"), "--model",
+               "tiny-cnn", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--precision", "fp32",
+               "--no-progress"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0 and "--init" in captured.out
+    # an unreadable photograph is named on the console and listed where the run keeps its files
+    assert f"{extra / 'broken.jpg'}: not a readable image" in captured.err
+    assert (tmp_path / "p" / "unreadable.txt").read_text().count("broken.jpg") == 1
     rc = main(["train", "--data", str(synthetic_manifest), "--out", str(tmp_path / "t"), "--preset", "quick",
                "--model", "seed-cnn", "--init", str(tmp_path / "p" / "pretrained.safetensors"), "--no-progress"])  # fmt: skip
     assert rc == 2  # a clear error, not a traceback: the pre-trained model is not seed-cnn

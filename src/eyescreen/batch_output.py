@@ -13,8 +13,33 @@ import hashlib
 import io
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+SHOWN = 20  # problem lines a batch job prints; the rest are counted, and kept where it says
+
+
+def print_problems(kind: str, messages: list[str], kept_in: str | Path, limit: int = SHOWN) -> None:
+    """The first `limit` messages on stderr as `kind: message`, then how many more and where all of them
+    are: a folder of 10,000 photographs from another camera may warn on every one."""
+    for message in messages[:limit]:
+        print(f"{kind}: {message}", file=sys.stderr)
+    if len(messages) > limit:
+        print(
+            f"{kind}: {len(messages) - limit} more not shown; all {len(messages)} are in {kept_in}",
+            file=sys.stderr,
+        )
+
+
+def keep_problems(kind: str, messages: list[str], path: Path) -> None:
+    """For a job whose other outputs have no place for them: every message in `path`, one a line, and
+    the first few on stderr. Without any, an earlier run's list is removed."""
+    if not messages:
+        path.unlink(missing_ok=True)
+        return
+    path.write_text("".join(f"{m}\n" for m in messages))
+    print_problems(kind, messages, path)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .batch_output import BatchOutput, keep_problems
 from .models import cam_target
 from .preprocess import field_of_view, normalize
 
@@ -252,7 +252,6 @@ def explain_items(
     `view(path)`, when given, is the picture the map is drawn over (the photograph before structure
     enhancement, which is what a clinician reads). The index is written a chunk at a time; `resume`
     keeps the items an interrupted run of the same `checkpoint`, method and target explained."""
-    from .batch_output import BatchOutput
     from .inference import predict_proba
     from .preprocess import ImageError
 
@@ -300,8 +299,7 @@ def explain_items(
             bar.update(len(items[start : start + batch_size]))
         bar.close()
     gallery(rows, classes, out_dir / "index.html", method)
-    for _, message in failures:
-        print(f"could not read: {message}", file=sys.stderr)
+    keep_problems("could not read", [message for _, message in failures], out_dir / "unreadable.txt")
     return {"explained": len(rows), "failed": failures, "index": out_dir / "index.html"}
 
 
@@ -370,6 +368,5 @@ def explain_patients(
         bar.update(len(chunk))
     bar.close()
     gallery(rows, classes, out_dir / "index.html", method)
-    for _, message in failures:
-        print(f"could not read: {message}", file=sys.stderr)
+    keep_problems("could not read", [message for _, message in failures], out_dir / "unreadable.txt")
     return {"explained": len(rows), "failed": failures, "index": out_dir / "index.html"}

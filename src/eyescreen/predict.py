@@ -3,13 +3,12 @@ and an interrupted job resumes where it stopped."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .batch_output import BatchOutput
+from .batch_output import BatchOutput, print_problems
 from .calibrate import apply_temperature, class_weights, decide, describe_outputs
 from .checkpoint import load_model
 from .data import list_images
@@ -87,10 +86,8 @@ def predict(
             bar.update(len(chunk))
         bar.close()
         resumed = out.kept
-    for _, message in failures:
-        print(f"could not read: {message}", file=sys.stderr)
-    for message in warnings:
-        print(f"warning: {message}", file=sys.stderr)
+    print_problems("could not read", [m for _, m in failures], f"the 'error' column of {out_csv}")
+    print_problems("warning", warnings, f"the 'warning' column of {out_csv}")
     return {
         "csv": Path(out_csv),
         "predicted": n_ok,

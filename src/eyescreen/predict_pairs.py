@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .batch_output import BatchOutput
+from .batch_output import BatchOutput, print_problems
 from .calibrate import apply_temperature, class_weights, decide, describe_outputs
 from .checkpoint import load_model
 from .fellow import blend, stored_weight
@@ -124,8 +124,7 @@ def predict_pairs(
             f"{len(unpaired)} file(s) could not be paired (see {out_csv.with_suffix('.unpaired.txt')})",
             file=sys.stderr,
         )
-    for message in failed:
-        print(f"could not read: {message}", file=sys.stderr)
+    print_problems("could not read", failed, f"the 'error' column of {out_csv}")
     return {
         "csv": out_csv,
         "patients": written,

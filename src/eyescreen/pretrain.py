@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .augment import FundusAugment
+from .batch_output import keep_problems
 from .checkpoint import load_state, save_model, save_state
 from .data import list_images, read_class_folders, read_manifest
 from .inference import autocast, resolve_device, resolve_precision
@@ -105,8 +106,7 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
     paths = image_paths(sources, holdout)
     prep = Preprocessing(image_size=cfg.image_size, enhance=cfg.enhance)
     images, ok, failed = load_stack(paths, ImageCache(prep, cache_dir), progress=progress, desc="images")
-    for _, message in failed:
-        print(f"could not read: {message}")
+    keep_problems("could not read", [message for _, message in failed], out / "unreadable.txt")
     if len(ok) < 2:
         raise ValueError("pre-training needs at least two readable images")
     print(f"pre-training {cfg.model} on {len(ok)} images ({len(failed)} unreadable; "
