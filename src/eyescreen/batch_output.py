@@ -4,6 +4,8 @@ Rows are flushed a chunk at a time. With `resume`, the complete rows of the earl
 torn by the interruption is dropped) and their keys are skipped, so only the rest is computed. A side
 file records which checkpoint wrote the rows: resuming with another checkpoint is refused, because a
 CSV that mixes two models' predictions looks like one model's.
+
+Also how a batch job reports the files it could not use: a few on the console, all of them kept.
 """
 
 from __future__ import annotations
