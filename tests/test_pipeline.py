@@ -82,7 +82,10 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(best), "--data", str(other), "--subset", "all",
                  "--out", str(tmp_path / "external"), "--bootstrap", "20", "--no-progress"]) == 0  # fmt: skip
     external = json.loads((tmp_path / "external" / "report.json").read_text())
-    assert external["metrics"]["per_class"]["spots"]["support"] == 0
+    assert "note: no spots in these data" in capsys.readouterr().out
+    assert (
+        external["absent_classes"] == ["spots"] and external["metrics"]["per_class"]["spots"]["support"] == 0
+    )
     assert external["metrics"]["per_class"]["spots"]["roc_auc"] is None or math.isnan(
         external["metrics"]["per_class"]["spots"]["roc_auc"]
     )

@@ -80,9 +80,9 @@ def run(args) -> int:
             lo, hi = f["confidence_intervals"]["macro_auc"]
             print(f"with the fellow eye (weight {f['weight']:.2f}, {f['eyes_with_fellow']} eyes): "
                   f"macro_auc {f['metrics']['macro_auc']:.4f} (95% CI {lo:.3f}-{hi:.3f})")  # fmt: skip
-        absent = [c for c, v in report["metrics"]["per_class"].items() if v["support"] == 0]
-        if absent:
-            print(f"note: no {', '.join(absent)} in these data: the metrics are over the classes present")
+        if report["absent_classes"]:
+            print(f"note: no {', '.join(report['absent_classes'])} in these data: the metrics are over the "
+                  "classes present")  # fmt: skip
         print(f"report: {report['files']['html']}")
     elif args.command == "calibrate":
         from .evaluate import calibrate_from_split

@@ -21,10 +21,8 @@ from .report import write_report
 from .tasks import BothEyes
 
 
-def absent_classes_note(part: Dataset, classes: list[str]) -> list[str]:
+def absent_classes_note(absent: list[str]) -> list[str]:
     """A model evaluated on other data may meet only some of its classes: say which are missing."""
-    present = {r.label for r in part.records}
-    absent = [c for c in classes if c not in present]
     if not absent:
         return []
     return [f"classes of the model absent from these data: {', '.join(absent)} (no AUC or sensitivity for "
@@ -83,7 +81,6 @@ def evaluate(
         "split": split_name,
         "test_time_augmentation": TTA_DESCRIPTIONS[tta] if tta else "none",
         "classes": classes,
-        "notes": absent_classes_note(part, classes),
     }
     if is_binocular(meta["model"]["name"]):
         task = _both_eyes_task(meta)
@@ -116,12 +113,12 @@ def evaluate(
         if has.any()
         else []
     )
-    report = _score(common | {"level": "eye", "notes": common["notes"] + notes}, y, prob, groups, [r.key for r in records], meta, out,
+    report = _score(common | {"level": "eye", "notes": notes}, y, prob, groups, [r.key for r in records], meta, out,
                     metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
     if has.any():
         note = (f"each eye blended with its fellow eye (weight {fellow_weight:.2f}, fitted on validation); "
                 f"{int(has.sum())} of {len(records)} eyes have one; each eye alone: [../report.md](../report.md)")  # fmt: skip
-        sub = _score(common | {"level": "eye", "notes": common["notes"] + [note]}, y, blend(prob, fellow_prob, has, fellow_weight), groups,
+        sub = _score(common | {"level": "eye", "notes": [note]}, y, blend(prob, fellow_prob, has, fellow_weight), groups,
                      [r.key for r in records], meta, out / "fellow-eye", None, n_resamples, [])  # fmt: skip
         report["with_fellow_eye"] = {
             k: sub[k] for k in ("metrics", "confidence_intervals", "calibration", "decision", "files")
@@ -172,11 +169,15 @@ def aggregate_patients(records, prob: np.ndarray, classes: list[str], config: di
 def _score(common, y, prob, groups, names, meta, out: Path, metrics_csv, n_resamples, skipped) -> dict:
     """Metrics, patient-bootstrap intervals, calibration section and report files for one unit (eye or patient)."""
     classes = common["classes"]
+    metrics = classification_metrics(y, prob, classes)
+    absent = [c for c, v in metrics["per_class"].items() if v["support"] == 0]  # at this unit's level
     report = common | {
         "n_patients": int(len(set(groups))),
-        "metrics": classification_metrics(y, prob, classes),
+        "metrics": metrics,
         "confidence_intervals": bootstrap_ci(y, prob, groups, n_resamples=n_resamples),
         "skipped": list(skipped),
+        "absent_classes": absent,
+        "notes": absent_classes_note(absent) + common.get("notes", []),
     }
     calibration = meta.get("calibration")
     if calibration:
