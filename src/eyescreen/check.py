@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import SPLITS, load_dataset, read_records, read_split
+from .data import SPLITS, read_dataset, read_split
 from .preprocess import ImageError, crop_to_field, read_image
 
 
@@ -17,8 +17,7 @@ def check_data(
     source: str | Path, classes: list[str] | None = None, split_file=None, progress: bool = True
 ) -> dict:
     source = Path(source)
-    raw = read_records(source)
-    dataset = load_dataset(source, classes)
+    raw, dataset = read_dataset(source, classes)
     report: dict = {"source": str(source), "rows": len(raw), "classes": dataset.classes}
     report["per_class"] = dict(Counter(r.label for r in dataset.records))
     report["not_used"] = dict(dataset.skipped)

@@ -75,6 +75,13 @@ def parse_classes(text: str | None) -> list[str] | None:
 def load_dataset(source: str | Path, classes: list[str] | None = None, allow_absent: bool = False) -> Dataset:
     """Read a manifest CSV or a folder-per-class layout and keep the rows usable for training.
     `allow_absent`: `classes` may name classes these data lack (a model's, evaluated on other data)."""
+    return read_dataset(source, classes, allow_absent)[1]
+
+
+def read_dataset(
+    source: str | Path, classes: list[str] | None = None, allow_absent: bool = False
+) -> tuple[list[Record], Dataset]:
+    """Every record read (labelled or not, any class) and the dataset kept from them, in one reading."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: no such manifest or folder")
@@ -82,7 +89,7 @@ def load_dataset(source: str | Path, classes: list[str] | None = None, allow_abs
     raw = read_records(source, left_aside)
     dataset = _select_classes(raw, classes, source, allow_absent)
     dataset.skipped.update(left_aside)
-    return dataset
+    return raw, dataset
 
 
 def read_records(source: Path, left_aside: Counter | None = None) -> list[Record]:
