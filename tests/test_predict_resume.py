@@ -315,3 +315,23 @@ def test_a_batch_with_many_bad_files_prints_a_few_and_keeps_them_all(checkpoints
     (folder / "broken.jpg").unlink()
     assert main(args) == 0
     assert not (explained / "unreadable.txt").exists()  # an earlier run's list does not outlive its files
+
+
+def test_a_resumed_predict_counts_the_warnings_of_the_rows_it_kept(checkpoints, tmp_path, capsys):
+    """The console's warning count is the job's: rows kept from the interrupted run count too."""
+    from synthetic import everyday_photo
+
+    best, _ = checkpoints
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        everyday_photo(folder / f"holiday{i}.jpg")
+    out = tmp_path / "out.csv"
+    first = predict([folder / "holiday0.jpg"], best, out, progress=False)
+    assert len(first["warnings"]) == 1
+    capsys.readouterr()
+    resumed = predict([folder], best, out, progress=False, resume=True)
+    assert resumed["resumed"] == 1 and resumed["predicted"] == 2
+    assert len(resumed["warnings"]) == 3
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 3 and any("holiday0.jpg" in line for line in warned)

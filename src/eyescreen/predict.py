@@ -54,6 +54,8 @@ def predict(
     n_ok, failures, warnings = 0, [], []
     with BatchOutput(out_csv, header, checkpoint, resume) as out:
         files = [path for path in files if str(path) not in out.done]
+        # A resumed job's warnings include those of the rows it kept (unreadable rows are tried again).
+        warnings = [row["warning"] for row in out.kept_rows if row.get("warning")]
         bar = tqdm(total=len(files), desc="predicting", disable=not progress)
         # Chunks keep memory flat however many files there are.
         for start in range(0, len(files), batch_size):
