@@ -121,4 +121,7 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in ([], ["-h"], ["--help"]):  # the usage is the module's docstring
+        print(__doc__.strip())
+        sys.exit(0 if sys.argv[1:] else 2)
     main(sys.argv[1:])

@@ -118,6 +118,9 @@ def fellow_row(run: Path) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in ([], ["-h"], ["--help"]):  # the usage is the module's docstring
+        print(__doc__.strip())
+        sys.exit(0 if sys.argv[1:] else 2)
     if sys.argv[1:2] == ["--fellow"]:
         print("| run | weight | eyes with a fellow (val, test) | val macro-AUC alone -> with | test macro-AUC alone | "
               "test macro-AUC with fellow | test bal. acc. rule, alone | with fellow | test screening sens. at spec., "
