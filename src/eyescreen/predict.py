@@ -51,7 +51,7 @@ def predict(
     header = (
         ["file", "predicted", "probability"] + [f"prob_{c}" for c in classes] + extra + ["error", "warning"]
     )
-    n_ok, failures, warnings = 0, [], []
+    n_ok, failures = 0, []
     with BatchOutput(out_csv, header, checkpoint, resume) as out:
         files = [path for path in files if str(path) not in out.done]
         # A resumed job's warnings include those of the rows it kept (unreadable rows are tried again).
