@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from eyescreen.checkpoint import load_model, load_state
 from eyescreen.config import preset
 from eyescreen.data import DataError, load_dataset
-from eyescreen.findings import WithFindings, training_findings
+from eyescreen.findings import WithFindings, findings_loss, training_findings
 from eyescreen.models import create_model
 from eyescreen.train import train
 from synthetic import write_dataset
@@ -29,6 +30,7 @@ def manifest_with_findings(tmp_path_factory):
     rows.append({"image": "images/0_extra.jpg", "patient_id": "0", "eye": "left", "label": ""})
     for r in rows:
         r["findings"] = {"normal": "", "": "cataract; lens dust"}.get(r["label"], "lesion;  Lesion ; disc")
+        r["age"] = str(30 + 2 * int(r["patient_id"])) if r["label"] else ""  # unknown for the unclassed
     with open(manifest, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -143,3 +145,52 @@ def test_crops_on_the_disc_cover_the_eyes_without_a_class_too(manifest_with_find
                  findings="findings", crop_size=32, crop_on_disc=0.5)  # fmt: skip
     train(cfg, manifest_with_findings, tmp_path / "run", progress=False)
     assert sizes and all(n == d for n, d in sizes)  # every training batch came with its eyes' discs
+
+
+def age_thresholds(findings):
+    return [float(f.split(" > ")[1]) for f in findings.vocabulary if f.startswith("age > ")]
+
+
+def test_a_numeric_column_is_learnt_as_thresholds_at_the_training_eyes_deciles(manifest_with_findings):
+    ds = load_dataset(manifest_with_findings)
+    held_out = training_findings(ds, split_with_patient_0_in(ds, "test"), "findings,age", min_count=1)
+    assert {"disc", "lesion", "cataract", "lens dust"} <= set(held_out.vocabulary)  # the text column too
+    thresholds = age_thresholds(held_out)
+    assert len(thresholds) == 9 and sorted(thresholds) == thresholds
+    assert 32 < thresholds[0] and thresholds[-1] < 88  # inside the training eyes' ages (32-88)
+    ages = {r.key: 30 + 2 * int(r.group.split(":")[1]) for r in ds.records}
+    targets = held_out.targets(ds.records)
+    columns = [held_out.vocabulary.index(f"age > {t:g}") for t in thresholds]
+    for r, row in zip(ds.records, targets, strict=True):  # ordinal: above every threshold under its age
+        assert row[columns].tolist() == [int(ages[r.key] > t) for t in thresholds]
+    (unclassed,) = held_out.extra  # its age is empty: unknown, no loss; its findings are known
+    row = held_out.targets([unclassed])[0]
+    assert row[columns].tolist() == [-1] * 9
+    assert row[held_out.vocabulary.index("cataract")] == 1 and row[held_out.vocabulary.index("disc")] == 0
+    # the thresholds come from training patients only: patient 0 (the youngest, 30) moves them when it trains
+    in_train = training_findings(ds, split_with_patient_0_in(ds, "train"), "findings,age", min_count=1)
+    assert age_thresholds(in_train)[0] < thresholds[0]
+    with pytest.raises(DataError, match=r"no column 'height' for --findings"):
+        training_findings(ds, split_with_patient_0_in(ds, "train"), "findings, height")
+
+
+def test_unknown_findings_add_nothing_to_the_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4)
+    targets = torch.tensor([[1, 0, -1, 1], [-1, -1, -1, -1], [0, 1, 1, -1]])
+    known = targets >= 0
+    by_hand = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[known], targets[known].float(), reduction="sum"
+    ) / len(targets)
+    torch.testing.assert_close(findings_loss(logits, targets), by_hand)
+    moved = torch.where(known, logits, logits + 100.0)  # whatever it says where the truth is unknown
+    torch.testing.assert_close(findings_loss(moved, targets), by_hand)
+    assert np.isfinite(findings_loss(logits, torch.full((3, 4), -1)).item())
+
+
+def test_training_with_a_numeric_findings_column(manifest_with_findings, tmp_path, capsys):
+    cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision="fp32",
+                 findings="findings,age")  # fmt: skip
+    train(cfg, manifest_with_findings, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    assert "age > " in capsys.readouterr().out  # the head's findings are listed as training starts

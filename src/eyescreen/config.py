@@ -67,7 +67,9 @@ class TrainConfig:
     ema: float = setting(0.0, "decay per step of an exponential moving average of the weights, which is "
                          "validated and saved; 0 = off")  # fmt: skip
     findings: str = setting(
-        "", "manifest column of ';'-separated findings, predicted by a training-only head"
+        "",
+        "manifest column(s), comma-separated, predicted by a training-only head: ';'-separated "
+        "findings, or numbers (e.g. age: above each decile of the training eyes)",
     )
     findings_weight: float = setting(0.5, "weight of the findings loss beside the class loss")
     mixup: float = setting(

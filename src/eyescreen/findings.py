@@ -5,6 +5,9 @@ A clinical table holds many eyes outside the screened classes (cataract, myopia,
 same pooled features, on every eye of the training patients, gives a from-scratch backbone more to learn
 from. The extra head lives only while training: checkpoints, prediction and explanations are unchanged.
 
+A numeric column (age, say) is supervision too: "above each decile of the training eyes' values", as
+several findings (`--findings keywords,age`).
+
 Leakage: an eye joins only if its patient is in the training split or in no split at all; eyes of
 validation and test patients never do.
 """
@@ -12,7 +15,7 @@ validation and test patients never do.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,9 @@ from .data import DataError, Dataset, Record, image_key, read_manifest, read_tab
 
 SEPARATOR = ";"
 MIN_COUNT = 20  # a finding rarer than this among the training eyes is not worth a head output
+# A numeric column (age, say) is learnt as "above each decile of the training eyes": ordinal targets
+# that the multi-label head takes as they are.
+DECILES = np.linspace(0.1, 0.9, 9)
 
 
 @dataclass
@@ -30,15 +36,20 @@ class Findings:
     vocabulary: list[str]  # the findings the head predicts, most frequent first
     extra: list[Record]  # training-patient eyes without a selected class, which join training
     tags: dict[str, frozenset[str]]  # image key -> its findings, for every row of the manifest
+    # image key -> findings not known for it (a numeric cell left empty): no loss on them
+    unknown: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def targets(self, records: list[Record]) -> torch.Tensor:
-        """Multi-hot [N, len(vocabulary)] for these records."""
+        """[N, len(vocabulary)]: 1 present, 0 absent, -1 unknown, for these records."""
         index = {f: i for i, f in enumerate(self.vocabulary)}
         out = torch.zeros((len(records), len(self.vocabulary)), dtype=torch.long)
         for row, r in enumerate(records):
             for f in self.tags.get(r.key, ()):
                 if f in index:
                     out[row, index[f]] = 1
+            for f in self.unknown.get(r.key, ()):
+                if f in index:
+                    out[row, index[f]] = -1
         return out
 
     def summary(self) -> str:
@@ -48,38 +59,89 @@ class Findings:
         )
 
 
-def read_findings(manifest: Path, column: str) -> dict[str, frozenset[str]]:
-    columns, rows = read_table(manifest)
-    if column not in columns:
+def parse_columns(spec: str) -> list[str]:
+    """`--findings keywords,age`: the manifest columns, in order."""
+    return [c.strip() for c in spec.split(",") if c.strip()]
+
+
+def read_columns(manifest: Path, columns: list[str]) -> dict[str, dict[str, str]]:
+    """column -> image key -> its cell, stripped."""
+    header, rows = read_table(manifest)
+    missing = [c for c in columns if c not in header]
+    if missing:
         raise DataError(
-            f"{manifest}: no column {column!r} for --findings; found {', '.join(columns) or 'none'}"
+            f"{manifest}: no column {', '.join(map(repr, missing))} for --findings; "
+            f"found {', '.join(header) or 'none'}"
         )
-    tags = {}
-    for _, row in rows:
-        tags[image_key(row["image"])] = frozenset(
-            t.strip().lower() for t in (row[column] or "").split(SEPARATOR) if t.strip()
-        )
-    return tags
+    return {c: {image_key(row["image"]): (row[c] or "").strip() for _, row in rows} for c in columns}
 
 
-def training_findings(dataset: Dataset, split: dict, column: str, min_count: int = MIN_COUNT) -> Findings:
-    """The findings vocabulary and the extra eyes, from the training patients only."""
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if np.isnan(value) else value
+
+
+def text_tags(cells: dict[str, str]) -> dict[str, frozenset[str]]:
+    """A column of ';'-separated findings: each one a tag, case-folded; an empty cell has none."""
+    return {
+        k: frozenset(t.strip().lower() for t in v.split(SEPARATOR) if t.strip()) for k, v in cells.items()
+    }
+
+
+def numeric_tags(
+    column: str, cells: dict[str, str], train_keys: list[str]
+) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """A numeric column as "column > t" for each decile t of the training eyes' values; an eye with an
+    empty cell has them all unknown."""
+    values = {k: _number(v) for k, v in cells.items()}
+    seen = [values[k] for k in train_keys if values.get(k) is not None]
+    if not seen:
+        return {}, {}
+    thresholds = sorted({float(f"{t:.3g}") for t in np.quantile(seen, DECILES)})
+    names = [f"{column} > {t:g}" for t in thresholds]
+    tags = {
+        k: frozenset(n for n, t in zip(names, thresholds, strict=True) if v > t)
+        for k, v in values.items()
+        if v is not None
+    }
+    unknown = {k: frozenset(names) for k, v in values.items() if v is None}
+    return tags, unknown
+
+
+def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int = MIN_COUNT) -> Findings:
+    """The findings vocabulary and the extra eyes, from the training patients only. `spec` names one
+    column or several, comma-separated: text columns of findings, or numeric ones."""
     if not dataset.source.is_file():
         raise DataError(f"{dataset.source}: --findings needs a manifest CSV, not a folder of classes")
-    tags = read_findings(dataset.source, column)
+    columns = parse_columns(spec)
+    cells = read_columns(dataset.source, columns)
     held_out = {r.group for r in dataset.records if split[r.key] != "train"}
     selected = {r.key for r in dataset.records}
     extra = [r for r in read_manifest(dataset.source) if r.key not in selected and r.group not in held_out]
     train_keys = [r.key for r in dataset.records if split[r.key] == "train"] + [r.key for r in extra]
+    tags: dict[str, frozenset[str]] = {}
+    unknown: dict[str, frozenset[str]] = {}
+    for column in columns:
+        given = [v for v in cells[column].values() if v]
+        if given and all(_number(v) is not None for v in given):
+            column_tags, column_unknown = numeric_tags(column, cells[column], train_keys)
+        else:
+            column_tags, column_unknown = text_tags(cells[column]), {}
+        for into, part in ((tags, column_tags), (unknown, column_unknown)):
+            for k, found in part.items():
+                into[k] = into.get(k, frozenset()) | found
     counts = Counter(t for k in train_keys for t in tags.get(k, ()))
     vocabulary = [t for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
     if not vocabulary:
         raise DataError(
-            f"{dataset.source}: no finding in column {column!r} occurs {min_count} times among the "
-            "training eyes; nothing for the findings head to learn (train without it: --findings '' or "
+            f"{dataset.source}: no finding in {', '.join(map(repr, columns))} occurs {min_count} times among "
+            "the training eyes; nothing for the findings head to learn (train without it: --findings '' or "
             "--preset graham-augment)"
         )
-    return Findings(vocabulary, extra, tags)
+    return Findings(vocabulary, extra, tags, unknown)
 
 
 def classifier_head(model: nn.Module) -> str:
@@ -114,10 +176,13 @@ class WithFindings(nn.Module):
 
 
 def findings_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy summed over findings, averaged over eyes: each finding counts fully."""
-    return nn.functional.binary_cross_entropy_with_logits(
-        logits.float(), targets.float(), reduction="sum"
-    ) / max(len(targets), 1)
+    """Binary cross-entropy summed over findings, averaged over eyes: each finding counts fully.
+    Unknown targets (-1) add nothing."""
+    known = targets >= 0
+    losses = nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), targets.clamp(min=0).float(), reduction="none"
+    )
+    return (losses * known).sum() / max(len(targets), 1)
 
 
 def class_targets(records: list[Record], classes: list[str]) -> np.ndarray:
