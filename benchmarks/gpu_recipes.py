@@ -58,7 +58,10 @@ RUNS = [
     # stronger weight decay (0.05 -> 0.2, never varied before) against the fall over the last epochs
     ("wd02-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--weight-decay", "0.2"]),
     # the patient's age as more supervision: "age > t" at each training decile beside the keywords
-    ("age-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--findings", "keywords,age"]),
+    (
+        "age-f256-e120-s1",
+        ["--image-size", "256", "--seed", "1", "--epochs", "120", "--findings", "keywords,age"],
+    ),
 ]
 PRESET = "graham-findings"
 WEIGHTS_LIMIT = 48 * 2**20  # bytes of weights packed to travel back
