@@ -30,7 +30,10 @@ def manifest_with_findings(tmp_path_factory):
     rows.append({"image": "images/0_extra.jpg", "patient_id": "0", "eye": "left", "label": ""})
     for r in rows:
         r["findings"] = {"normal": "", "": "cataract; lens dust"}.get(r["label"], "lesion;  Lesion ; disc")
-        r["age"] = str(30 + 2 * int(r["patient_id"])) if r["label"] else ""  # unknown for the unclassed
+        # unknown for the unclassed eyes, written as tables do
+        r["age"] = (
+            str(30 + 2 * int(r["patient_id"])) if r["label"] else ("" if r["patient_id"] == "0" else "NaN")
+        )
     with open(manifest, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -164,11 +167,14 @@ def test_a_numeric_column_is_learnt_as_thresholds_at_the_training_eyes_deciles(m
     for r, row in zip(ds.records, targets, strict=True):  # ordinal: above every threshold under its age
         assert row[columns].tolist() == [int(ages[r.key] > t) for t in thresholds]
     (unclassed,) = held_out.extra  # its age is empty: unknown, no loss; its findings are known
-    row = held_out.targets([unclassed])[0]
+    row = held_out.targets([unclassed])[0]  # "NaN" in the table
     assert row[columns].tolist() == [-1] * 9
     assert row[held_out.vocabulary.index("cataract")] == 1 and row[held_out.vocabulary.index("disc")] == 0
     # the thresholds come from training patients only: patient 0 (the youngest, 30) moves them when it trains
     in_train = training_findings(ds, split_with_patient_0_in(ds, "train"), "findings,age", min_count=1)
+    ages_there = [i for i, f in enumerate(in_train.vocabulary) if f.startswith("age > ")]
+    assert len(ages_there) == 9 and len(in_train.extra) == 2  # "" and "NaN" alike: unknown
+    assert (in_train.targets(in_train.extra)[:, ages_there] == -1).all()
     assert age_thresholds(in_train)[0] < thresholds[0]
     with pytest.raises(DataError, match=r"no column 'height' for --findings"):
         training_findings(ds, split_with_patient_0_in(ds, "train"), "findings, height")

@@ -76,6 +76,9 @@ def read_columns(manifest: Path, columns: list[str]) -> dict[str, dict[str, str]
     return {c: {image_key(row["image"]): (row[c] or "").strip() for _, row in rows} for c in columns}
 
 
+NOT_GIVEN = {"", "nan", "na", "n/a", "null"}  # how tables write an empty numeric cell
+
+
 def _number(text: str) -> float | None:
     try:
         value = float(text)
@@ -125,7 +128,7 @@ def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int =
     tags: dict[str, frozenset[str]] = {}
     unknown: dict[str, frozenset[str]] = {}
     for column in columns:
-        given = [v for v in cells[column].values() if v]
+        given = [v for v in cells[column].values() if v.lower() not in NOT_GIVEN]
         if given and all(_number(v) is not None for v in given):
             column_tags, column_unknown = numeric_tags(column, cells[column], train_keys)
         else:
