@@ -151,6 +151,13 @@ def run(args) -> int:
         from .server import serve
 
         serve(args.checkpoint, args.host, args.port, args.workers, args.max_upload_mb, args.device)
+    elif args.command == "info":
+        import json
+
+        from .model_card import card_lines, describe_checkpoint
+
+        card = describe_checkpoint(args.checkpoint)
+        print(json.dumps(card, indent=2) if args.json else "\n".join(card_lines(card)))
     elif args.command == "models":
         width = max(map(len, list_models()))
         print("\n".join(f"{name:<{width}}  {describe_model(name)}" for name in list_models()))

@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted image file")
     _device(p)
 
+    p = sub.add_parser("info", help="what a checkpoint is: model, classes, recipe, data, validation numbers")
+    p.add_argument("checkpoint", help="a checkpoint (RUN/best.safetensors)")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+
     sub.add_parser("models", help="list the available models")
     sub.add_parser("presets", help="show the training presets")
     return parser

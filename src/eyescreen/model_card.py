@@ -1,0 +1,138 @@
+"""`eyescreen info`: what a checkpoint is, what it learnt from, and what its stored numbers say — read
+from its own metadata, without building the model. For whoever receives a model file and must decide
+whether to trust it on their photographs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .batch_output import file_sha256
+from .checkpoint import read_meta
+from .config import PRESETS, preset_settings
+from .data import SPLITS, manifest_fingerprint
+from .models import is_binocular
+
+# How a run executed, not what it learnt: left out when finding the closest preset.
+RUNTIME = {"device", "precision", "channels_last", "compile"}
+METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_auc": "macro-AUC"}
+FEW_VALIDATION_IMAGES = 100  # under this, the stored validation numbers and fits are rough
+
+
+def closest_preset(config: dict) -> tuple[str, dict]:
+    """The preset whose settings differ from `config` in the fewest, and those differences."""
+
+    def differences(name: str) -> dict:
+        settings = dataclasses.asdict(preset_settings(name))
+        return {k: v for k, v in config.items() if k in settings and k not in RUNTIME and settings[k] != v}
+
+    name = min(PRESETS, key=lambda n: len(differences(n)))
+    return name, differences(name)
+
+
+def data_status(data: str | None, trained_sha256: str | None) -> str:
+    """Whether the training data is still where the checkpoint says, and unchanged."""
+    if not data:
+        return "not recorded"
+    path = Path(data)
+    if not path.exists():
+        return "not found on this machine"
+    if trained_sha256 is None:
+        return "a folder of class folders, not fingerprinted"
+    return "the same file" if manifest_fingerprint(path) == trained_sha256 else "changed since training"
+
+
+def describe_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    meta = read_meta(path)
+    config = meta.get("config", {})
+    name, changes = closest_preset(config) if config else (None, {})
+    split = meta.get("split", {})
+    return {
+        "checkpoint": str(path),
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+        "model": meta["model"]["name"],
+        "both_eye_model": is_binocular(meta["model"]["name"]),
+        "classes": meta["classes"],
+        "preprocessing": meta["preprocessing"],
+        "recipe": {"closest_preset": name, "differs_in": changes},
+        "epochs": config.get("epochs"),
+        "selected_epoch": meta.get("epoch"),
+        "select_metric": config.get("select_metric"),
+        "data": meta.get("data"),
+        "data_sha256": meta.get("data_sha256"),
+        "data_here": data_status(meta.get("data"), meta.get("data_sha256")),
+        "split_images": {s: sum(1 for v in split.values() if v == s) for s in SPLITS},
+        "validation": meta.get("val_metrics", {}),
+        "calibration": meta.get("calibration", {}),
+    }
+
+
+def card_lines(card: dict) -> list[str]:
+    """The card for a person: a line per question."""
+    prep = card["preprocessing"]
+    lines = [
+        f"checkpoint: {card['checkpoint']} ({_size(card['bytes'])}, sha256 {card['sha256'][:16]}…)",
+        f"model: {card['model']} ({'both eyes per patient' if card['both_eye_model'] else 'one eye at a time'}), "
+        f"{len(card['classes'])} classes: {', '.join(card['classes'])}",
+        f"input: {prep['image_size']} px, enhancement {prep.get('enhance', 'none')}",
+    ]
+    recipe = card["recipe"]
+    if recipe["closest_preset"]:
+        changes = ", ".join(f"{k}={v!r}" for k, v in recipe["differs_in"].items()) or "no changes"
+        lines.append(f"recipe: preset {recipe['closest_preset']} with {changes}")
+        metric = METRIC_NAMES.get(card["select_metric"], card["select_metric"])
+        lines.append(f"selected: epoch {card['selected_epoch']} of {card['epochs']}, by validation {metric}")
+    lines.append(f"trained on: {card['data']} ({card['data_here']})")
+    sizes = card["split_images"]
+    lines.append("split (images): " + ", ".join(f"{sizes[s]} {s}" for s in SPLITS) + " — by patient")
+    if metrics := card["validation"]:
+        level = "per patient" if card["both_eye_model"] else "per eye"
+        lines.append(
+            f"validation at that epoch ({level}): "
+            + ", ".join(
+                f"{METRIC_NAMES.get(k, k)} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)
+            )
+        )
+    if 0 < sizes["val"] < FEW_VALIDATION_IMAGES:
+        lines.append(
+            f"caution: {sizes['val']} validation images; the numbers above and the fits below are rough"
+        )
+    lines += _calibration_lines(card["calibration"])
+    lines.append(
+        "test split: not stored in the checkpoint; `eyescreen evaluate --checkpoint "
+        f"{card['checkpoint']} --subset test` scores it (and --data scores other patients)"
+    )
+    return lines
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
+
+
+def _calibration_lines(calibration: dict) -> list[str]:
+    if "temperature" not in calibration:
+        return ["calibration: none stored (probabilities as the network gives them; argmax decisions)"]
+    lines = [f"calibration: temperature {calibration['temperature']:.3f}, fitted on validation"]
+    if (decision := calibration.get("decision")) and not decision["prior_power"]:
+        lines.append("decision rule: arg-max (no prior correction helped on validation)")
+    elif decision:
+        lines.append(
+            f"decision rule: P(class) x prior^-{decision['prior_power']:g} (validation balanced accuracy "
+            f"{decision['val_balanced_accuracy_argmax']:.3f} with arg-max, {decision['val_balanced_accuracy']:.3f} "
+            "with the rule)"
+        )
+    if referable := calibration.get("referable"):
+        where = ""
+        if "sensitivity" in referable:
+            where = (f" (validation: sensitivity {referable['sensitivity']:.2f} at specificity "
+                     f"{referable['specificity']:.2f})")  # fmt: skip
+        lines.append(f"referable: 1 - P({referable['normal_class']}) > {referable['threshold']:.3f}{where}")
+    if fellow := calibration.get("fellow_eye"):
+        gain = ""
+        if "val_macro_auc_alone" in fellow:
+            gain = (f" (validation macro-AUC {fellow['val_macro_auc_alone']:.3f} alone, "
+                    f"{fellow['val_macro_auc']:.3f} with it)")  # fmt: skip
+        lines.append(f"fellow eye (`predict --pairs`): weight {fellow['weight']:.2f}{gain}")
+    return lines
