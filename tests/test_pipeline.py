@@ -340,7 +340,10 @@ def test_demo_runs_end_to_end_on_the_bundled_sample(tmp_path, capsys):
     assert "report:" in out
     assert "far too few to learn from" in out  # a newcomer is told what the numbers of 80 eyes mean
     # the commands it suggests next name this run's model
-    assert f"eyescreen serve --checkpoint {tmp_path / 'demo' / 'best.safetensors'}" in out
+    checkpoint = tmp_path / "demo" / "best.safetensors"
+    assert f"eyescreen serve --checkpoint {checkpoint}" in out
+    assert f"eyescreen info {checkpoint}" in out
+    assert main(["info", str(checkpoint)]) == 0 and "recipe: preset quick with" in capsys.readouterr().out
 
 
 def test_training_skips_and_lists_unreadable_images(tmp_path):

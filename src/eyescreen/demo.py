@@ -56,5 +56,6 @@ def next_steps(checkpoint: Path) -> str:
         '  your own photographs (README "Data formats"): eyescreen check-data --data MANIFEST_OR_FOLDER,\n'
         "    then eyescreen train --data MANIFEST_OR_FOLDER --out runs/mine\n"
         f"  screen photographs in a browser with this model: eyescreen serve --checkpoint {checkpoint}\n"
-        f"  a heatmap of what it looked at: eyescreen explain --checkpoint {checkpoint} IMAGE_OR_FOLDER"
+        f"  a heatmap of what it looked at: eyescreen explain --checkpoint {checkpoint} IMAGE_OR_FOLDER\n"
+        f"  what this model is and what its numbers say: eyescreen info {checkpoint}"
     )
