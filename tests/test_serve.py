@@ -150,6 +150,10 @@ def test_type_comes_from_content_not_name():
 def test_health_and_openapi(client, screener):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["classes"] == screener.classes
+    # how the model was trained and scored, for the page's readers, without this machine's paths
+    about = "\n".join(health["about"])
+    assert "recipe: preset " in about and "validation at that epoch (per eye): " in about
+    assert str(screener.checkpoint.parent) not in about and "trained on" not in about
     spec = client.get("/openapi.json").json()
     assert "/v1/predict" in spec["paths"]
     page = client.get("/")
@@ -254,6 +258,8 @@ def test_page_in_a_real_browser(live_server, screener, tmp_path, monkeypatch):
             page = browser.new_page(viewport={"width": 1200, "height": 1100})
             page.goto(live_server)
             page.wait_for_selector("text=classes:")
+            page.click("#about summary")
+            assert "recipe: preset " in page.locator("#about").inner_text()
             page.set_input_files("#file-right", str(right))
             page.click("#screen")
             page.wait_for_selector("#eye-right img.heatmap", state="visible", timeout=60_000)

@@ -69,11 +69,14 @@ def describe_checkpoint(path: str | Path) -> dict:
     }
 
 
-def card_lines(card: dict) -> list[str]:
-    """The card for a person: a line per question."""
+def card_lines(card: dict, paths: bool = True) -> list[str]:
+    """The card for a person: a line per question. Without `paths`, none of the lines that name files
+    on this machine (for the web page, whose readers are not its operators)."""
     prep = card["preprocessing"]
     lines = [
         f"checkpoint: {card['checkpoint']} ({_size(card['bytes'])}, sha256 {card['sha256'][:16]}…)",
+    ][: int(paths)]
+    lines += [
         f"model: {card['model']} ({'both eyes per patient' if card['both_eye_model'] else 'one eye at a time'}), "
         f"{len(card['classes'])} classes: {', '.join(card['classes'])}",
         f"input: {prep['image_size']} px, enhancement {prep.get('enhance', 'none')}",
@@ -84,7 +87,8 @@ def card_lines(card: dict) -> list[str]:
         lines.append(f"recipe: preset {recipe['closest_preset']} with {changes}")
         metric = METRIC_NAMES.get(card["select_metric"], card["select_metric"])
         lines.append(f"selected: epoch {card['selected_epoch']} of {card['epochs']}, by validation {metric}")
-    lines.append(f"trained on: {card['data']} ({card['data_here']})")
+    if paths:
+        lines.append(f"trained on: {card['data']} ({card['data_here']})")
     sizes = card["split_images"]
     lines.append("split (images): " + ", ".join(f"{sizes[s]} {s}" for s in SPLITS) + " — by patient")
     if metrics := card["validation"]:
@@ -100,10 +104,11 @@ def card_lines(card: dict) -> list[str]:
             f"caution: {sizes['val']} validation images; the numbers above and the fits below are rough"
         )
     lines += _calibration_lines(card["calibration"])
-    lines.append(
-        "test split: not stored in the checkpoint; `eyescreen evaluate --checkpoint "
-        f"{card['checkpoint']} --subset test` scores it (and --data scores other patients)"
-    )
+    if paths:
+        lines.append(
+            "test split: not stored in the checkpoint; `eyescreen evaluate --checkpoint "
+            f"{card['checkpoint']} --subset test` scores it (and --data scores other patients)"
+        )
     return lines
 
 
@@ -134,5 +139,7 @@ def _calibration_lines(calibration: dict) -> list[str]:
         if "val_macro_auc_alone" in fellow:
             gain = (f" (validation macro-AUC {fellow['val_macro_auc_alone']:.3f} alone, "
                     f"{fellow['val_macro_auc']:.3f} with it)")  # fmt: skip
-        lines.append(f"fellow eye (`predict --pairs`): weight {fellow['weight']:.2f}{gain}")
+        lines.append(
+            f"fellow eye (when both eyes are given, as with `predict --pairs`): weight {fellow['weight']:.2f}{gain}"
+        )
     return lines

@@ -25,6 +25,7 @@ from .checkpoint import load_model
 from .explain import compute_cams, compute_pair_cams, overlay_rgb
 from .fellow import stored_weight
 from .inference import resolve_device, resolve_precision
+from .model_card import card_lines, describe_checkpoint
 from .models import is_binocular
 from .predict_pairs import SIDES, patient_predictions
 from .preprocess import ImageError, Preprocessing, cropped_fundus, enhance
@@ -94,6 +95,8 @@ class Screener:
         self.fellow_weight = stored_weight(calibration)
         normal = self.referable["normal_class"] if self.referable else "normal"
         self.normal = self.classes.index(normal) if normal in self.classes else None
+        # What the page's readers may know of the model: no file paths of this machine.
+        self.about = card_lines(describe_checkpoint(checkpoint), paths=False)
         self.max_upload_bytes = max_upload_bytes
         self.workers = workers
         self._models: queue.Queue = queue.Queue()
@@ -110,6 +113,7 @@ class Screener:
             "referable_threshold": self.referable["threshold"] if self.referable else None,
             "fellow_eye_weight": self.fellow_weight,  # with both eyes sent, each eye's blend with the other
             "checkpoint": self.checkpoint.name,
+            "about": self.about,
         }
 
     def check(self, upload: Upload) -> str:
