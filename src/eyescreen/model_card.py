@@ -73,9 +73,11 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
     """The card for a person: a line per question. Without `paths`, none of the lines that name files
     on this machine (for the web page, whose readers are not its operators)."""
     prep = card["preprocessing"]
-    lines = [
-        f"checkpoint: {card['checkpoint']} ({_size(card['bytes'])}, sha256 {card['sha256'][:16]}…)",
-    ][: int(paths)]
+    lines = []
+    if paths:
+        lines.append(
+            f"checkpoint: {card['checkpoint']} ({_size(card['bytes'])}, sha256 {card['sha256'][:16]}…)"
+        )
     lines += [
         f"model: {card['model']} ({'both eyes per patient' if card['both_eye_model'] else 'one eye at a time'}), "
         f"{len(card['classes'])} classes: {', '.join(card['classes'])}",
