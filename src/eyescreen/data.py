@@ -122,6 +122,36 @@ def manifest_columns(data: str | Path) -> list[str]:
     return read_table(path)[0] if path.is_file() else []
 
 
+def read_columns(manifest: Path, columns: list[str], purpose: str) -> dict[str, dict[str, str]]:
+    """column -> image key -> its cell, stripped, for extra columns of a manifest (`purpose` names the
+    option that asked, for the error)."""
+    header, rows = read_table(manifest)
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(
+            f"{manifest}: no column {', '.join(map(repr, missing))} {purpose}; found {', '.join(header) or 'none'}"
+        )
+    return {c: {image_key(row["image"]): (row[c] or "").strip() for _, row in rows} for c in columns}
+
+
+NOT_GIVEN = {"", "nan", "na", "n/a", "null"}  # how tables write an empty cell of a numeric column
+
+
+def parse_number(text: str) -> float | None:
+    """The cell as a number, or None (not a number, or NaN)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if np.isnan(value) else value
+
+
+def is_numeric(cells: list[str]) -> bool:
+    """Whether a column is numbers, its empty cells aside."""
+    given = [v for v in cells if v.lower() not in NOT_GIVEN]
+    return bool(given) and all(parse_number(v) is not None for v in given)
+
+
 def manifest_fingerprint(data: str | Path) -> str | None:
     """sha256 of a manifest's bytes (None for a folder of classes): the same data under another path."""
     path = Path(data)

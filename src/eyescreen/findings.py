@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import DataError, Dataset, Record, image_key, read_manifest, read_table
+from .data import DataError, Dataset, Record, is_numeric, parse_number, read_columns, read_manifest
 
 SEPARATOR = ";"
 MIN_COUNT = 20  # a finding rarer than this among the training eyes is not worth a head output
@@ -64,29 +63,6 @@ def parse_columns(spec: str) -> list[str]:
     return [c.strip() for c in spec.split(",") if c.strip()]
 
 
-def read_columns(manifest: Path, columns: list[str]) -> dict[str, dict[str, str]]:
-    """column -> image key -> its cell, stripped."""
-    header, rows = read_table(manifest)
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise DataError(
-            f"{manifest}: no column {', '.join(map(repr, missing))} for --findings; "
-            f"found {', '.join(header) or 'none'}"
-        )
-    return {c: {image_key(row["image"]): (row[c] or "").strip() for _, row in rows} for c in columns}
-
-
-NOT_GIVEN = {"", "nan", "na", "n/a", "null"}  # how tables write an empty numeric cell
-
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return None if np.isnan(value) else value
-
-
 def text_tags(cells: dict[str, str]) -> dict[str, frozenset[str]]:
     """A column of ';'-separated findings: each one a tag, case-folded; an empty cell has none."""
     return {
@@ -99,7 +75,7 @@ def numeric_tags(
 ) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
     """A numeric column as "column > t" for each decile t of the training eyes' values; an eye with an
     empty cell has them all unknown."""
-    values = {k: _number(v) for k, v in cells.items()}
+    values = {k: parse_number(v) for k, v in cells.items()}
     seen = [values[k] for k in train_keys if values.get(k) is not None]
     if not seen:
         return {}, {}
@@ -120,7 +96,7 @@ def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int =
     if not dataset.source.is_file():
         raise DataError(f"{dataset.source}: --findings needs a manifest CSV, not a folder of classes")
     columns = parse_columns(spec)
-    cells = read_columns(dataset.source, columns)
+    cells = read_columns(dataset.source, columns, "for --findings")
     held_out = {r.group for r in dataset.records if split[r.key] != "train"}
     selected = {r.key for r in dataset.records}
     extra = [r for r in read_manifest(dataset.source) if r.key not in selected and r.group not in held_out]
@@ -128,8 +104,7 @@ def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int =
     tags: dict[str, frozenset[str]] = {}
     unknown: dict[str, frozenset[str]] = {}
     for column in columns:
-        given = [v for v in cells[column].values() if v.lower() not in NOT_GIVEN]
-        if given and all(_number(v) is not None for v in given):
+        if is_numeric(list(cells[column].values())):
             column_tags, column_unknown = numeric_tags(column, cells[column], train_keys)
         else:
             column_tags, column_unknown = text_tags(cells[column]), {}
