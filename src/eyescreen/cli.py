@@ -62,6 +62,7 @@ def run(args) -> int:
             device=args.device,
             tta=args.tta,
             progress=not args.no_progress,
+            by=args.by,
         )
         m, ci = report["metrics"], report["confidence_intervals"]
         print(f"{report['split']} split, {m['n']} {report['level']}s; classes as the most probable one:")
@@ -83,6 +84,13 @@ def run(args) -> int:
         if report["absent_classes"]:
             print(f"note: no {', '.join(report['absent_classes'])} in these data: the metrics are over the "
                   "classes present")  # fmt: skip
+        if "subgroups" in report:
+            from .subgroups import subgroup_table
+
+            groups = report["subgroups"]
+            print(f"\nper subgroup of {groups['column']!r} (eyes of the {report['split']} split):")
+            print("\n".join(subgroup_table(groups["rows"], groups["column"], report["classes"])))
+            print(f"subgroups: {groups['files']['md']}")
         print(f"report: {report['files']['html']}")
     elif args.command == "calibrate":
         from .evaluate import calibrate_from_split

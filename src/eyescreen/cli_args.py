@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which patients of the split to score (default: test; all: every row of --data)")  # fmt: skip
     p.add_argument("--out", help="report directory (default: next to the checkpoint)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--by", metavar="COLUMN",
+                   help="also score each subgroup of this manifest column apart (sex, site, camera; a numeric "
+                   "column such as age by quartile): OUT/subgroups-COLUMN.md and .csv")  # fmt: skip
     p.add_argument(
         "--tta",
         nargs="?",

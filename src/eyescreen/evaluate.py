@@ -11,13 +11,14 @@ import numpy as np
 
 from .calibrate import apply_temperature, calibrate, class_weights, decide, describe, operating_point
 from .checkpoint import load_model, save_model
-from .data import DataError, Dataset, load_dataset, read_split, subset
+from .data import DataError, Dataset, load_dataset, read_columns, read_split, subset
 from .fellow import blend, choose_weight, fellow_probabilities, stored_weight
 from .inference import TTA_DESCRIPTIONS, ViewAverage, predict_proba, resolve_device, resolve_precision
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error
 from .models import is_binocular
 from .preprocess import ImageCache, Preprocessing, load_stack
 from .report import write_report
+from .subgroups import score_subgroups, subgroup_labels, write_subgroups
 from .tasks import BothEyes
 
 
@@ -41,8 +42,10 @@ def evaluate(
     precision: str = "auto",
     progress: bool = True,
     tta: str | None = None,
+    by: str | None = None,
 ) -> dict:
-    """`tta`: None, or a key of `inference.TTA_VIEWS` ("flips", "dihedral")."""
+    """`tta`: None, or a key of `inference.TTA_VIEWS` ("flips", "dihedral"). `by`: a manifest column
+    (sex, age, camera, site, ...) to score the eyes of each of its subgroups apart (subgroups.py)."""
     checkpoint = Path(checkpoint)
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
@@ -68,6 +71,7 @@ def evaluate(
         part = subset(dataset, split, split_name)
     if not part.records:
         raise DataError(f"{dataset.source}: the {split_name} split is empty")
+    subgroup_cells = _subgroup_cells(dataset, by, meta) if by else None
 
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
     norm, prec = meta["normalization"], resolve_precision(precision, dev)
@@ -113,8 +117,18 @@ def evaluate(
         if has.any()
         else []
     )
+    subgroups = None
+    if by:
+        labels, order = subgroup_labels([subgroup_cells.get(r.key, "") for r in records], by)
+        rows = score_subgroups(labels, order, y, prob, groups, classes, meta.get("calibration"), n_resamples)
+        files = write_subgroups(rows, by, out, classes)
+        subgroups = {"column": by, "rows": rows, "files": {k: str(v) for k, v in files.items()}}
+        notes.append(f"per subgroup of `{by}`: [{files['md'].name}]({files['md'].name})")
     report = _score(common | {"level": "eye", "notes": notes}, y, prob, groups, [r.key for r in records], meta, out,
                     metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
+    if subgroups:
+        report["subgroups"] = subgroups
+        (out / "report.json").write_text(json.dumps(report, indent=2))
     if has.any():
         note = (f"each eye blended with its fellow eye (weight {fellow_weight:.2f}, fitted on validation); "
                 f"{int(has.sum())} of {len(records)} eyes have one; each eye alone: [../report.md](../report.md)")  # fmt: skip
@@ -134,6 +148,15 @@ def evaluate(
         report["patient_level"] = {k: sub[k] for k in ("metrics", "confidence_intervals", "files")}
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _subgroup_cells(dataset: Dataset, column: str, meta: dict) -> dict[str, str]:
+    """The `--by` column's cell per image key, checked before any image is read."""
+    if is_binocular(meta["model"]["name"]):
+        raise ValueError("--by scores the eyes of a single-eye model; a both-eye model decides per patient")
+    if not dataset.source.is_file():
+        raise DataError(f"{dataset.source}: --by needs a manifest CSV with a {column!r} column, not a folder")
+    return read_columns(dataset.source, [column], "for --by")[column]
 
 
 def aggregate_patients(records, prob: np.ndarray, classes: list[str], config: dict):

@@ -1,0 +1,137 @@
+"""Metrics per subgroup of the evaluated eyes (`evaluate --by COLUMN`): does the model work as well for
+women as for men, in every age band, on every camera or at every site? Each subgroup is scored as the
+whole is — macro-AUC, the balanced accuracy of the class `predict` names, the referable flag's
+sensitivity and specificity — with patient-bootstrap intervals: a small subgroup gets a wide interval,
+not a verdict."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .calibrate import apply_temperature, class_weights, operating_point
+from .data import NOT_GIVEN, is_numeric, parse_number
+from .metrics import bootstrap_ci, headline_metrics
+
+QUARTILES = (0.25, 0.5, 0.75)  # a numeric column is cut at its quartiles among the evaluated eyes
+UNKNOWN = "unknown"
+
+
+def subgroup_labels(cells: list[str], column: str) -> tuple[list[str], list[str]]:
+    """A subgroup name per eye, and the subgroups in the order to show them. The name is the cell itself
+    (subgroups in alphabetical order), or for a numeric column its quartile band among these eyes
+    ("age ≤ 52", "52 < age ≤ 58", …, low to high); an empty cell is "unknown", shown last."""
+    if not is_numeric(cells):
+        labels = [cell if cell.lower() not in NOT_GIVEN else UNKNOWN for cell in cells]
+        return labels, sorted(set(labels) - {UNKNOWN}) + [UNKNOWN] * (UNKNOWN in labels)
+    values = [parse_number(cell) if cell.lower() not in NOT_GIVEN else None for cell in cells]
+    given = [v for v in values if v is not None]
+    edges = sorted({float(f"{e:.3g}") for e in np.quantile(given, QUARTILES)})
+    names = [f"{column} ≤ {edges[0]:g}"]
+    names += [f"{lo:g} < {column} ≤ {hi:g}" for lo, hi in zip(edges, edges[1:], strict=False)]
+    names += [f"{column} > {edges[-1]:g}"]
+    labels = [UNKNOWN if v is None else names[int(np.searchsorted(edges, v, side="left"))] for v in values]
+    return labels, [n for n in names + [UNKNOWN] if n in labels]
+
+
+def score_subgroups(
+    labels: list[str],
+    order: list[str],
+    y: np.ndarray,
+    prob: np.ndarray,
+    groups: np.ndarray,
+    classes: list[str],
+    calibration: dict | None,
+    n_resamples: int = 1000,
+) -> list[dict]:
+    """One row for all eyes, then one per subgroup in `order`."""
+    labels_array = np.asarray(labels)
+    weights = class_weights(calibration)
+    calibrated = apply_temperature(prob, calibration["temperature"]) if calibration else prob
+    referable = (calibration or {}).get("referable")
+    normal = (
+        classes.index(referable["normal_class"])
+        if referable and referable["normal_class"] in classes
+        else None
+    )
+    rows = []
+    for name in ["all eyes", *order]:
+        keep = np.ones(len(y), dtype=bool) if name == "all eyes" else labels_array == name
+        yk, pk, ck, gk = y[keep], prob[keep], calibrated[keep], groups[keep]
+        ranked = headline_metrics(yk, pk)
+        decided = headline_metrics(yk, ck, weights)  # the class predict names: the rule, on calibrated
+        row = {
+            "subgroup": name,
+            "eyes": int(keep.sum()),
+            "patients": len(set(gk)),
+            "per_class": {c: int((yk == i).sum()) for i, c in enumerate(classes)},
+            "macro_auc": ranked["macro_auc"],
+            "macro_auc_ci": bootstrap_ci(yk, pk, gk, n_resamples=n_resamples)["macro_auc"],
+            "balanced_accuracy": decided["balanced_accuracy"],
+            "balanced_accuracy_ci": bootstrap_ci(yk, ck, gk, n_resamples=n_resamples, weights=weights)[
+                "balanced_accuracy"
+            ],
+        }
+        if normal is not None:
+            row["referable"] = operating_point(ck, yk, normal, referable["threshold"])
+        rows.append(row)
+    return rows
+
+
+def write_subgroups(rows: list[dict], column: str, out: Path, classes: list[str]) -> dict[str, Path]:
+    """subgroups-COLUMN.csv (a row per subgroup) and .md (the table a person reads)."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "subgroups-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in column)
+    csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
+    has_referable = any("referable" in row for row in rows)
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        header = [column, "eyes", "patients"] + [f"n_{c}" for c in classes]
+        header += ["macro_auc", "macro_auc_low", "macro_auc_high", "balanced_accuracy", "balanced_accuracy_low",
+                   "balanced_accuracy_high"]  # fmt: skip
+        header += ["referable_sensitivity", "referable_specificity"] if has_referable else []
+        w.writerow(header)
+        for row in rows:
+            cells = [row["subgroup"], row["eyes"], row["patients"]] + [row["per_class"][c] for c in classes]
+            cells += [_num(row["macro_auc"]), *map(_num, row["macro_auc_ci"])]
+            cells += [_num(row["balanced_accuracy"]), *map(_num, row["balanced_accuracy_ci"])]
+            if has_referable:
+                ref = row.get("referable", {})
+                cells += [_num(ref.get("sensitivity")), _num(ref.get("specificity"))]
+            w.writerow(cells)
+    md_path.write_text("\n".join(subgroup_table(rows, column, classes)) + "\n")
+    return {"csv": csv_path, "md": md_path}
+
+
+def subgroup_table(rows: list[dict], column: str, classes: list[str]) -> list[str]:
+    """A Markdown table of the rows, with 95% intervals; also what the console prints."""
+    has_referable = any("referable" in row for row in rows)
+    head = [column, "eyes (patients)", " / ".join(classes), "macro-AUC [95% CI]", "balanced acc. [95% CI]"]
+    head += ["referable sens. / spec."] if has_referable else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [
+            row["subgroup"],
+            f"{row['eyes']} ({row['patients']})",
+            " / ".join(str(row["per_class"][c]) for c in classes),
+            _with_interval(row["macro_auc"], row["macro_auc_ci"]),
+            _with_interval(row["balanced_accuracy"], row["balanced_accuracy_ci"]),
+        ]
+        if has_referable:
+            ref = row.get("referable", {})
+            cells.append(f"{_num(ref.get('sensitivity'))} / {_num(ref.get('specificity'))}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _num(value) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def _with_interval(value: float, interval) -> str:
+    lo, hi = interval
+    if lo is None or np.isnan(value):
+        return _num(value) or "–"
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
