@@ -163,8 +163,10 @@ class Run:
             self.state = "finished" if self.proc.returncode == 0 else f"failed (exit {self.proc.returncode})"
 
     def projected_end(self) -> float | None:
-        """When this run should end at the pace of its last epochs under the present load; None = unknown."""
-        if len(self.marks) < 3:
+        """When this run should end at the pace of its last epochs under the present load; None = unknown.
+        Not before five epochs: the first ones run slower (two runs side by side: 5 s an epoch over the
+        first five, on an H200 where one alone took 2.4 s), and a run stopped on a wrong guess costs a call."""
+        if len(self.marks) < 6:
             return None
         (t0, e0), (t1, e1) = self.marks[1], self.marks[-1]  # from the first whole epoch seen
         pace = (t1 - t0) / max(e1 - e0, 1)
