@@ -70,7 +70,9 @@ def test_each_subgroup_is_scored_on_its_own_eyes(run, tmp_path, capsys):
         assert rows[name]["macro_auc"] == pytest.approx(headline_metrics(y, prob)["macro_auc"])
         lo, hi = rows[name]["macro_auc_ci"]
         assert lo <= hi
-    assert "[subgroups-sex.md](subgroups-sex.md)" in (out / "report.md").read_text()
+    markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "## Per subgroup of `sex`" in markdown and "| female | 30 (15) |" in markdown
+    assert '<a href="subgroups-sex.csv">' in page and "<td>female</td>" in page
     with open(out / "subgroups-sex.csv", newline="") as f:
         assert [r["sex"] for r in csv.DictReader(f)] == ["all eyes", "female", "male"]
 

@@ -123,12 +123,12 @@ def evaluate(
         rows = score_subgroups(labels, order, y, prob, groups, classes, meta.get("calibration"), n_resamples)
         files = write_subgroups(rows, by, out, classes)
         subgroups = {"column": by, "rows": rows, "files": {k: str(v) for k, v in files.items()}}
-        notes.append(f"per subgroup of `{by}`: [{files['md'].name}]({files['md'].name})")
-    report = _score(common | {"level": "eye", "notes": notes}, y, prob, groups, [r.key for r in records], meta, out,
-                    metrics_csv, n_resamples, [m for _, m in errors])  # fmt: skip
-    if subgroups:
-        report["subgroups"] = subgroups
-        (out / "report.json").write_text(json.dumps(report, indent=2))
+        notes.append(
+            f"per subgroup of `{by}`: section below; also [{files['csv'].name}]({files['csv'].name})"
+        )
+    main = common | {"level": "eye", "notes": notes} | ({"subgroups": subgroups} if subgroups else {})
+    report = _score(main, y, prob, groups, [r.key for r in records], meta, out, metrics_csv, n_resamples,
+                    [m for _, m in errors])  # fmt: skip
     if has.any():
         note = (f"each eye blended with its fellow eye (weight {fellow_weight:.2f}, fitted on validation); "
                 f"{int(has.sum())} of {len(records)} eyes have one; each eye alone: [../report.md](../report.md)")  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -169,6 +170,14 @@ def markdown(report: dict) -> str:
                      f"{_fmt(dm['balanced_accuracy'])} {_ci(dci['balanced_accuracy'])}, macro F1 {_fmt(dm['macro_f1'])}")  # fmt: skip
         lines.append("- per class sensitivity / specificity: " + "; ".join(
             f"{c} {_fmt(p['sensitivity'])} / {_fmt(p['specificity'])}" for c, p in dm["per_class"].items()))  # fmt: skip
+    if report.get("subgroups"):
+        from .subgroups import subgroup_table
+
+        groups = report["subgroups"]
+        lines += ["", f"## Per subgroup of `{groups['column']}`", ""]
+        lines.append("- each subgroup's eyes scored apart; balanced accuracy of the class `predict` names; "
+                     "a small subgroup gets a wide interval, not a verdict")  # fmt: skip
+        lines += [""] + subgroup_table(groups["rows"], groups["column"], classes)
     lines += ["", "## Confusion matrix (rows: true, columns: predicted)", ""]
     lines.append("| | " + " | ".join(classes) + " |")
     lines.append("|---" * (len(classes) + 1) + "|")
@@ -179,6 +188,15 @@ def markdown(report: dict) -> str:
     if report.get("skipped"):
         lines += ["", "## Images that could not be read", ""] + [f"- {s}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")  # a Markdown link, as the notes write them
+
+
+def _link_html(match: re.Match) -> str:
+    """A note's link in the HTML page: to the other report's page rather than its Markdown."""
+    target = re.sub(r"report\.md$", "report.html", match[2])
+    return f'<a href="{target}">{match[1]}</a>'
 
 
 def html_page(report: dict, md_text: str) -> str:
@@ -208,7 +226,8 @@ def html_page(report: dict, md_text: str) -> str:
         elif line.startswith("## "):
             body.append(f"<h2>{html.escape(line[3:])}</h2>")
         elif line.startswith("- "):
-            body.append(f"<p>{html.escape(line[2:]).replace('`', '')}</p>")
+            text = LINK.sub(_link_html, html.escape(line[2:]).replace("`", ""))  # the notes' [name](file)
+            body.append(f"<p>{text}</p>")
     flush()
     body += [f'<figure><img src="{html.escape(f)}" alt="{html.escape(n)}"><figcaption>{html.escape(n)}</figcaption></figure>'
              for n, f in report["plots"].items()]  # fmt: skip
