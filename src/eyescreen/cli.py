@@ -159,6 +159,13 @@ def run(args) -> int:
         from .server import serve
 
         serve(args.checkpoint, args.host, args.port, args.workers, args.max_upload_mb, args.device)
+    elif args.command == "compare":
+        from .compare import compare, comparison_lines, write_comparison
+
+        result = compare(args.a, args.b, args.bootstrap)
+        print("\n".join(comparison_lines(result)))
+        if args.json:
+            write_comparison(result, args.json)
     elif args.command == "info":
         import json
 

@@ -270,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted image file")
     _device(p)
 
+    p = sub.add_parser("compare", help="is model B better than A on the same patients? paired intervals")
+    p.add_argument("a", help="evaluation of model A: its folder (from `evaluate`) or its predictions.csv")
+    p.add_argument("b", help="evaluation of model B, on the same data and split")
+    p.add_argument("--bootstrap", type=int, default=2000, help="patient resamples (default: 2000)")
+    p.add_argument("--json", help="also write the comparison as JSON here")
+
     p = sub.add_parser("info", help="what a checkpoint is: model, classes, recipe, data, validation numbers")
     p.add_argument("checkpoint", help="a checkpoint (RUN/best.safetensors)")
     p.add_argument("--json", action="store_true", help="print it as JSON")
