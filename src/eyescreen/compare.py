@@ -58,8 +58,8 @@ def aligned(a: dict, b: dict) -> tuple[dict, dict, int]:
     if (a["y"][ia] != b["y"][ib]).any():
         raise DataError(f"{a['path']} and {b['path']}: the same {a['unit']}s carry different labels")
     only_one = len(a["keys"]) + len(b["keys"]) - 2 * len(both)
-    pick = lambda d, idx: {k: d[k][idx] for k in ("patients", "y", "named", "prob")}  # noqa: E731
-    return pick(a, ia), pick(b, ib), only_one
+    columns = ("patients", "y", "named", "prob")
+    return {k: a[k][ia] for k in columns}, {k: b[k][ib] for k in columns}, only_one
 
 
 def _named_metrics(y: np.ndarray, named: np.ndarray, prob: np.ndarray) -> dict:
