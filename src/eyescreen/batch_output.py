@@ -11,13 +11,14 @@ Also how a batch job reports the files it could not use: a few on the console, a
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from .checkpoint import file_sha256
 
 SHOWN = 20  # problem lines a batch job prints; the rest are counted, and kept where it says
 
@@ -42,14 +43,6 @@ def keep_problems(kind: str, messages: list[str], path: Path) -> None:
         return
     path.write_text("".join(f"{m}\n" for m in messages))
     print_problems(kind, messages, path)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class BatchOutput:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -57,6 +58,15 @@ def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     metadata = {"eyescreen": json.dumps({"format": FORMAT, **meta})}
     _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The fingerprint of a checkpoint file: a job's outputs and `info` name the weights by it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_meta(path: str | Path) -> dict:

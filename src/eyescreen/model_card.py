@@ -7,8 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .batch_output import file_sha256
-from .checkpoint import read_meta
+from .checkpoint import file_sha256, read_meta
 from .config import PRESETS, preset_settings
 from .data import SPLITS, manifest_fingerprint
 from .models import is_binocular
