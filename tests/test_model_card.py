@@ -47,6 +47,7 @@ def test_the_card_says_what_the_model_is_and_what_it_learnt_from(run, tmp_path, 
     assert f"trained on: {manifest} (the same file)" in text
     assert "caution: " in text and "validation images" in text  # a handful of validation eyes
     assert "calibration: temperature " in text and "referable: 1 - P(normal) > " in text
+    assert "trained with: eyescreen " in text and " on cpu, fp32, started " in text  # run_info.json beside it
     assert "--subset test" in text  # where the test numbers come from
     assert main(["info", str(out / "best.safetensors"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sha256"] == card["sha256"]
@@ -56,6 +57,8 @@ def test_the_card_says_when_the_training_data_changed_or_is_gone(run, tmp_path):
     out, manifest = run
     moved = tmp_path / "run"
     shutil.copytree(out, moved)
+    (moved / "run_info.json").unlink()  # a checkpoint away from its run directory: no run record
+    assert describe_checkpoint(moved / "best.safetensors")["run"] is None
     saved = manifest.read_bytes()
     try:
         manifest.write_bytes(saved + b"images/0_left.jpg,0,left,normal\n")
@@ -81,3 +84,17 @@ def test_info_on_a_file_that_is_not_a_checkpoint_names_it(tmp_path, capsys):
     bad.write_text("not a checkpoint")
     assert main(["info", str(bad)]) == 2
     assert f"eyescreen info: error: {bad}: not a readable safetensors checkpoint" in capsys.readouterr().err
+
+
+def test_a_run_started_from_the_command_line_shows_its_command(run, tmp_path, monkeypatch, capsys):
+    import sys
+
+    _, manifest = run
+    out = tmp_path / "cli-run"
+    argv = ["eyescreen", "train", "--data", str(manifest), "--out", str(out), "--preset", "quick",
+            "--model", "tiny-cnn", "--image-size", "40", "--epochs", "1", "--precision", "fp32", "--no-progress"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)  # what a shell hands the command
+    assert main(argv[1:]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out / "best.safetensors")]) == 0
+    assert f"command: eyescreen train --data {manifest} --out {out} --preset quick" in capsys.readouterr().out

@@ -5,6 +5,8 @@ whether to trust it on their photographs."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import shlex
 from pathlib import Path
 
 from .checkpoint import file_sha256, read_meta
@@ -65,7 +67,19 @@ def describe_checkpoint(path: str | Path) -> dict:
         "split_images": {s: sum(1 for v in split.values() if v == s) for s in SPLITS},
         "validation": meta.get("val_metrics", {}),
         "calibration": meta.get("calibration", {}),
+        "run": run_record(path.parent / "run_info.json"),
     }
+
+
+def run_record(path: Path) -> dict | None:
+    """What `train` recorded of the run beside the checkpoint (version, commit, device, command), if the
+    checkpoint still sits in its run directory."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    keys = ("eyescreen", "git_commit", "device", "precision", "processes", "started", "command")
+    return {k: info[k] for k in keys if k in info}
 
 
 def card_lines(card: dict, paths: bool = True) -> list[str]:
@@ -88,6 +102,16 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
         lines.append(f"recipe: preset {recipe['closest_preset']} with {changes}")
         metric = METRIC_NAMES.get(card["select_metric"], card["select_metric"])
         lines.append(f"selected: epoch {card['selected_epoch']} of {card['epochs']}, by validation {metric}")
+    if run := card.get("run"):
+        lines.append(
+            f"trained with: eyescreen {run.get('eyescreen', '?')} (commit {run.get('git_commit') or 'unknown'}) "
+            f"on {run.get('device', '?')}, {run.get('precision', '?')}, started {run.get('started', '?')}"
+        )
+        command = run.get("command") or []
+        if paths and command[1:2] == ["train"]:  # the command line; else a program that called train()
+            lines.append("command: eyescreen " + shlex.join(command[1:]))
+        elif paths and command:
+            lines.append("started by: " + shlex.join(command))
     if paths:
         lines.append(f"trained on: {card['data']} ({card['data_here']})")
     sizes = card["split_images"]
