@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataError
-from .metrics import headline_metrics, patient_resamples, resample_metrics
+from .metrics import label_metrics, patient_resamples, rank_macro_auc
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_auc")
 
@@ -64,12 +64,7 @@ def aligned(a: dict, b: dict) -> tuple[dict, dict, int]:
 
 def _named_metrics(y: np.ndarray, named: np.ndarray, prob: np.ndarray) -> dict:
     """Accuracy and balanced accuracy of the classes the checkpoints named; macro-AUC of the ranking."""
-    present = np.unique(y)
-    return {
-        "accuracy": float(np.mean(named == y)),
-        "balanced_accuracy": float(np.mean([np.mean(named[y == c] == c) for c in present])),
-        "macro_auc": resample_metrics(y, prob)["macro_auc"],
-    }
+    return label_metrics(y, named) | {"macro_auc": rank_macro_auc(y, prob)}
 
 
 def compare(a_path: str | Path, b_path: str | Path, n_resamples: int = 2000, seed: int = 0) -> dict:
@@ -77,7 +72,6 @@ def compare(a_path: str | Path, b_path: str | Path, n_resamples: int = 2000, see
     a, b, only_one = aligned(a_all, b_all)
     y, patients = a["y"], a["patients"]
     point_a, point_b = (_named_metrics(y, d["named"], d["prob"]) for d in (a, b))
-    point_a["macro_auc"], point_b["macro_auc"] = (headline_metrics(y, d["prob"])["macro_auc"] for d in (a, b))
     diffs: dict[str, list[float]] = {k: [] for k in METRICS}
     for idx in patient_resamples(patients, n_resamples, np.random.default_rng(seed)):
         ma = _named_metrics(y[idx], a["named"][idx], a["prob"][idx])
