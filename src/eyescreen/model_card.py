@@ -43,7 +43,9 @@ def data_status(data: str | None, trained_sha256: str | None) -> str:
     return "the same file" if manifest_fingerprint(path) == trained_sha256 else "changed since training"
 
 
-def describe_checkpoint(path: str | Path) -> dict:
+def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
+    """The card's facts. Without `fingerprints`, the checkpoint and its training data are not hashed
+    (sha256 and data_here are None): what `card_lines(..., paths=False)` shows does not use them."""
     path = Path(path)
     meta = read_meta(path)
     config = meta.get("config", {})
@@ -51,7 +53,7 @@ def describe_checkpoint(path: str | Path) -> dict:
     split = meta.get("split", {})
     return {
         "checkpoint": str(path),
-        "sha256": file_sha256(path),
+        "sha256": file_sha256(path) if fingerprints else None,
         "bytes": path.stat().st_size,
         "model": meta["model"]["name"],
         "both_eye_model": is_binocular(meta["model"]["name"]),
@@ -63,7 +65,7 @@ def describe_checkpoint(path: str | Path) -> dict:
         "select_metric": config.get("select_metric"),
         "data": meta.get("data"),
         "data_sha256": meta.get("data_sha256"),
-        "data_here": data_status(meta.get("data"), meta.get("data_sha256")),
+        "data_here": data_status(meta.get("data"), meta.get("data_sha256")) if fingerprints else None,
         "split_images": {s: sum(1 for v in split.values() if v == s) for s in SPLITS},
         "validation": meta.get("val_metrics", {}),
         "calibration": meta.get("calibration", {}),

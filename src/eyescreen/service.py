@@ -96,7 +96,7 @@ class Screener:
         normal = self.referable["normal_class"] if self.referable else "normal"
         self.normal = self.classes.index(normal) if normal in self.classes else None
         # What the page's readers may know of the model: no file paths of this machine.
-        self.about = card_lines(describe_checkpoint(checkpoint), paths=False)
+        self.about = card_lines(describe_checkpoint(checkpoint, fingerprints=False), paths=False)
         self.max_upload_bytes = max_upload_bytes
         self.workers = workers
         self._models: queue.Queue = queue.Queue()
