@@ -122,3 +122,17 @@ def everyday_photo(path):
     a[40:80, 60:100] = (180, 40, 30)
     Image.fromarray(a).save(path, format="JPEG")
     return path
+
+
+def two_laser_widefield(path):
+    """An ultra-widefield composite as red/green scanning-laser ophthalmoscopes write it: green-dominant
+    retina with an orange disc, bright green lids and lashes filling the frame's corners, no blue."""
+    a = np.zeros((150, 200, 3), np.uint8)
+    a[:] = (60, 150, 0)  # lids and lashes, bright in the green laser
+    yy, xx = np.mgrid[:150, :200]
+    retina = ((xx - 100) / 95) ** 2 + ((yy - 75) / 70) ** 2 < 1
+    a[retina] = (110, 140, 0)
+    a[65:85, 120:140] = (220, 200, 0)  # the optic disc
+    a[74:76, 40:120] = (50, 70, 0)  # a vessel
+    Image.fromarray(a).save(path, format="JPEG", quality=90)
+    return path

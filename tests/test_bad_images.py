@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from eyescreen.preprocess import ImageError, Preprocessing, preprocess_image
-from synthetic import dicom_file, everyday_photo, fundus
+from synthetic import dicom_file, everyday_photo, fundus, two_laser_widefield
 
 PREP = Preprocessing(64)
 
@@ -87,6 +87,14 @@ def test_no_warning_on_the_real_fundus_sample():
     for name in sorted(p.name for p in folder.iterdir() if p.name.endswith(".jpg")):
         preprocess_image(folder / name, PREP, notes)
     assert notes == []
+
+
+def test_a_two_laser_ultra_widefield_composite_is_not_warned_about(tmp_path):
+    # Green-dominant and frame-filling, as Optos-style images are; the everyday photo above is warned
+    # about for the same two traits, so what spares this one is its empty blue channel.
+    notes = []
+    out = preprocess_image(two_laser_widefield(tmp_path / "optomap.jpg"), PREP, notes)
+    assert notes == [] and out.shape == (64, 64, 3)
 
 
 def test_red_free_greyscale_fundus_is_not_warned_about(tmp_path):

@@ -28,6 +28,10 @@ DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
 MIN_FIELD_FRACTION = 0.05  # below this share of bright pixels there is no usable fundus
 MIN_SIDE = 32  # pixels: smaller images carry no usable retinal detail
+# Blue below this share of the brighter of red and green: a two-laser (red/green) composite's empty blue
+# channel. Some dark colour fundus photographs are as blue-poor (5% of ODIR-5K's) and are spared the checks
+# too, which costs little: photographs of anything but a fundus (greyscale included) rarely lack blue so.
+TWO_LASER_BLUE = 0.05
 
 
 class ImageError(ValueError):
@@ -179,9 +183,13 @@ def fundus_doubt(rgb: np.ndarray, mask: np.ndarray) -> str | None:
     A heuristic, so it only warns: colour fundus photographs are red-orange inside the field of view
     (red-free and greyscale ones are grey, which passes), and the field of view is framed by a dark
     border at least at the corners (wide-field frames too). Everyday photographs usually fail one.
+    Ultra-widefield scanning-laser composites (Optos and the like: a red and a green laser, no blue)
+    are often green-dominant and fill their frame with lids and lashes: neither check applies to them.
     """
     inside = rgb[mask].astype(np.float32)
     r, g, b = inside.mean(axis=0)
+    if b < TWO_LASER_BLUE * max(r, g):
+        return None
     if max(g, b) > 1.2 * r and max(g, b) - r > 12:
         return "colours are not those of a retina: green or blue dominate"
     corners = np.concatenate(
