@@ -1,4 +1,4 @@
-"""`evaluate --by COLUMN`: the eyes of each subgroup (sex, age band, site) scored apart."""
+"""`evaluate --by COLUMN`: the eyes (or a both-eye model's patients) of each subgroup scored apart."""
 
 import csv
 
@@ -8,7 +8,7 @@ import pytest
 from eyescreen.cli import main
 from eyescreen.config import preset
 from eyescreen.metrics import headline_metrics
-from eyescreen.subgroups import subgroup_labels
+from eyescreen.subgroups import patient_cells, subgroup_labels
 from eyescreen.train import train
 
 
@@ -95,11 +95,52 @@ def test_by_a_column_the_manifest_lacks_is_refused_before_any_image_is_read(run,
     assert f"{manifest}: no column 'camera' for --by; found " in capsys.readouterr().err
 
 
-def test_by_needs_a_manifest_and_a_single_eye_model(run, tmp_path, capsys):
-    import shutil
+def test_a_patients_cell_comes_from_its_eyes():
+    from eyescreen.data import Record
 
-    from eyescreen.data import load_dataset
-    from eyescreen.evaluate import _subgroup_cells
+    eyes = [("1", "female"), ("1", ""), ("2", "61"), ("2", "63"), ("3", "canon"), ("3", "topcon"), ("4", "")]
+    records = [
+        Record(path=None, key=f"{p}-{i}", label="normal", group=f"patient:{p}")
+        for i, (p, _) in enumerate(eyes)
+    ]
+    cells = {r.key: cell for r, (_, cell) in zip(records, eyes, strict=True)}
+    assert patient_cells(records, cells) == {
+        "patient:1": "female",  # an empty cell defers to the other eye's
+        "patient:2": "62",  # numbers that differ: their mean
+        "patient:3": "canon + topcon",  # words that differ: a subgroup of their own
+        "patient:4": "",  # unknown
+    }
+
+
+def test_a_both_eye_model_is_scored_per_patient_in_each_subgroup(run, tmp_path, capsys):
+    import json
+
+    _, manifest = run
+    cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, batch_size=8, precision="fp32")
+    train(cfg, manifest, tmp_path / "both", progress=False)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--checkpoint", str(tmp_path / "both" / "best.safetensors"), "--subset", "all"]
+    assert main(args + ["--by", "sex", "--out", str(out), "--no-progress", "--bootstrap", "50"]) == 0
+    assert "per subgroup of 'sex' (patients of the all split)" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    rows = {row["subgroup"]: row for row in report["subgroups"]["rows"]}
+    assert list(rows) == ["all patients", "female", "male"]
+    assert rows["female"]["patients"] == rows["male"]["patients"] == 15
+    sex = {r["patient_id"]: r["sex"] for r in csv.DictReader(open(manifest, newline=""))}
+    classes = report["classes"]
+    predictions = list(csv.DictReader(open(out / "predictions.csv", newline="")))
+    for name in ("female", "male"):
+        mine = [p for p in predictions if sex[p["patient_id"].split(":")[-1]] == name]
+        y = np.array([classes.index(p["true"]) for p in mine])
+        prob = np.array([[float(p[f"prob_{c}"]) for c in classes] for p in mine])
+        assert rows[name]["macro_auc"] == pytest.approx(headline_metrics(y, prob)["macro_auc"])
+    assert "| female | 15 |" in (out / "report.md").read_text()
+    with open(out / "subgroups-sex.csv", newline="") as f:
+        assert next(csv.reader(f))[:2] == ["sex", "patients"]
+
+
+def test_by_needs_a_manifest(run, tmp_path, capsys):
+    import shutil
 
     checkpoint, manifest = run
     folder = tmp_path / "folder"
@@ -119,5 +160,3 @@ def test_by_needs_a_manifest_and_a_single_eye_model(run, tmp_path, capsys):
     ]
     assert main(args + ["--no-progress"]) == 2
     assert f"{folder}: --by needs a manifest CSV with a 'sex' column, not a folder" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="both-eye model decides per patient"):
-        _subgroup_cells(load_dataset(manifest), "sex", {"model": {"name": "tiny-cnn-binocular"}})

@@ -88,8 +88,9 @@ def run(args) -> int:
             from .subgroups import subgroup_table
 
             groups = report["subgroups"]
-            print(f"\nper subgroup of {groups['column']!r} (eyes of the {report['split']} split):")
-            print("\n".join(subgroup_table(groups["rows"], groups["column"], report["classes"])))
+            unit = groups.get("unit", "eyes")
+            print(f"\nper subgroup of {groups['column']!r} ({unit} of the {report['split']} split):")
+            print("\n".join(subgroup_table(groups["rows"], groups["column"], report["classes"], unit)))
             print(f"subgroups: {groups['files']['md']}")
         print(f"report: {report['files']['html']}")
     elif args.command == "calibrate":

@@ -18,7 +18,7 @@ from .metrics import bootstrap_ci, classification_metrics, expected_calibration_
 from .models import is_binocular
 from .preprocess import ImageCache, Preprocessing, load_stack
 from .report import write_report
-from .subgroups import score_subgroups, subgroup_labels, write_subgroups
+from .subgroups import patient_cells, score_subgroups, subgroup_labels, write_subgroups
 from .tasks import BothEyes
 
 
@@ -71,7 +71,7 @@ def evaluate(
         part = subset(dataset, split, split_name)
     if not part.records:
         raise DataError(f"{dataset.source}: the {split_name} split is empty")
-    subgroup_cells = _subgroup_cells(dataset, by, meta) if by else None
+    subgroup_cells = _subgroup_cells(dataset, by) if by else None
 
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
     norm, prec = meta["normalization"], resolve_precision(precision, dev)
@@ -97,8 +97,13 @@ def evaluate(
         )
         eye_report = _score(common | {"level": "eye"}, eye_y, eye_prob, eye_patient, None, meta, out / "eyes",
                             None, n_resamples, samples.skipped)  # fmt: skip
-        report = _score(common | {"level": "patient"}, y, prob, np.array(names), names, meta, out,
-                        metrics_csv, n_resamples, samples.skipped)  # fmt: skip
+        main = common | {"level": "patient"}
+        if by:
+            cells = patient_cells(part.records, subgroup_cells)
+            main |= _subgroups(by, [cells.get(f"patient:{n}", "") for n in names], y, prob, np.array(names), meta, out,
+                               n_resamples, "patients")  # fmt: skip
+        report = _score(main, y, prob, np.array(names), names, meta, out, metrics_csv, n_resamples,
+                        samples.skipped)  # fmt: skip
         report["eye_level"] = {k: eye_report[k] for k in ("metrics", "confidence_intervals", "files")}
         (out / "report.json").write_text(json.dumps(report, indent=2))
         return report
@@ -117,16 +122,11 @@ def evaluate(
         if has.any()
         else []
     )
-    subgroups = None
+    main = common | {"level": "eye", "notes": notes}
     if by:
-        labels, order = subgroup_labels([subgroup_cells.get(r.key, "") for r in records], by)
-        rows = score_subgroups(labels, order, y, prob, groups, classes, meta.get("calibration"), n_resamples)
-        files = write_subgroups(rows, by, out, classes)
-        subgroups = {"column": by, "rows": rows, "files": {k: str(v) for k, v in files.items()}}
-        notes.append(
-            f"per subgroup of `{by}`: section below; also [{files['csv'].name}]({files['csv'].name})"
-        )
-    main = common | {"level": "eye", "notes": notes} | ({"subgroups": subgroups} if subgroups else {})
+        section = _subgroups(by, [subgroup_cells.get(r.key, "") for r in records], y, prob, groups, meta, out,
+                             n_resamples, "eyes")  # fmt: skip
+        main |= {"subgroups": section["subgroups"], "notes": notes + section["notes"]}
     report = _score(main, y, prob, groups, [r.key for r in records], meta, out, metrics_csv, n_resamples,
                     [m for _, m in errors])  # fmt: skip
     if has.any():
@@ -150,10 +150,22 @@ def evaluate(
     return report
 
 
-def _subgroup_cells(dataset: Dataset, column: str, meta: dict) -> dict[str, str]:
+def _subgroups(by, cells, y, prob, groups, meta, out: Path, n_resamples, unit: str) -> dict:
+    """The report's subgroup section and its note: each subgroup of the `by` column's `cells` (one per
+    scored eye or patient) scored apart."""
+    classes = meta["classes"]
+    labels, order = subgroup_labels(cells, by)
+    rows = score_subgroups(
+        labels, order, y, prob, groups, classes, meta.get("calibration"), n_resamples, unit
+    )
+    files = write_subgroups(rows, by, out, classes, unit)
+    note = f"per subgroup of `{by}` ({unit}): section below; also [{files['csv'].name}]({files['csv'].name})"
+    subgroups = {"column": by, "unit": unit, "rows": rows, "files": {k: str(v) for k, v in files.items()}}
+    return {"subgroups": subgroups, "notes": [note]}
+
+
+def _subgroup_cells(dataset: Dataset, column: str) -> dict[str, str]:
     """The `--by` column's cell per image key, checked before any image is read."""
-    if is_binocular(meta["model"]["name"]):
-        raise ValueError("--by scores the eyes of a single-eye model; a both-eye model decides per patient")
     if not dataset.source.is_file():
         raise DataError(f"{dataset.source}: --by needs a manifest CSV with a {column!r} column, not a folder")
     return read_columns(dataset.source, [column], "for --by")[column]

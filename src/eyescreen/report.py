@@ -175,9 +175,10 @@ def markdown(report: dict) -> str:
 
         groups = report["subgroups"]
         lines += ["", f"## Per subgroup of `{groups['column']}`", ""]
-        lines.append("- each subgroup's eyes scored apart; balanced accuracy of the class `predict` names; "
+        unit = groups.get("unit", "eyes")
+        lines.append(f"- each subgroup's {unit} scored apart; balanced accuracy of the class `predict` names; "
                      "a small subgroup gets a wide interval, not a verdict")  # fmt: skip
-        lines += [""] + subgroup_table(groups["rows"], groups["column"], classes)
+        lines += [""] + subgroup_table(groups["rows"], groups["column"], classes, unit)
     lines += ["", "## Confusion matrix (rows: true, columns: predicted)", ""]
     lines.append("| | " + " | ".join(classes) + " |")
     lines.append("|---" * (len(classes) + 1) + "|")

@@ -36,6 +36,25 @@ def subgroup_labels(cells: list[str], column: str) -> tuple[list[str], list[str]
     return labels, [n for n in names + [UNKNOWN] if n in labels]
 
 
+def patient_cells(records, cells: dict[str, str]) -> dict[str, str]:
+    """A both-eye model's subgroup cell per patient (record group), from its eyes' cells: the cell they
+    share (an empty one defers to the other); numbers that differ, their mean; words that differ, both
+    ("canon + topcon"), a subgroup of its own."""
+    by_patient: dict[str, set[str]] = {}
+    for r in records:
+        cell = cells.get(r.key, "").strip()
+        by_patient.setdefault(r.group, set())
+        if cell.lower() not in NOT_GIVEN:
+            by_patient[r.group].add(cell)
+    out = {}
+    for patient, given in by_patient.items():
+        if len(given) > 1 and is_numeric(list(given)):
+            out[patient] = f"{np.mean([parse_number(c) for c in given]):g}"
+        else:
+            out[patient] = " + ".join(sorted(given))
+    return out
+
+
 def score_subgroups(
     labels: list[str],
     order: list[str],
@@ -45,8 +64,9 @@ def score_subgroups(
     classes: list[str],
     calibration: dict | None,
     n_resamples: int = 1000,
+    unit: str = "eyes",
 ) -> list[dict]:
-    """One row for all eyes, then one per subgroup in `order`."""
+    """One row for all of them (eyes, or a both-eye model's patients), then one per subgroup in `order`."""
     labels_array = np.asarray(labels)
     weights = class_weights(calibration)
     calibrated = apply_temperature(prob, calibration["temperature"]) if calibration else prob
@@ -57,8 +77,8 @@ def score_subgroups(
         else None
     )
     rows = []
-    for name in ["all eyes", *order]:
-        keep = np.ones(len(y), dtype=bool) if name == "all eyes" else labels_array == name
+    for name in [f"all {unit}", *order]:
+        keep = np.ones(len(y), dtype=bool) if name == f"all {unit}" else labels_array == name
         yk, pk, ck, gk = y[keep], prob[keep], calibrated[keep], groups[keep]
         ranked = headline_metrics(yk, pk)
         decided = headline_metrics(yk, ck, weights)  # the class predict names: the rule, on calibrated
@@ -80,41 +100,45 @@ def score_subgroups(
     return rows
 
 
-def write_subgroups(rows: list[dict], column: str, out: Path, classes: list[str]) -> dict[str, Path]:
+def write_subgroups(
+    rows: list[dict], column: str, out: Path, classes: list[str], unit: str = "eyes"
+) -> dict[str, Path]:
     """subgroups-COLUMN.csv (a row per subgroup) and .md (the table a person reads)."""
+    counts = ["eyes", "patients"] if unit == "eyes" else ["patients"]
     out.mkdir(parents=True, exist_ok=True)
     stem = "subgroups-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in column)
     csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
     has_referable = any("referable" in row for row in rows)
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        header = [column, "eyes", "patients"] + [f"n_{c}" for c in classes]
+        header = [column, *counts] + [f"n_{c}" for c in classes]
         header += ["macro_auc", "macro_auc_low", "macro_auc_high", "balanced_accuracy", "balanced_accuracy_low",
                    "balanced_accuracy_high"]  # fmt: skip
         header += ["referable_sensitivity", "referable_specificity"] if has_referable else []
         w.writerow(header)
         for row in rows:
-            cells = [row["subgroup"], row["eyes"], row["patients"]] + [row["per_class"][c] for c in classes]
+            cells = [row["subgroup"], *(row[k] for k in counts)] + [row["per_class"][c] for c in classes]
             cells += [_num(row["macro_auc"]), *map(_num, row["macro_auc_ci"])]
             cells += [_num(row["balanced_accuracy"]), *map(_num, row["balanced_accuracy_ci"])]
             if has_referable:
                 ref = row.get("referable", {})
                 cells += [_num(ref.get("sensitivity")), _num(ref.get("specificity"))]
             w.writerow(cells)
-    md_path.write_text("\n".join(subgroup_table(rows, column, classes)) + "\n")
+    md_path.write_text("\n".join(subgroup_table(rows, column, classes, unit)) + "\n")
     return {"csv": csv_path, "md": md_path}
 
 
-def subgroup_table(rows: list[dict], column: str, classes: list[str]) -> list[str]:
+def subgroup_table(rows: list[dict], column: str, classes: list[str], unit: str = "eyes") -> list[str]:
     """A Markdown table of the rows, with 95% intervals; also what the console prints."""
     has_referable = any("referable" in row for row in rows)
-    head = [column, "eyes (patients)", " / ".join(classes), "macro-AUC [95% CI]", "balanced acc. [95% CI]"]
+    count = "eyes (patients)" if unit == "eyes" else "patients"
+    head = [column, count, " / ".join(classes), "macro-AUC [95% CI]", "balanced acc. [95% CI]"]
     head += ["referable sens. / spec."] if has_referable else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [
             row["subgroup"],
-            f"{row['eyes']} ({row['patients']})",
+            f"{row['eyes']} ({row['patients']})" if unit == "eyes" else str(row["patients"]),
             " / ".join(str(row["per_class"][c]) for c in classes),
             _with_interval(row["macro_auc"], row["macro_auc_ci"]),
             _with_interval(row["balanced_accuracy"], row["balanced_accuracy_ci"]),
