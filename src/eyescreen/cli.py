@@ -167,6 +167,16 @@ def run(args) -> int:
         print("\n".join(comparison_lines(result)))
         if args.json:
             write_comparison(result, args.json)
+    elif args.command == "ensemble":
+        from .ensemble import write_ensemble
+
+        path = write_ensemble(args.checkpoints, args.out, sys.argv)
+        print(f"ensemble of {len(args.checkpoints)} models: {path}")
+        if not args.no_calibrate:
+            from .evaluate import calibrate_from_split
+
+            calibrate_from_split(path, args.normal_class, args.cache_dir, args.device)
+        print(f"next: eyescreen evaluate --checkpoint {path}   (eyescreen info {path} says what it is)")
     elif args.command == "info":
         import json
 

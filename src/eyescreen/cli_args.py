@@ -276,6 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000, help="patient resamples (default: 2000)")
     p.add_argument("--json", help="also write the comparison as JSON here")
 
+    p = sub.add_parser(
+        "ensemble", help="several trained models as one checkpoint: class scores averaged, then calibrated"
+    )
+    p.add_argument("checkpoints", nargs="+", help="two or more checkpoints of the same classes, preprocessing "
+                   "and split (runs of one recipe with other --seed values, say)")  # fmt: skip
+    p.add_argument("--out", required=True, help="run directory: OUT/best.safetensors, evaluated like a run's")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="skip fitting temperature, decision rule, referable threshold and fellow-eye weight on "
+                        "the validation split (they need the training data)")  # fmt: skip
+    p.add_argument("--normal-class", default="normal", help="the healthy class (default: normal)")
+    _cache_dir(p)
+    _device(p)
+
     p = sub.add_parser("info", help="what a checkpoint is: model, classes, recipe, data, validation numbers")
     p.add_argument("checkpoint", help="a checkpoint (RUN/best.safetensors)")
     p.add_argument("--json", action="store_true", help="print it as JSON")

@@ -14,7 +14,7 @@ from .checkpoint import load_model, save_model
 from .data import DataError, Dataset, load_dataset, read_columns, read_split, subset
 from .fellow import blend, choose_weight, fellow_probabilities, stored_weight
 from .inference import TTA_DESCRIPTIONS, ViewAverage, predict_proba, resolve_device, resolve_precision
-from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error
+from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, headline_metrics
 from .models import is_binocular
 from .preprocess import ImageCache, Preprocessing, load_stack
 from .report import write_report
@@ -285,6 +285,8 @@ def calibrate_on_validation(checkpoint, val: dict, normal_class: str = "normal")
         if fit is not None:
             calibration["fellow_eye"] = fit
     meta["calibration"] = calibration
+    # A trained model stores its selected epoch's; a model made otherwise (an ensemble) gets them here.
+    meta.setdefault("val_metrics", headline_metrics(val["y"], val["prob"]))
     save_model(checkpoint, model, meta)
     return calibration
 

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .batch_output import BatchOutput, keep_problems
-from .models import cam_target
+from .models import cam_targets
 from .preprocess import field_of_view, normalize
 
 METHODS = {
@@ -72,7 +72,7 @@ def compute_cams(
     cam_class = getattr(pytorch_grad_cam, METHODS[method])
     device = next(model.parameters()).device
     out = []
-    with _explainable(model), cam_class(model=model, target_layers=[cam_target(model)]) as cam:
+    with _explainable(model), cam_class(model=model, target_layers=cam_targets(model)) as cam:
         if method == "scorecam":
             cam.batch_size = batch_size
         for start in range(0, len(images), batch_size):
@@ -114,7 +114,7 @@ def compute_pair_cams(model: nn.Module, images: torch.Tensor, mask: torch.Tensor
     x = normalize(images.to(device).flatten(0, 1), mean, std).view(b, 6, h, w)
     wrapper = _PatientDecision(model, mask.to(device))
     chosen = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
-    with _explainable(model), cam_class(model=wrapper, target_layers=[cam_target(model)]) as cam:
+    with _explainable(model), cam_class(model=wrapper, target_layers=cam_targets(model)) as cam:
         maps = cam(input_tensor=x, targets=chosen)  # one map per present eye, in batch order
     out = np.zeros((b * 2, h, w), dtype=np.float32)
     out[mask.flatten().cpu().numpy()] = np.clip(np.nan_to_num(maps), 0.0, 1.0)

@@ -48,10 +48,11 @@ def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
     (sha256 and data_here are None): what `card_lines(..., paths=False)` shows does not use them."""
     path = Path(path)
     meta = read_meta(path)
-    config = meta.get("config", {})
+    members = meta.get("ensemble")
+    config = {} if members else meta.get("config", {})  # an ensemble's recipes are its members'
     name, changes = closest_preset(config) if config else (None, {})
     split = meta.get("split", {})
-    return {
+    card = {
         "checkpoint": str(path),
         "sha256": file_sha256(path) if fingerprints else None,
         "bytes": path.stat().st_size,
@@ -70,6 +71,22 @@ def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
         "validation": meta.get("val_metrics", {}),
         "calibration": meta.get("calibration", {}),
         "run": run_record(path.parent / "run_info.json"),
+    }
+    if members:
+        card["members"] = [_member(m) for m in members]
+    return card
+
+
+def _member(member: dict) -> dict:
+    name, changes = closest_preset(member["config"]) if member["config"] else (None, {})
+    return {
+        "checkpoint": member["checkpoint"],
+        "sha256": member["sha256"],
+        "model": member["model"],
+        "recipe": {"closest_preset": name, "differs_in": changes},
+        "epochs": member["config"].get("epochs"),
+        "selected_epoch": member["epoch"],
+        "validation": member["val_metrics"],
     }
 
 
@@ -93,8 +110,14 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
         lines.append(
             f"checkpoint: {card['checkpoint']} ({_size(card['bytes'])}, sha256 {card['sha256'][:16]}…)"
         )
+    members = card.get("members", [])
+    model = card["model"]
+    if members:
+        model = (
+            f"ensemble of {len(members)} ({', '.join(m['model'] for m in members)}), class scores averaged,"
+        )
     lines += [
-        f"model: {card['model']} ({'both eyes per patient' if card['both_eye_model'] else 'one eye at a time'}), "
+        f"model: {model} ({'both eyes per patient' if card['both_eye_model'] else 'one eye at a time'}), "
         f"{len(card['classes'])} classes: {', '.join(card['classes'])}",
         f"input: {prep['image_size']} px, enhancement {prep.get('enhance', 'none')}",
     ]
@@ -104,13 +127,28 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
         lines.append(f"recipe: preset {recipe['closest_preset']} with {changes}")
         metric = METRIC_NAMES.get(card["select_metric"], card["select_metric"])
         lines.append(f"selected: epoch {card['selected_epoch']} of {card['epochs']}, by validation {metric}")
-    if run := card.get("run"):
+    for i, member in enumerate(members, 1):
+        where = f"{member['checkpoint']} (sha256 {member['sha256'][:16]}…): " if paths else ""
+        recipe, auc = member["recipe"], member["validation"].get("macro_auc")
+        changes = ", ".join(f"{k}={v!r}" for k, v in recipe["differs_in"].items()) or "no changes"
         lines.append(
-            f"trained with: eyescreen {run.get('eyescreen', '?')} (commit {run.get('git_commit') or 'unknown'}) "
-            f"on {run.get('device', '?')}, {run.get('precision', '?')}, started {run.get('started', '?')}"
+            f"member {i}: {where}preset {recipe['closest_preset']} with {changes}; epoch "
+            f"{member['selected_epoch']} of {member['epochs']}"
+            + (f", validation macro-AUC {auc:.3f} alone" if auc is not None else "")
+        )
+    if run := card.get("run"):
+        verb = "made" if members else "trained"
+        lines.append(
+            f"{verb} with: eyescreen {run.get('eyescreen', '?')} (commit {run.get('git_commit') or 'unknown'}) "
+            f"on {run.get('device', '?')}"
+            + (f", {run['precision']}" if "precision" in run else "")
+            + f", started {run.get('started', '?')}"
         )
         command = run.get("command") or []
-        if paths and command[1:2] == ["train"]:  # the command line; else a program that called train()
+        if paths and command[1:2] in (
+            ["train"],
+            ["ensemble"],
+        ):  # the command line; else a program that called it
             lines.append("command: eyescreen " + shlex.join(command[1:]))
         elif paths and command:
             lines.append("started by: " + shlex.join(command))
@@ -121,7 +159,7 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
     if metrics := card["validation"]:
         level = "per patient" if card["both_eye_model"] else "per eye"
         lines.append(
-            f"validation at that epoch ({level}): "
+            f"validation {'of the ensemble' if members else 'at that epoch'} ({level}): "
             + ", ".join(
                 f"{METRIC_NAMES.get(k, k)} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)
             )

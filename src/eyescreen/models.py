@@ -2,7 +2,7 @@
 
 Every model is built from scratch (no weights are ever downloaded) and carries two attributes that
 the rest of the package relies on: `model_name` and `cam_layer`, the dotted name of the layer a CAM
-method should target (see `cam_target`).
+method should target (see `cam_targets`).
 """
 
 from __future__ import annotations
@@ -48,6 +48,16 @@ def is_binocular(name: str) -> bool:
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    if name == "ensemble":  # trained models averaged (ensemble.py)
+        from .ensemble import Ensemble
+
+        if "members" not in kwargs:
+            raise ValueError("an ensemble is not trained: `eyescreen ensemble RUN_A/best.safetensors "
+                             "RUN_B/best.safetensors ...` makes one from trained models")  # fmt: skip
+
+        model = Ensemble(num_classes=num_classes, **kwargs)
+        model.model_name = name
+        return model
     if is_binocular(name) and name[: -len(BINOCULAR_SUFFIX)] in _REGISTRY:
         from .fusion import Binocular
 
@@ -62,9 +72,10 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     return model
 
 
-def cam_target(model: nn.Module) -> nn.Module:
-    """The module a CAM method should hook (the last spatial feature map)."""
-    return model.get_submodule(model.cam_layer)
+def cam_targets(model: nn.Module) -> list[nn.Module]:
+    """The modules a CAM method should hook (the last spatial feature map; an ensemble's members' each)."""
+    names = model.cam_layers if hasattr(model, "cam_layers") else [model.cam_layer]
+    return [model.get_submodule(name) for name in names]
 
 
 @register("resnet18", cam_layer="layer4")

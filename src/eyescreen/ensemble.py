@@ -1,0 +1,106 @@
+"""Several trained models as one: their class scores averaged, saved as one checkpoint.
+
+Runs of one recipe with other seeds (or near variants of it) make different mistakes; averaging their
+predictions ranks eyes better than any one of them (benchmarks/RESULTS.md, "More seeds of the GPU
+default"). The ensemble is an ordinary checkpoint: `predict`, `evaluate`, `explain` (the members' maps
+averaged), `serve` and `export` take it as they take one model, and `calibrate` fits its own temperature,
+decision rule, screening threshold and fellow-eye weight on validation.
+
+The members must agree on what a checkpoint promises its users — classes, preprocessing, normalisation —
+and on the split: a member trained on another split would have seen the validation and test patients of
+the others, and the ensemble's numbers on them would be inflated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, file_sha256, load_model, save_model
+from .models import create_model, is_binocular
+
+MODEL_NAME = "ensemble"
+# What every member must share with the first, and why it matters to a user of the checkpoint.
+MUST_AGREE = {
+    "classes": "classes (names and order)",
+    "preprocessing": "preprocessing (image size, enhancement)",
+    "normalization": "normalisation",
+    "split": "train/val/test split (else one member's training patients are another's test patients)",
+}
+
+
+class Ensemble(nn.Module):
+    """The members' logits averaged: softmax of the mean is the members' probabilities' geometric mean,
+    renormalised (on ODIR-5K's validation eyes it ranks as the arithmetic mean does, to ±0.001 macro-AUC;
+    RESULTS.md). A class's score is the mean of the members' scores, so its Grad-CAM is the average of
+    the members' own maps."""
+
+    def __init__(self, num_classes: int, members: list[dict]):
+        super().__init__()
+        self.members = nn.ModuleList(
+            create_model(m["name"], **{**m["args"], "num_classes": num_classes}) for m in members
+        )
+        # Grad-CAM hooks each member's last feature map; the library averages the members' maps.
+        self.cam_layers = [f"members.{i}.{m.cam_layer}" for i, m in enumerate(self.members)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x).float() for member in self.members]).mean(0)
+
+
+def build_ensemble(checkpoints: list[str | Path]) -> tuple[Ensemble, dict]:
+    """The ensemble of these checkpoints and its metadata (the first member's, less what belonged to
+    that one model: its epoch, validation numbers and calibration)."""
+    if len(checkpoints) < 2:
+        raise ValueError("an ensemble needs at least two checkpoints")
+    loaded = [(Path(p), *load_model(p)) for p in checkpoints]
+    first_path, _, first = loaded[0]
+    for path, _, meta in loaded:
+        name = meta["model"]["name"]
+        if is_binocular(name) or name == MODEL_NAME:
+            kind = "a both-eye model" if is_binocular(name) else "an ensemble already"
+            raise CheckpointError(f"{path}: {kind}; members must be single-eye models")
+        for key, what in MUST_AGREE.items():
+            if meta.get(key) != first.get(key):
+                raise CheckpointError(f"{path}: its {what} differ from those of {first_path}")
+    classes = first["classes"]
+    specs = [{"name": meta["model"]["name"], "args": meta["model"]["args"]} for _, _, meta in loaded]
+    model = Ensemble(len(classes), specs)
+    for member, (_, net, _) in zip(model.members, loaded, strict=True):
+        member.load_state_dict(net.state_dict())
+    model.model_name = MODEL_NAME
+    spec = {"name": MODEL_NAME, "args": {"num_classes": len(classes), "members": specs}}
+    dropped = ("model", "epoch", "val_metrics", "calibration")
+    meta = {k: v for k, v in first.items() if k not in dropped} | {
+        "model": spec,
+        "ensemble": [_member_record(path, meta) for path, _, meta in loaded],
+    }
+    return model.eval(), meta
+
+
+def _member_record(path: Path, meta: dict) -> dict:
+    """What `info` tells of a member: which file, which recipe, how it did on validation alone."""
+    return {
+        "checkpoint": str(path),
+        "sha256": file_sha256(path),
+        "model": meta["model"]["name"],
+        "config": meta.get("config", {}),
+        "epoch": meta.get("epoch"),
+        "val_metrics": meta.get("val_metrics", {}),
+    }
+
+
+def write_ensemble(checkpoints: list[str | Path], out: str | Path, argv: list[str] | None = None) -> Path:
+    """OUT/best.safetensors (named as a training run's, so evaluate's reports land beside it) and
+    OUT/run_info.json; returns the checkpoint's path."""
+    from .train import run_info
+
+    model, meta = build_ensemble(checkpoints)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "best.safetensors"
+    save_model(path, model, meta)
+    (out / "run_info.json").write_text(json.dumps(run_info(argv) | {"device": "cpu"}, indent=2))
+    return path

@@ -1,0 +1,120 @@
+"""`eyescreen ensemble`: trained models averaged into one checkpoint that every command takes."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from eyescreen.checkpoint import CheckpointError, load_model
+from eyescreen.cli import main
+from eyescreen.config import preset
+from eyescreen.ensemble import build_ensemble
+from eyescreen.explain import compute_cams
+from eyescreen.inference import predict_proba
+from eyescreen.train import train
+
+
+def _config(**changes):
+    return preset(
+        "quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision="fp32", **changes
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two runs of one recipe with other seeds on the same split, and one on another split."""
+    from synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("ensemble")
+    manifest = write_dataset(root / "data", patients=30)
+    first = train(_config(seed=0), manifest, root / "a", progress=False)
+    second = train(_config(seed=1), manifest, root / "b", split_file=root / "a" / "split.csv", progress=False)
+    other_split = train(_config(seed=2), manifest, root / "c", progress=False)
+    return first, second, other_split
+
+
+def _probabilities(folder):
+    with open(folder / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {r["image"]: np.array([float(v) for k, v in r.items() if k.startswith("prob_")]) for r in rows}
+
+
+def test_the_ensemble_averages_its_members_probabilities(runs, tmp_path, capsys):
+    first, second, _ = runs
+    out = tmp_path / "ens"
+    assert main(["ensemble", str(first), str(second), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"ensemble of 2 models: {out / 'best.safetensors'}" in printed
+        and "calibrated on validation" in printed
+    )
+    _, meta = load_model(out / "best.safetensors")
+    assert meta["model"]["name"] == "ensemble" and "temperature" in meta["calibration"]
+    assert set(meta["val_metrics"]) == {"accuracy", "balanced_accuracy", "macro_auc"}
+
+    # evaluate takes it as one model; its probabilities are the members' averaged, eye by eye
+    evaluations = {}
+    for name, checkpoint in (("a", first), ("b", second), ("ens", out / "best.safetensors")):
+        evaluations[name] = tmp_path / f"eval-{name}"
+        args = [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--subset",
+            "test",
+            "--out",
+            str(evaluations[name]),
+        ]
+        assert main(args + ["--no-progress", "--bootstrap", "20"]) == 0
+    a, b, ens = (_probabilities(evaluations[k]) for k in ("a", "b", "ens"))
+    assert set(ens) == set(a) and len(ens) > 0
+    for image, prob in ens.items():  # softmax of the mean logits: the normalised geometric mean
+        mean = np.sqrt(a[image] * b[image])
+        np.testing.assert_allclose(prob, mean / mean.sum(), atol=1e-5)
+
+    assert main(["info", str(out / "best.safetensors")]) == 0
+    card = capsys.readouterr().out
+    assert "model: ensemble of 2 (tiny-cnn, tiny-cnn), class scores averaged" in card
+    assert f"member 1: {first} " in card and f"member 2: {second} " in card and "seed=1" in card
+    assert "validation of the ensemble (per eye)" in card and "made with: eyescreen " in card
+
+
+def test_an_ensemble_of_one_model_twice_explains_as_that_model(runs):
+    first, _, _ = runs
+    single, meta = load_model(first)
+    twice, _ = build_ensemble([first, first])
+    images = torch.randint(0, 255, (3, 3, 40, 40), dtype=torch.uint8)
+    norm = meta["normalization"]
+    np.testing.assert_allclose(
+        predict_proba(twice, images, norm["mean"], norm["std"], "cpu"),
+        predict_proba(single, images, norm["mean"], norm["std"], "cpu"),
+        atol=1e-6,
+    )
+    targets = [0, 1, 2]
+    maps = compute_cams(twice, images, norm["mean"], norm["std"], "gradcam", targets)
+    np.testing.assert_allclose(maps, compute_cams(single, images, norm["mean"], norm["std"], "gradcam", targets),
+                               atol=1e-5)  # fmt: skip
+    assert all(not m._forward_hooks and not m._backward_hooks for m in twice.modules())
+
+
+def test_members_of_another_split_or_a_single_model_are_refused(runs, tmp_path, capsys):
+    first, _, other_split = runs
+    with pytest.raises(
+        CheckpointError, match=rf"{other_split}: its train/val/test split .* differ from those of"
+    ):
+        build_ensemble([first, other_split])
+    with pytest.raises(ValueError, match="at least two checkpoints"):
+        build_ensemble([first])
+    assert main(["ensemble", str(first), str(other_split), "--out", str(tmp_path / "x")]) == 2
+    assert "its train/val/test split" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "best.safetensors").exists()
+
+
+def test_an_ensemble_is_made_not_trained(tmp_path, capsys):
+    from synthetic import write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=12)
+    args = ["train", "--data", str(manifest), "--out", str(tmp_path / "run"), "--preset", "quick"]
+    assert main(args + ["--model", "ensemble", "--image-size", "40", "--no-progress"]) == 2
+    assert "an ensemble is not trained: `eyescreen ensemble RUN_A/best.safetensors" in capsys.readouterr().err
