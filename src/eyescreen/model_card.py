@@ -114,7 +114,7 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
     model = card["model"]
     if members:
         model = (
-            f"ensemble of {len(members)} ({', '.join(m['model'] for m in members)}), class scores averaged,"
+            f"ensemble of {len(members)} ({', '.join(m['model'] for m in members)}), class scores averaged"
         )
     lines += [
         f"model: {model} ({'both eyes per patient' if card['both_eye_model'] else 'one eye at a time'}), "
