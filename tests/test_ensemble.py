@@ -118,3 +118,22 @@ def test_an_ensemble_is_made_not_trained(tmp_path, capsys):
     args = ["train", "--data", str(manifest), "--out", str(tmp_path / "run"), "--preset", "quick"]
     assert main(args + ["--model", "ensemble", "--image-size", "40", "--no-progress"]) == 2
     assert "an ensemble is not trained: `eyescreen ensemble RUN_A/best.safetensors" in capsys.readouterr().err
+
+
+def test_an_ensemble_whose_training_data_moved_is_saved_uncalibrated_and_says_so(runs, tmp_path, capsys):
+    import shutil
+
+    from eyescreen.checkpoint import read_meta
+
+    first, second, _ = runs
+    data = first.parent.parent / "data"
+    moved = data.with_name("data-moved")
+    shutil.move(data, moved)
+    try:
+        assert main(["ensemble", str(first), str(second), "--out", str(tmp_path / "ens")]) == 2
+    finally:
+        shutil.move(moved, data)
+    err = capsys.readouterr().err
+    path = tmp_path / "ens" / "best.safetensors"
+    assert str(data / "manifest.csv") in err and f"the ensemble is saved, uncalibrated: {path}" in err
+    assert "calibration" not in read_meta(path) and read_meta(path)["model"]["name"] == "ensemble"

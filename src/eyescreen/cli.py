@@ -175,7 +175,11 @@ def run(args) -> int:
         if not args.no_calibrate:
             from .evaluate import calibrate_from_split
 
-            calibrate_from_split(path, args.normal_class, args.cache_dir, args.device)
+            try:
+                calibrate_from_split(path, args.normal_class, args.cache_dir, args.device)
+            except DataError as e:  # the members' training data moved: the ensemble itself is fine
+                raise DataError(f"{e}\nthe ensemble is saved, uncalibrated: {path}; with the data back in "
+                                f"place, `eyescreen calibrate --checkpoint {path}`") from None  # fmt: skip
         print(f"next: eyescreen evaluate --checkpoint {path}   (eyescreen info {path} says what it is)")
     elif args.command == "info":
         import json

@@ -285,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip fitting temperature, decision rule, referable threshold and fellow-eye weight on "
                         "the validation split (they need the training data)")  # fmt: skip
-    p.add_argument("--normal-class", default="normal", help="the healthy class (default: normal)")
+    p.add_argument(
+        "--normal-class", default="normal", help="the class that is not referable (default: normal)"
+    )
     _cache_dir(p)
     _device(p)
 
