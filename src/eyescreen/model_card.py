@@ -145,10 +145,8 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
             + f", started {run.get('started', '?')}"
         )
         command = run.get("command") or []
-        if paths and command[1:2] in (
-            ["train"],
-            ["ensemble"],
-        ):  # the command line; else a program that called it
+        # The command line; else a program that called train() or write_ensemble().
+        if paths and command[1:2] in (["train"], ["ensemble"]):
             lines.append("command: eyescreen " + shlex.join(command[1:]))
         elif paths and command:
             lines.append("started by: " + shlex.join(command))
