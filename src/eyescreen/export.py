@@ -1,4 +1,6 @@
-"""Export a checkpoint to ONNX: input a normalised float batch (N, 3, H, W), output probabilities.
+"""Export a checkpoint to ONNX: input a normalised float batch (N, 3, H, W), output probabilities; for a
+both-eye model, both eyes (N, 2, 3, H, W) and which are present (N, 2), output the patient's and each
+eye's probabilities.
 
 The checkpoint's description (classes, preprocessing, normalisation, calibration) travels in the ONNX
 file's metadata, so a runtime without eyescreen knows how to prepare images, name the outputs and
@@ -8,12 +10,14 @@ apply the decision rule and referable threshold that `predict` applies.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .checkpoint import load_model
+from .fusion import LEFT, RIGHT
 from .models import is_binocular
 
 
@@ -26,30 +30,47 @@ class _WithSoftmax(nn.Module):
         return torch.softmax(self.model(x), dim=1)
 
 
+class _BothEyesWithSoftmax(nn.Module):
+    """A both-eye model as a fixed-shape graph. Its own forward sends only the present eyes through the
+    backbone, picking them by value, which the exporter cannot trace; here every eye goes through it and
+    an absent eye's features are then zeroed, as `features` leaves them. In eval mode batch norm treats
+    each image on its own, so the present eyes' results are the same."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model, mask = self.model, present > 0.5
+        if model.mirror_left:
+            images = torch.stack([images[:, RIGHT], images[:, LEFT].flip(-1)], dim=1)
+        f = model.backbone(images.flatten(0, 1)).view(images.shape[0], 2, -1) * mask.unsqueeze(-1)
+        eye_logits, patient_logits = model.decide(f, mask)
+        return torch.softmax(patient_logits, dim=-1), torch.softmax(eye_logits, dim=-1)
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> Path:
     import onnx
 
     model, meta = load_model(checkpoint, "cpu")
-    if is_binocular(meta["model"]["name"]):
-        # Its missing-eye mask picks images by value, which the exporter cannot trace into a graph.
-        raise ValueError(
-            f"{checkpoint}: a both-eye model ({meta['model']['name']}) cannot be exported to ONNX yet; "
-            "use `eyescreen predict --pairs` or `eyescreen serve` for it"
-        )
     size = meta["preprocessing"]["image_size"]
-    example = torch.zeros(1, 3, size, size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(
-        _WithSoftmax(model).eval(),
-        (example,),
-        dynamo=True,
-        input_names=["image"],
-        output_names=["probabilities"],
-        dynamic_shapes={"x": {0: batch}},
-        opset_version=opset,
-    )
+    if is_binocular(meta["model"]["name"]):
+        wrapped, example = _BothEyesWithSoftmax(model), (torch.zeros(1, 2, 3, size, size), torch.ones(1, 2))
+        names = {"input_names": ["images", "present"], "output_names": ["probabilities", "eye_probabilities"]}
+        shapes = {"images": {0: batch}, "present": {0: batch}}
+    else:
+        wrapped, example = _WithSoftmax(model), (torch.zeros(1, 3, size, size),)
+        names = {"input_names": ["image"], "output_names": ["probabilities"]}
+        shapes = {"x": {0: batch}}
+    with warnings.catch_warnings():
+        # Both inputs share the batch axis on purpose; the exporter says so at length.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
+        program = torch.onnx.export(
+            wrapped.eval(), example, dynamo=True, dynamic_shapes=shapes, opset_version=opset, **names
+        )
     program.save(str(out))
     proto = onnx.load(str(out))
     # The calibration too (temperature, decision weights, referable threshold): without it another

@@ -55,7 +55,10 @@ class Binocular(nn.Module):
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         if not mask.any(dim=1).all():
             raise ValueError("every patient needs at least one eye")
-        f = self.features(x, mask)  # [B, 2, D]
+        return self.decide(self.features(x, mask), mask)
+
+    def decide(self, f: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eye features [B, 2, D] (zeros for an absent eye) -> per-eye logits, patient logits."""
         eye_logits = self.head_eye(f)
         m = mask.unsqueeze(-1)
         if self.pooling == "mean":
