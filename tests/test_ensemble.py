@@ -43,8 +43,9 @@ def _probabilities(folder):
 def test_the_ensemble_averages_its_members_probabilities(runs, tmp_path, capsys):
     first, second, _ = runs
     out = tmp_path / "ens"
-    assert main(["ensemble", str(first), str(second), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    assert main(["ensemble", str(first), str(second), "--out", str(out), "--no-progress"]) == 0
+    printed, err = capsys.readouterr()
+    assert "%|" not in err  # no progress bar with --no-progress
     assert (
         f"ensemble of 2 models: {out / 'best.safetensors'}" in printed
         and "calibrated on validation" in printed

@@ -96,7 +96,9 @@ def run(args) -> int:
     elif args.command == "calibrate":
         from .evaluate import calibrate_from_split
 
-        calibrate_from_split(args.checkpoint, args.normal_class, args.cache_dir, args.device)
+        calibrate_from_split(
+            args.checkpoint, args.normal_class, args.cache_dir, args.device, not args.no_progress
+        )
     elif args.command == "predict":
         return _predict(args)
     elif args.command == "explain":
@@ -176,7 +178,9 @@ def run(args) -> int:
             from .evaluate import calibrate_from_split
 
             try:
-                calibrate_from_split(path, args.normal_class, args.cache_dir, args.device)
+                calibrate_from_split(
+                    path, args.normal_class, args.cache_dir, args.device, not args.no_progress
+                )
             except DataError as e:  # the members' training data moved: the ensemble itself is fine
                 raise DataError(f"{e}\nthe ensemble is saved, uncalibrated: {path}; with the data back in "
                                 f"place, `eyescreen calibrate --checkpoint {path}`") from None  # fmt: skip

@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _cache_dir(p)
     _device(p)
+    _no_progress(p)
 
     p = sub.add_parser("predict", help="predict classes for image files or folders into a CSV")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _cache_dir(p)
     _device(p)
+    _no_progress(p)
 
     p = sub.add_parser("info", help="what a checkpoint is: model, classes, recipe, data, validation numbers")
     p.add_argument("checkpoint", help="a checkpoint (RUN/best.safetensors)")

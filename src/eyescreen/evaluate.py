@@ -261,11 +261,13 @@ def _write_predictions(path: Path, first: str, names, groups, classes, y, prob, 
             w.writerow([name, group, classes[t], classes[int(k)]] + [f"{v:.6f}" for v in p])
 
 
-def calibrate_from_split(checkpoint, normal_class="normal", cache_dir=None, device="auto") -> dict | None:
+def calibrate_from_split(
+    checkpoint, normal_class="normal", cache_dir=None, device="auto", progress: bool = True
+) -> dict | None:
     """Calibrate an existing checkpoint on the validation split stored in it (rewrites the checkpoint):
     temperature, decision rule and screening threshold, then the fellow-eye weight."""
     return calibrate_on_validation(
-        checkpoint, _validation_probabilities(checkpoint, cache_dir, device), normal_class
+        checkpoint, _validation_probabilities(checkpoint, cache_dir, device, progress), normal_class
     )
 
 
@@ -312,7 +314,7 @@ def _both_eyes_task(meta: dict) -> BothEyes:
     )
 
 
-def _validation_probabilities(checkpoint, cache_dir, device) -> dict:
+def _validation_probabilities(checkpoint, cache_dir, device, progress: bool = True) -> dict:
     dev = resolve_device(str(device))
     model, meta = load_model(checkpoint, dev)
     dataset = load_dataset(meta["data"], meta["classes"])
@@ -322,10 +324,10 @@ def _validation_probabilities(checkpoint, cache_dir, device) -> dict:
     norm = meta["normalization"]
     if is_binocular(meta["model"]["name"]):  # patients, as the end of training calibrates them
         task = _both_eyes_task(meta)
-        samples = task.load(part, cache, "val", True, report=True)
+        samples = task.load(part, cache, "val", progress, report=True)
         prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], dev, precision, False)
         return {"prob": prob, "y": y}
-    images, ok, _ = load_stack([r.path for r in part.records], cache)
+    images, ok, _ = load_stack([r.path for r in part.records], cache, progress=progress)
     prob = predict_proba(model, images, norm["mean"], norm["std"], dev, precision)
     predict = paths_predictor(model, cache, norm, dev, precision)
     return validation_eyes([part.records[i] for i in ok], prob, part.labels()[ok], dataset, predict)
