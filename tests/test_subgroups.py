@@ -125,7 +125,7 @@ def test_a_both_eye_model_is_scored_per_patient_in_each_subgroup(run, tmp_path, 
     report = json.loads((out / "report.json").read_text())
     rows = {row["subgroup"]: row for row in report["subgroups"]["rows"]}
     assert list(rows) == ["all patients", "female", "male"]
-    assert rows["female"]["patients"] == rows["male"]["patients"] == 15
+    assert rows["female"]["patients"] == rows["male"]["patients"] == 15 and "eyes" not in rows["female"]
     sex = {r["patient_id"]: r["sex"] for r in csv.DictReader(open(manifest, newline=""))}
     classes = report["classes"]
     predictions = list(csv.DictReader(open(out / "predictions.csv", newline="")))

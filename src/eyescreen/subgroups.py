@@ -84,7 +84,7 @@ def score_subgroups(
         decided = headline_metrics(yk, ck, weights)  # the class predict names: the rule, on calibrated
         row = {
             "subgroup": name,
-            "eyes": int(keep.sum()),
+            **({"eyes": int(keep.sum())} if unit == "eyes" else {}),  # a both-eye model scores patients
             "patients": len(set(gk)),
             "per_class": {c: int((yk == i).sum()) for i, c in enumerate(classes)},
             "macro_auc": ranked["macro_auc"],
