@@ -68,6 +68,8 @@ def test_the_ensemble_averages_its_members_probabilities(runs, tmp_path, capsys)
             str(evaluations[name]),
         ]
         assert main(args + ["--no-progress", "--bootstrap", "20"]) == 0
+    report = (evaluations["ens"] / "report.md").read_text()
+    assert "(an ensemble of 2: tiny-cnn, tiny-cnn; `eyescreen info` describes each)" in report
     a, b, ens = (_probabilities(evaluations[k]) for k in ("a", "b", "ens"))
     assert set(ens) == set(a) and len(ens) > 0
     for image, prob in ens.items():  # softmax of the mean logits: the normalised geometric mean

@@ -81,6 +81,7 @@ def evaluate(
         "checkpoint": str(checkpoint),
         "model": meta["model"]["name"],
         "epoch": meta.get("epoch"),
+        **({"members": [m["model"] for m in meta["ensemble"]]} if "ensemble" in meta else {}),
         "data": str(dataset.source),
         "split": split_name,
         "test_time_augmentation": TTA_DESCRIPTIONS[tta] if tta else "none",

@@ -107,7 +107,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# eyescreen evaluation: {report['split']} split, per {report.get('level', 'eye')}",
         "",
-        f"- checkpoint: `{report['checkpoint']}` (model `{report['model']}`, epoch {report.get('epoch')})",
+        f"- checkpoint: `{report['checkpoint']}` ({_which_model(report)})",
         f"- data: `{report['data']}`, {m['n']} {'patients' if report.get('level') == 'patient' else 'images from ' + str(report['n_patients']) + ' patients'}",
         f"- 95% confidence intervals: bootstrap over patients, {ci['n_resamples']} resamples",
         *(
@@ -262,3 +262,10 @@ def write_report(
         "markdown": out_dir / "report.md",
         "html": out_dir / "report.html",
     }
+
+
+def _which_model(report: dict) -> str:
+    """The network and the epoch chosen; for an ensemble, its members' networks."""
+    if members := report.get("members"):
+        return f"an ensemble of {len(members)}: {', '.join(members)}; `eyescreen info` describes each"
+    return f"model `{report['model']}`, epoch {report.get('epoch')}"
