@@ -101,7 +101,7 @@ def test_an_ensemble_of_one_model_twice_explains_as_that_model(runs):
     assert all(not m._forward_hooks and not m._backward_hooks for m in twice.modules())
 
 
-def test_members_of_another_split_or_a_single_model_are_refused(runs, tmp_path, capsys):
+def test_members_of_another_split_a_single_model_or_copies_are_refused(runs, tmp_path, capsys):
     first, _, other_split = runs
     with pytest.raises(
         CheckpointError, match=rf"{other_split}: its train/val/test split .* differ from those of"
@@ -111,6 +111,8 @@ def test_members_of_another_split_or_a_single_model_are_refused(runs, tmp_path, 
         build_ensemble([first])
     assert main(["ensemble", str(first), str(other_split), "--out", str(tmp_path / "x")]) == 2
     assert "its train/val/test split" in capsys.readouterr().err
+    assert main(["ensemble", str(first), str(first), "--out", str(tmp_path / "x")]) == 2
+    assert f"{first}: the same weights as {first} (given twice, or a copy)" in capsys.readouterr().err
     assert not (tmp_path / "x" / "best.safetensors").exists()
 
 

@@ -98,6 +98,12 @@ def write_ensemble(checkpoints: list[str | Path], out: str | Path, argv: list[st
     from .train import run_info
 
     model, meta = build_ensemble(checkpoints)
+    seen: dict[str, str] = {}  # sha256 -> the member that brought those weights
+    for member in meta["ensemble"]:
+        if member["sha256"] in seen:
+            raise CheckpointError(f"{member['checkpoint']}: the same weights as {seen[member['sha256']]} (given "
+                                  "twice, or a copy); an average of copies is that one model")  # fmt: skip
+        seen[member["sha256"]] = member["checkpoint"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "best.safetensors"
