@@ -72,6 +72,7 @@ def test_the_ensemble_averages_its_members_probabilities(runs, tmp_path, capsys)
     assert "(an ensemble of 2: tiny-cnn, tiny-cnn; `eyescreen info` describes each)" in report
     a, b, ens = (_probabilities(evaluations[k]) for k in ("a", "b", "ens"))
     assert set(ens) == set(a) and len(ens) > 0
+    assert max(np.abs(a[i] - b[i]).max() for i in a) > 0.01  # two different models, so averaging shows
     for image, prob in ens.items():  # softmax of the mean logits: the normalised geometric mean
         mean = np.sqrt(a[image] * b[image])
         np.testing.assert_allclose(prob, mean / mean.sum(), atol=1e-5)
@@ -142,3 +143,24 @@ def test_an_ensemble_whose_training_data_moved_is_saved_uncalibrated_and_says_so
     path = tmp_path / "ens" / "best.safetensors"
     assert str(data / "manifest.csv") in err and f"the ensemble is saved, uncalibrated: {path}" in err
     assert "calibration" not in read_meta(path) and read_meta(path)["model"]["name"] == "ensemble"
+
+
+def test_the_ensembles_map_is_the_mean_of_its_members_maps(runs):
+    first, second, _ = runs
+    members = [load_model(path)[0] for path in (first, second)]
+    both, meta = build_ensemble([first, second])
+    norm, targets = meta["normalization"], [0, 1, 2, 0]
+    images = torch.randint(0, 255, (4, 3, 40, 40), dtype=torch.uint8)
+    own = [compute_cams(m, images, norm["mean"], norm["std"], "gradcam", targets) for m in members]
+    assert np.abs(own[0] - own[1]).max() > 0.1  # the members look at different places
+    mean = (own[0] + own[1]) / 2
+    low, high = mean.min(axis=(1, 2), keepdims=True), mean.max(axis=(1, 2), keepdims=True)
+    expected = (mean - low) / (high - low)  # rescaled to [0, 1], as one model's map is
+    got = compute_cams(both, images, norm["mean"], norm["std"], "gradcam", targets)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # no target given: the class the ensemble names, for every member
+    named = list(predict_proba(both, images, norm["mean"], norm["std"], "cpu").argmax(1))
+    np.testing.assert_allclose(
+        compute_cams(both, images, norm["mean"], norm["std"], "gradcam"),
+        compute_cams(both, images, norm["mean"], norm["std"], "gradcam", named),
+    )

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from eyescreen.cli import main
-from eyescreen.models import cam_targets, create_model, describe_model, list_models
+from eyescreen.models import cam_target, create_model, describe_model, list_models
 
 
 def test_registry_lists_the_study_models():
@@ -16,7 +16,7 @@ def test_models_build_from_scratch_with_a_spatial_cam_layer(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=5).eval()
     features = []
-    handle = cam_targets(model)[0].register_forward_hook(lambda m, i, o: features.append(o))
+    handle = cam_target(model).register_forward_hook(lambda m, i, o: features.append(o))
     with torch.no_grad():
         out = model(torch.randn(2, 3, 96, 96))
     handle.remove()
@@ -42,7 +42,7 @@ def test_deeper_resnets_are_torchvision_architectures_from_scratch(name, params)
 
 def cam_map(model, size: int) -> torch.Tensor:
     features = []
-    handle = cam_targets(model)[0].register_forward_hook(lambda m, i, o: features.append(o))
+    handle = cam_target(model).register_forward_hook(lambda m, i, o: features.append(o))
     with torch.no_grad():
         model.eval()(torch.randn(1, 3, size, size))
     handle.remove()

@@ -35,16 +35,13 @@ MUST_AGREE = {
 class Ensemble(nn.Module):
     """The members' logits averaged: softmax of the mean is the members' probabilities' geometric mean,
     renormalised (on ODIR-5K's validation eyes it ranks as the arithmetic mean does, to ±0.001 macro-AUC;
-    RESULTS.md). A class's score is the mean of the members' scores, so its Grad-CAM is the average of
-    the members' own maps."""
+    RESULTS.md). Its Grad-CAM is the average of the members' own maps (`explain.compute_cams`)."""
 
     def __init__(self, num_classes: int, members: list[dict]):
         super().__init__()
         self.members = nn.ModuleList(
             create_model(m["name"], **{**m["args"], "num_classes": num_classes}) for m in members
         )
-        # Grad-CAM hooks each member's last feature map; the library averages the members' maps.
-        self.cam_layers = [f"members.{i}.{m.cam_layer}" for i, m in enumerate(self.members)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(x).float() for member in self.members]).mean(0)

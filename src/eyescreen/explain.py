@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .batch_output import BatchOutput, keep_problems
-from .models import cam_targets
+from .models import cam_target
 from .preprocess import field_of_view, normalize
 
 METHODS = {
@@ -69,10 +69,12 @@ def compute_cams(
 
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; available: {', '.join(METHODS)}")
+    if getattr(model, "model_name", None) == "ensemble":
+        return _ensemble_cams(model, images, mean, std, method, targets, batch_size)
     cam_class = getattr(pytorch_grad_cam, METHODS[method])
     device = next(model.parameters()).device
     out = []
-    with _explainable(model), cam_class(model=model, target_layers=cam_targets(model)) as cam:
+    with _explainable(model), cam_class(model=model, target_layers=[cam_target(model)]) as cam:
         if method == "scorecam":
             cam.batch_size = batch_size
         for start in range(0, len(images), batch_size):
@@ -83,6 +85,23 @@ def compute_cams(
             maps = cam(input_tensor=x, targets=chunk_targets)
             out.append(np.clip(np.nan_to_num(maps.astype(np.float32)), 0.0, 1.0))
     return np.concatenate(out) if out else np.zeros((0,) + tuple(images.shape[-2:]), np.float32)
+
+
+def _ensemble_cams(model, images, mean, std, method, targets, batch_size) -> np.ndarray:
+    """An ensemble's maps: each member's map for the class the ensemble names (or the target given),
+    averaged, rescaled to [0, 1] as the library rescales one. Hooking all the members' layers in one
+    library call is not an option: it pairs layers with gradients by the order the backward pass reaches
+    them, which parallel members do not fix."""
+    if targets is None:
+        from .inference import predict_proba
+
+        device = next(model.parameters()).device
+        targets = list(predict_proba(model, images, mean, std, device).argmax(1))
+    maps = np.mean(
+        [compute_cams(m, images, mean, std, method, targets, batch_size) for m in model.members], 0
+    )
+    low, high = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    return ((maps - low) / np.maximum(high - low, 1e-7)).astype(np.float32)
 
 
 class _PatientDecision(nn.Module):
@@ -114,7 +133,7 @@ def compute_pair_cams(model: nn.Module, images: torch.Tensor, mask: torch.Tensor
     x = normalize(images.to(device).flatten(0, 1), mean, std).view(b, 6, h, w)
     wrapper = _PatientDecision(model, mask.to(device))
     chosen = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
-    with _explainable(model), cam_class(model=wrapper, target_layers=cam_targets(model)) as cam:
+    with _explainable(model), cam_class(model=wrapper, target_layers=[cam_target(model)]) as cam:
         maps = cam(input_tensor=x, targets=chosen)  # one map per present eye, in batch order
     out = np.zeros((b * 2, h, w), dtype=np.float32)
     out[mask.flatten().cpu().numpy()] = np.clip(np.nan_to_num(maps), 0.0, 1.0)

@@ -2,7 +2,7 @@
 
 Every model is built from scratch (no weights are ever downloaded) and carries two attributes that
 the rest of the package relies on: `model_name` and `cam_layer`, the dotted name of the layer a CAM
-method should target (see `cam_targets`).
+method should target (see `cam_target`).
 """
 
 from __future__ import annotations
@@ -72,10 +72,9 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     return model
 
 
-def cam_targets(model: nn.Module) -> list[nn.Module]:
-    """The modules a CAM method should hook (the last spatial feature map; an ensemble's members' each)."""
-    names = model.cam_layers if hasattr(model, "cam_layers") else [model.cam_layer]
-    return [model.get_submodule(name) for name in names]
+def cam_target(model: nn.Module) -> nn.Module:
+    """The module a CAM method should hook (the last spatial feature map)."""
+    return model.get_submodule(model.cam_layer)
 
 
 @register("resnet18", cam_layer="layer4")
