@@ -69,7 +69,9 @@ def compute_cams(
 
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; available: {', '.join(METHODS)}")
-    if getattr(model, "model_name", None) == "ensemble":
+    from .ensemble import Ensemble
+
+    if isinstance(model, Ensemble):
         return _ensemble_cams(model, images, mean, std, method, targets, batch_size)
     cam_class = getattr(pytorch_grad_cam, METHODS[method])
     device = next(model.parameters()).device
