@@ -73,6 +73,16 @@ def _checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a trained model: RUN/best.safetensors")
 
 
+def _calibration_options(p: argparse.ArgumentParser) -> None:
+    """What fitting the calibration on the validation split takes (`calibrate`, `ensemble`)."""
+    p.add_argument(
+        "--normal-class", default="normal", help="the class that is not referable (default: normal)"
+    )
+    _cache_dir(p)
+    _device(p)
+    _no_progress(p)
+
+
 def _cache_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="where preprocessed images are cached (default: ~/.cache/eyescreen, "
                    "or $EYESCREEN_CACHE)")  # fmt: skip
@@ -147,12 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit temperature, decision rule, referable threshold and fellow-eye weight on the validation split",
     )
     _checkpoint(p)
-    p.add_argument(
-        "--normal-class", default="normal", help="the class that is not referable (default: normal)"
-    )
-    _cache_dir(p)
-    _device(p)
-    _no_progress(p)
+    _calibration_options(p)
 
     p = sub.add_parser("predict", help="predict classes for image files or folders into a CSV")
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
@@ -286,12 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip fitting temperature, decision rule, referable threshold and fellow-eye weight on "
                         "the validation split (they need the training data)")  # fmt: skip
-    p.add_argument(
-        "--normal-class", default="normal", help="the class that is not referable (default: normal)"
-    )
-    _cache_dir(p)
-    _device(p)
-    _no_progress(p)
+    _calibration_options(p)
 
     p = sub.add_parser("info", help="what a checkpoint is: model, classes, recipe, data, validation numbers")
     p.add_argument("checkpoint", help="a checkpoint (RUN/best.safetensors)")
