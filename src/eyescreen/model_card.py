@@ -50,7 +50,6 @@ def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
     meta = read_meta(path)
     members = meta.get("ensemble")
     config = {} if members else meta.get("config", {})  # an ensemble's recipes are its members'
-    name, changes = closest_preset(config) if config else (None, {})
     split = meta.get("split", {})
     card = {
         "checkpoint": str(path),
@@ -60,7 +59,7 @@ def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
         "both_eye_model": is_binocular(meta["model"]["name"]),
         "classes": meta["classes"],
         "preprocessing": meta["preprocessing"],
-        "recipe": {"closest_preset": name, "differs_in": changes},
+        "recipe": _recipe(config),
         "epochs": config.get("epochs"),
         "selected_epoch": meta.get("epoch"),
         "select_metric": config.get("select_metric"),
@@ -77,13 +76,22 @@ def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
     return card
 
 
+def _recipe(config: dict) -> dict:
+    name, changes = closest_preset(config) if config else (None, {})
+    return {"closest_preset": name, "differs_in": changes}
+
+
+def _recipe_text(recipe: dict) -> str:
+    changes = ", ".join(f"{k}={v!r}" for k, v in recipe["differs_in"].items()) or "no changes"
+    return f"preset {recipe['closest_preset']} with {changes}"
+
+
 def _member(member: dict) -> dict:
-    name, changes = closest_preset(member["config"]) if member["config"] else (None, {})
     return {
         "checkpoint": member["checkpoint"],
         "sha256": member["sha256"],
         "model": member["model"],
-        "recipe": {"closest_preset": name, "differs_in": changes},
+        "recipe": _recipe(member["config"]),
         "epochs": member["config"].get("epochs"),
         "selected_epoch": member["epoch"],
         "validation": member["val_metrics"],
@@ -123,16 +131,14 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
     ]
     recipe = card["recipe"]
     if recipe["closest_preset"]:
-        changes = ", ".join(f"{k}={v!r}" for k, v in recipe["differs_in"].items()) or "no changes"
-        lines.append(f"recipe: preset {recipe['closest_preset']} with {changes}")
+        lines.append(f"recipe: {_recipe_text(recipe)}")
         metric = METRIC_NAMES.get(card["select_metric"], card["select_metric"])
         lines.append(f"selected: epoch {card['selected_epoch']} of {card['epochs']}, by validation {metric}")
     for i, member in enumerate(members, 1):
         where = f"{member['checkpoint']} (sha256 {member['sha256'][:16]}…): " if paths else ""
-        recipe, auc = member["recipe"], member["validation"].get("macro_auc")
-        changes = ", ".join(f"{k}={v!r}" for k, v in recipe["differs_in"].items()) or "no changes"
+        auc = member["validation"].get("macro_auc")
         lines.append(
-            f"member {i}: {where}preset {recipe['closest_preset']} with {changes}; epoch "
+            f"member {i}: {where}{_recipe_text(member['recipe'])}; epoch "
             f"{member['selected_epoch']} of {member['epochs']}"
             + (f", validation macro-AUC {auc:.3f} alone" if auc is not None else "")
         )
