@@ -37,6 +37,7 @@ RUNS = [
     # more seeds of the 120-epoch run (= the preset graham-findings-256, the GPU default)
     ("f256-e120-s2", ["--image-size", "256", "--seed", "2", "--epochs", "120"]),
     ("f256-e120-s3", ["--image-size", "256", "--seed", "3", "--epochs", "120"]),
+    ("f256-e120-s4", ["--image-size", "256", "--seed", "4", "--epochs", "120"]),
     # next: a longer schedule, then deeper networks (level with ResNet-18 at 128 px on the CPU)
     ("f256-e200-s1", ["--image-size", "256", "--seed", "1", "--epochs", "200"]),
     ("r34-f256-e120-s1", ["--image-size", "256", "--seed", "1", "--epochs", "120", "--model", "resnet34"]),
