@@ -65,6 +65,7 @@ RUNS = [
     ),
 ]
 PRESET = "graham-findings"
+FINISH_GRACE = 60  # seconds past the deadline for a run that has logged its last epoch
 WEIGHTS_LIMIT = 48 * 2**20  # bytes of weights packed to travel back
 CLASSES = "normal,dr,amd,glaucoma"
 
@@ -197,7 +198,15 @@ def train_all(opts) -> list[Run]:
             break
         if now > deadline:
             for r in alive:
-                r.stop("deadline")
+                # a run with every epoch logged is calibrating or saving: stopping it now loses a finished run
+                if epochs_logged(r.dir) >= r.epochs:
+                    try:
+                        r.proc.wait(FINISH_GRACE)
+                    except subprocess.TimeoutExpired:
+                        pass
+                    r.poll(time.time())
+                if r.state == "running":
+                    r.stop("deadline")
             break
         late = [r for r in alive if (end := r.projected_end()) is not None and end > deadline]
         if late and len(alive) > 1:  # the last one left runs until the deadline
