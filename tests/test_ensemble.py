@@ -12,6 +12,7 @@ from eyescreen.config import preset
 from eyescreen.ensemble import build_ensemble
 from eyescreen.explain import compute_cams
 from eyescreen.inference import predict_proba
+from eyescreen.service import Screener
 from eyescreen.train import train
 
 
@@ -82,6 +83,11 @@ def test_the_ensemble_averages_its_members_probabilities(runs, tmp_path, capsys)
     assert "model: ensemble of 2 (tiny-cnn, tiny-cnn), class scores averaged" in card
     assert f"member 1: {first} " in card and f"member 2: {second} " in card and "seed=1" in card
     assert "validation of the ensemble (per eye)" in card and "made with: eyescreen " in card
+    # the web page names it the same way, not by the bare word "ensemble"
+    assert (
+        Screener(out / "best.safetensors", workers=1).describe()["model"]
+        == "ensemble of 2 (tiny-cnn, tiny-cnn)"
+    )
 
 
 def test_an_ensemble_of_one_model_twice_explains_as_that_model(runs):

@@ -77,6 +77,14 @@ def build_ensemble(checkpoints: list[str | Path]) -> tuple[Ensemble, dict]:
     return model.eval(), meta
 
 
+def model_name(spec: dict) -> str:
+    """A checkpoint's network as a reader would name it: an ensemble by its members' networks."""
+    if spec["name"] != MODEL_NAME:
+        return spec["name"]
+    members = [m["name"] for m in spec["args"]["members"]]
+    return f"ensemble of {len(members)} ({', '.join(members)})"
+
+
 def _member_record(path: Path, meta: dict) -> dict:
     """What `info` tells of a member: which file, which recipe, how it did on validation alone."""
     return {

@@ -22,6 +22,7 @@ from PIL import Image
 
 from .calibrate import apply_temperature, class_weights, decide
 from .checkpoint import load_model
+from .ensemble import model_name
 from .explain import compute_cams, compute_pair_cams, overlay_rgb
 from .fellow import stored_weight
 from .inference import resolve_device, resolve_precision
@@ -105,7 +106,7 @@ class Screener:
 
     def describe(self) -> dict:
         return {
-            "model": self.meta["model"]["name"],
+            "model": model_name(self.meta["model"]),
             "classes": self.classes,
             "input_size": self.prep.image_size,
             "both_eye_model": self.binocular,
