@@ -9,6 +9,7 @@ from eyescreen.data import (
     parse_classes,
     read_split,
     subset,
+    thin_validation,
     write_split,
 )
 
@@ -90,6 +91,16 @@ def test_split_keeps_patients_whole_stratified_and_seeded(synthetic_manifest):
     assert sizes["train"] > sizes["val"] > 0 and sizes["test"] > 0
     assert make_split(ds, seed=3) == split
     assert make_split(ds, seed=4) != split
+
+
+def test_a_validation_split_too_thin_to_choose_on_is_said_naming_the_classes(synthetic_manifest):
+    ds = load_dataset(synthetic_manifest)
+    split = make_split(ds, seed=3)
+    counts = {c: sum(split[r.key] == "val" and r.label == c for r in ds.records) for c in ds.classes}
+    warning = thin_validation(ds, split, minimum=max(counts.values()))
+    thin = [c for c in ds.classes if counts[c] < max(counts.values())]
+    assert thin and all(f"{c} {counts[c]}" in warning for c in thin) and "--val-fraction" in warning
+    assert thin_validation(ds, split, minimum=min(counts.values())) is None
 
 
 def test_real_sample_split_has_no_patient_in_two_splits():

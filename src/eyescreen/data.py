@@ -18,6 +18,7 @@ import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
 SPLITS = ("train", "val", "test")
+MIN_VAL_PER_CLASS = 10  # validation images of a class below which its sensitivity moves in steps of >10%
 
 
 class DataError(ValueError):
@@ -359,6 +360,19 @@ def subset(dataset: Dataset, split: dict, name: str) -> Dataset:
         raise DataError(f"unknown split {name!r} (use {'/'.join(SPLITS)})")
     records = [r for r in dataset.records if split[r.key] == name]
     return Dataset(records=records, classes=dataset.classes, source=dataset.source)
+
+
+def thin_validation(dataset: Dataset, split: dict, minimum: int = MIN_VAL_PER_CLASS) -> str | None:
+    """A warning when a class has so few validation images that what is chosen on them is a guess."""
+    counts = Counter(r.label for r in dataset.records if split[r.key] == "val")
+    thin = [f"{c} {counts[c]}" for c in dataset.classes if counts[c] < minimum]
+    if not thin:
+        return None
+    return (
+        f"warning: validation holds under {minimum} images of some classes ({', '.join(thin)}): the best epoch, "
+        "the decision rule and the screening threshold are chosen on them, so expect noisy choices and wide "
+        "intervals (more images, or a larger --val-fraction)"
+    )
 
 
 def split_counts(dataset: Dataset, split: dict) -> str:

@@ -36,6 +36,7 @@ from .data import (
     read_split,
     split_counts,
     subset,
+    thin_validation,
     write_split,
 )
 from .evaluate import calibrate_on_validation, paths_predictor, validation_eyes
@@ -234,6 +235,8 @@ def train(
     if ctx.main:
         write_split(split, dataset, out / "split.csv")
     say("split by patient:\n" + split_counts(dataset, split))
+    if warning := thin_validation(dataset, split):
+        say(warning)
 
     prep = Preprocessing(image_size=cfg.image_size, enhance=cfg.enhance)
     cache = ImageCache(prep, cache_dir)
