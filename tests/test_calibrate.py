@@ -5,6 +5,7 @@ from eyescreen.calibrate import (
     apply_temperature,
     calibrate,
     fit_temperature,
+    normal_class_of,
     operating_point,
     referable_threshold,
 )
@@ -45,6 +46,11 @@ def test_calibrate_needs_both_normal_and_disease():
     out = calibrate(prob, y, ["normal", "dr", "amd"])
     assert out["referable"]["normal_class"] == "normal"
     assert "referable" not in calibrate(prob, y, ["a", "b", "c"])  # no normal class: temperature only
+    # class folders are often "Normal": the same class, spelt as the data spells it
+    assert calibrate(prob, y, ["Normal", "DR", "AMD"])["referable"]["normal_class"] == "Normal"
+    assert normal_class_of(["NORMAL", "dr"]) == "NORMAL" and normal_class_of(["healthy", "dr"]) is None
+    assert normal_class_of(["Normal", "normal"], "NORMAL") is None  # two candidates: none is guessed
+    assert normal_class_of(["healthy", "dr"], "Healthy") == "healthy"
     with pytest.raises(ValueError, match="both normal and diseased"):
         referable_threshold(prob[y == 0], y[y == 0], normal=0)
 

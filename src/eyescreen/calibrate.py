@@ -152,18 +152,27 @@ def decide(prob: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     return (prob if weights is None else prob * weights).argmax(axis=-1)
 
 
+def normal_class_of(classes: list[str], wanted: str = "normal") -> str | None:
+    """The class named `wanted`, or the one class named so but for case (class folders are often
+    "Normal" or "NORMAL"); None when there is none, and so no screening operating point."""
+    if wanted in classes:
+        return wanted
+    same = [c for c in classes if c.casefold() == wanted.casefold()]
+    return same[0] if len(same) == 1 else None
+
+
 def calibrate(prob: np.ndarray, y: np.ndarray, classes: list[str], normal_class: str = "normal") -> dict:
     temperature = fit_temperature(prob, y)
     out = {"temperature": temperature, "fitted_on": "val"}
     calibrated = apply_temperature(prob, temperature)
     out["decision"] = fit_decision(calibrated, y, len(classes))
-    if normal_class in classes:
+    if normal_class := normal_class_of(classes, normal_class):
         out["referable"] = {"normal_class": normal_class}
         out["referable"] |= referable_threshold(calibrated, y, classes.index(normal_class))
     return out
 
 
-def describe(calibration: dict, normal_class: str = "normal") -> str:
+def describe(calibration: dict) -> str:
     """One line for the training log: what was fitted on validation."""
     c, d = calibration, calibration["decision"]
     line = (f"calibrated on validation: temperature {c['temperature']:.3f}; decision weights prior^-"
@@ -171,6 +180,6 @@ def describe(calibration: dict, normal_class: str = "normal") -> str:
             f"{d['val_balanced_accuracy']:.3f})")  # fmt: skip
     if "referable" in c:
         r = c["referable"]
-        line += (f"; referable if 1 - P({normal_class}) > {r['threshold']:.3f} "
+        line += (f"; referable if 1 - P({r['normal_class']}) > {r['threshold']:.3f} "
                  f"(val sensitivity {r['sensitivity']:.3f} at specificity {r['specificity']:.3f})")  # fmt: skip
     return line

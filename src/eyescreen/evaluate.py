@@ -282,7 +282,7 @@ def calibrate_on_validation(checkpoint, val: dict, normal_class: str = "normal")
     except ValueError as e:  # e.g. a validation split without normals: keep the checkpoint uncalibrated
         print(f"calibration skipped: {e}", file=sys.stderr)
         return None
-    print(describe(calibration, normal_class))
+    print(describe(calibration))
     if "records" in val:
         fit = _fit_fellow_weight(val, meta["classes"])
         if fit is not None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import __version__, augment, distributed
+from .calibrate import normal_class_of
 from .checkpoint import load_model, load_state, save_model, save_state, save_weights, weights_of
 from .config import TrainConfig
 from .data import (
@@ -223,6 +224,11 @@ def train(
 
     dataset = load_dataset(data, classes)
     say(dataset.summary())
+    if normal := normal_class_of(dataset.classes, cfg.normal_class):
+        cfg = replace(cfg, normal_class=normal)  # as the data spells it: what evaluate and predict look up
+    else:
+        say(f"no class named {cfg.normal_class!r} among {', '.join(dataset.classes)}: no screening operating "
+            "point ('referable = any disease'); name the class that is not referable with --normal-class")  # fmt: skip
     split = (
         read_split(split_file, dataset)
         if split_file
