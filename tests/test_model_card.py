@@ -86,6 +86,16 @@ def test_info_on_a_file_that_is_not_a_checkpoint_names_it(tmp_path, capsys):
     assert f"eyescreen info: error: {bad}: not a readable safetensors checkpoint" in capsys.readouterr().err
 
 
+def test_a_run_folder_stands_for_its_best_checkpoint(run, tmp_path, capsys):
+    out, _ = run
+    assert main(["info", str(out)]) == 0
+    assert f"checkpoint: {out / 'best.safetensors'} (" in capsys.readouterr().out
+    empty = tmp_path / "not-yet-a-run"
+    empty.mkdir()
+    assert main(["info", str(empty)]) == 2
+    assert f"{empty}: a folder without a best.safetensors" in capsys.readouterr().err
+
+
 def test_a_run_started_from_the_command_line_shows_its_command(run, tmp_path, monkeypatch, capsys):
     import sys
 

@@ -71,6 +71,10 @@ def file_sha256(path: str | Path) -> str:
 
 def read_meta(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path}: a folder without a best.safetensors (a run that has not finished an epoch?)"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import MISSING
+from pathlib import Path
 
 from .config import (
     CHOICES,
@@ -69,8 +70,18 @@ new photographs:  eyescreen predict --checkpoint runs/mine/best.safetensors PHOT
 each command's options: eyescreen COMMAND --help"""
 
 
+BEST = "best.safetensors"
+
+
+def checkpoint_file(value: str) -> str:
+    """A run folder stands for the best checkpoint in it, as `train` and `ensemble` write it."""
+    path = Path(value)
+    return str(path / BEST) if path.is_dir() and (path / BEST).is_file() else value
+
+
 def _checkpoint(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a trained model: RUN/best.safetensors")
+    p.add_argument("--checkpoint", required=True, type=checkpoint_file,
+                   help="a trained model: RUN/best.safetensors, or the run folder RUN")  # fmt: skip
 
 
 def _calibration_options(p: argparse.ArgumentParser) -> None:
@@ -269,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     _no_progress(p)
 
     p = sub.add_parser("serve", help="web page and JSON API for screening, with Grad-CAM overlays")
-    p.add_argument("--checkpoint", help="model to serve (default: the demo model, trained first if needed)")
+    p.add_argument("--checkpoint", type=checkpoint_file,
+                   help="model to serve (default: the demo model, trained first if needed)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
     p.add_argument("--workers", type=int, default=2, help="requests computed at once (one model copy each)")
@@ -285,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ensemble", help="several trained models as one checkpoint: class scores averaged, then calibrated"
     )
-    p.add_argument("checkpoints", nargs="+", help="two or more checkpoints of the same classes, preprocessing "
+    p.add_argument("checkpoints", nargs="+", type=checkpoint_file, help="two or more checkpoints of the same classes, preprocessing "
                    "and split (runs of one recipe with other --seed values, say)")  # fmt: skip
     p.add_argument("--out", required=True, help="run directory: OUT/best.safetensors, evaluated like a run's")
     p.add_argument("--no-calibrate", action="store_true",
@@ -294,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_options(p)
 
     p = sub.add_parser("info", help="what a checkpoint is: model, classes, recipe, data, validation numbers")
-    p.add_argument("checkpoint", help="a checkpoint (RUN/best.safetensors)")
+    p.add_argument("checkpoint", type=checkpoint_file, help="a checkpoint (RUN/best.safetensors, or RUN)")
     p.add_argument("--json", action="store_true", help="print it as JSON")
 
     sub.add_parser("models", help="list the available models")
