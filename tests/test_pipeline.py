@@ -328,6 +328,29 @@ def test_cli_train_with_overrides_and_bad_input_messages(synthetic_manifest, tmp
     assert "nope.csv: no such manifest or folder" in capsys.readouterr().err
 
 
+def test_a_checkpoint_whose_data_moved_says_so_and_takes_its_new_place(synthetic_manifest, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_manifest.parent, data)
+    best = str(train(tiny_config(epochs=1), data / synthetic_manifest.name, tmp_path / "run", progress=False))
+    moved = tmp_path / "elsewhere"
+    data.rename(moved)  # the run copied to another machine, say, where the data lives at another path
+    capsys.readouterr()
+    for argv in (
+        ["evaluate", "--checkpoint", best, "--out", str(tmp_path / "eval"), "--bootstrap", "20"],
+        ["calibrate", "--checkpoint", best],
+        ["explain", "--checkpoint", best, "--subset", "test", "--out", str(tmp_path / "explain")],
+    ):
+        assert main(argv + ["--no-progress"]) == 2, argv
+        assert f"{data / synthetic_manifest.name}: the data this checkpoint was trained on is not there" in (
+            capsys.readouterr().err
+        )
+        assert main(argv + ["--no-progress", "--data", str(moved / synthetic_manifest.name)]) == 0, argv
+        capsys.readouterr()
+    assert (tmp_path / "eval" / "report.json").is_file() and (tmp_path / "explain" / "index.html").is_file()
+
+
 def test_demo_runs_end_to_end_on_the_bundled_sample(tmp_path, capsys):
     from eyescreen.demo import run_demo
 

@@ -97,7 +97,7 @@ def run(args) -> int:
         from .evaluate import calibrate_from_split
 
         calibrate_from_split(
-            args.checkpoint, args.normal_class, args.cache_dir, args.device, not args.no_progress
+            args.checkpoint, args.normal_class, args.cache_dir, args.device, not args.no_progress, args.data
         )
     elif args.command == "predict":
         return _predict(args)
@@ -106,6 +106,9 @@ def run(args) -> int:
 
         if args.evaluate and args.anatomy:
             raise ValueError("give --evaluate or --anatomy, not both (--evaluate includes the anatomy table)")
+        if args.data and not args.subset:
+            raise ValueError("--data goes with --subset: it places the checkpoint's data; photographs to "
+                             "explain are given as arguments")  # fmt: skip
         args.out = args.out or _explain_out(args)
         if args.evaluate:
             from .explain_cli import run_faithfulness
@@ -179,11 +182,11 @@ def run(args) -> int:
 
             try:
                 calibrate_from_split(
-                    path, args.normal_class, args.cache_dir, args.device, not args.no_progress
+                    path, args.normal_class, args.cache_dir, args.device, not args.no_progress, args.data
                 )
             except DataError as e:  # the members' training data moved: the ensemble itself is fine
-                raise DataError(f"{e}\nthe ensemble is saved, uncalibrated: {path}; with the data back in "
-                                f"place, `eyescreen calibrate --checkpoint {path}`") from None  # fmt: skip
+                raise DataError(f"{e}\nthe ensemble is saved, uncalibrated: {path}; then: "
+                                f"`eyescreen calibrate --checkpoint {path} --data DATA`") from None  # fmt: skip
         print(f"next: eyescreen evaluate --checkpoint {path}   (eyescreen info {path} says what it is)")
     elif args.command == "info":
         import json

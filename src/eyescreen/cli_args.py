@@ -84,11 +84,17 @@ def _checkpoint(p: argparse.ArgumentParser) -> None:
                    help="a trained model: RUN/best.safetensors, or the run folder RUN")  # fmt: skip
 
 
+def _training_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="the checkpoint's training data, moved or on another machine (default: "
+                   "where it was trained)")  # fmt: skip
+
+
 def _calibration_options(p: argparse.ArgumentParser) -> None:
     """What fitting the calibration on the validation split takes (`calibrate`, `ensemble`)."""
     p.add_argument(
         "--normal-class", default="normal", help="the class that is not referable (default: normal)"
     )
+    _training_data(p)
     _cache_dir(p)
     _device(p)
     _no_progress(p)
@@ -197,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["train", "val", "test"],
         help="explain this split of the checkpoint's data (true labels known: gallery by true class)",
     )
+    _training_data(p)
     p.add_argument(
         "--method", default="gradcam", help="gradcam, gradcam++, layercam, hirescam, scorecam, eigencam"
     )

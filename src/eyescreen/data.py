@@ -73,6 +73,20 @@ def parse_classes(text: str | None) -> list[str] | None:
     return classes
 
 
+def checkpoint_data(meta: dict, given: str | Path | None = None) -> str | Path:
+    """The data a checkpoint's split refers to: `given` (the same data at another place, say on another
+    machine) or where the checkpoint was trained."""
+    if given:
+        return given
+    recorded = meta["data"]
+    if not Path(recorded).exists():
+        raise DataError(
+            f"{recorded}: the data this checkpoint was trained on is not there (moved, or another machine?); "
+            "give its place with --data"
+        )
+    return recorded
+
+
 def load_dataset(source: str | Path, classes: list[str] | None = None, allow_absent: bool = False) -> Dataset:
     """Read a manifest CSV or a folder-per-class layout and keep the rows usable for training.
     `allow_absent`: `classes` may name classes these data lack (a model's, evaluated on other data)."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from .calibrate import apply_temperature, calibrate, class_weights, decide, describe, operating_point
 from .checkpoint import load_model, save_model
-from .data import DataError, Dataset, load_dataset, read_columns, read_split, subset
+from .data import DataError, Dataset, checkpoint_data, load_dataset, read_columns, read_split, subset
 from .fellow import blend, choose_weight, fellow_probabilities, stored_weight
 from .inference import TTA_DESCRIPTIONS, ViewAverage, predict_proba, resolve_device, resolve_precision
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, headline_metrics
@@ -54,7 +54,9 @@ def evaluate(
             raise ValueError("--tta applies to single-eye models")
         model = ViewAverage(model, tta)
     classes = meta["classes"]
-    dataset = load_dataset(data or meta["data"], classes, allow_absent=True)  # other data may lack some
+    dataset = load_dataset(
+        checkpoint_data(meta, data), classes, allow_absent=True
+    )  # other data may lack some
     if split_name == "all":
         part = dataset
     else:
@@ -263,12 +265,13 @@ def _write_predictions(path: Path, first: str, names, groups, classes, y, prob, 
 
 
 def calibrate_from_split(
-    checkpoint, normal_class="normal", cache_dir=None, device="auto", progress: bool = True
+    checkpoint, normal_class="normal", cache_dir=None, device="auto", progress: bool = True, data=None
 ) -> dict | None:
     """Calibrate an existing checkpoint on the validation split stored in it (rewrites the checkpoint):
-    temperature, decision rule and screening threshold, then the fellow-eye weight."""
+    temperature, decision rule and screening threshold, then the fellow-eye weight. `data`: the training
+    data at another place than the checkpoint records."""
     return calibrate_on_validation(
-        checkpoint, _validation_probabilities(checkpoint, cache_dir, device, progress), normal_class
+        checkpoint, _validation_probabilities(checkpoint, cache_dir, device, progress, data), normal_class
     )
 
 
@@ -315,10 +318,10 @@ def _both_eyes_task(meta: dict) -> BothEyes:
     )
 
 
-def _validation_probabilities(checkpoint, cache_dir, device, progress: bool = True) -> dict:
+def _validation_probabilities(checkpoint, cache_dir, device, progress: bool = True, data=None) -> dict:
     dev = resolve_device(str(device))
     model, meta = load_model(checkpoint, dev)
-    dataset = load_dataset(meta["data"], meta["classes"])
+    dataset = load_dataset(checkpoint_data(meta, data), meta["classes"])
     part = subset(dataset, meta["split"], "val")
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
     precision = resolve_precision(meta.get("config", {}).get("precision", "auto"), dev)  # as in training

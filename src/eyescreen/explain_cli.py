@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .checkpoint import load_model
-from .data import images_given, list_images, load_dataset, subset
+from .data import checkpoint_data, images_given, list_images, load_dataset, subset
 from .explain import explain_items
 from .inference import resolve_device
 from .models import is_binocular
@@ -45,7 +45,7 @@ def run_explain(args) -> dict:
             )
         return _explain_binocular(args, model, meta, prep)
     if args.subset:
-        dataset = load_dataset(meta["data"], meta["classes"])
+        dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
         part = subset(dataset, meta["split"], args.subset)
         items = [(r.key, r.path, r.label) for r in part.records]
         load = ImageCache(prep, args.cache_dir).get
@@ -66,7 +66,7 @@ def _explain_binocular(args, model, meta, prep) -> dict:
     from .pairs import DEFAULT_PATTERN, pair_files, pair_records, patient_label
 
     if args.subset:
-        dataset = load_dataset(meta["data"], meta["classes"])
+        dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
         pairs, _ = pair_records(subset(dataset, meta["split"], args.subset).records)
         config = meta.get("config", {})
         normal, rule = config.get("normal_class", "normal"), config.get("two_diseases", "exclude")
@@ -87,7 +87,7 @@ def _subset_sample(args, meta, default_limit: int | None) -> list:
     """The records of `--subset`, or a fixed random sample of `--limit` of them (default_limit if unset)."""
     import numpy as np
 
-    dataset = load_dataset(meta["data"], meta["classes"])
+    dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
     records = subset(dataset, meta["split"], args.subset).records
     limit = args.limit if args.limit is not None else default_limit
     if limit is not None and limit < len(records):
