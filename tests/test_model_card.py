@@ -9,7 +9,7 @@ import pytest
 
 from eyescreen.cli import main
 from eyescreen.config import preset
-from eyescreen.model_card import closest_preset, describe_checkpoint
+from eyescreen.model_card import card_lines, closest_preset, describe_checkpoint
 from eyescreen.train import train
 
 
@@ -64,7 +64,9 @@ def test_the_card_says_when_the_training_data_changed_or_is_gone(run, tmp_path):
         manifest.write_bytes(saved + b"images/0_left.jpg,0,left,normal\n")
         assert describe_checkpoint(moved / "best.safetensors")["data_here"] == "changed since training"
         manifest.unlink()
-        assert describe_checkpoint(moved / "best.safetensors")["data_here"] == "not found on this machine"
+        card = describe_checkpoint(moved / "best.safetensors")
+        assert card["data_here"] == "not found on this machine"
+        assert any("take --data for its new place" in line for line in card_lines(card))
     finally:
         manifest.write_bytes(saved)
 

@@ -31,13 +31,16 @@ def closest_preset(config: dict) -> tuple[str, dict]:
     return name, differences(name)
 
 
+NOT_HERE = "not found on this machine"
+
+
 def data_status(data: str | None, trained_sha256: str | None) -> str:
     """Whether the training data is still where the checkpoint says, and unchanged."""
     if not data:
         return "not recorded"
     path = Path(data)
     if not path.exists():
-        return "not found on this machine"
+        return NOT_HERE
     if trained_sha256 is None:
         return "a folder of class folders, not fingerprinted"
     return "the same file" if manifest_fingerprint(path) == trained_sha256 else "changed since training"
@@ -158,6 +161,8 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
             lines.append("started by: " + shlex.join(command))
     if paths:
         lines.append(f"trained on: {card['data']} ({card['data_here']})")
+        if card["data_here"] == NOT_HERE:
+            lines.append("  moved? evaluate, calibrate and explain --subset take --data for its new place")
     sizes = card["split_images"]
     lines.append("split (images): " + ", ".join(f"{sizes[s]} {s}" for s in SPLITS) + " — by patient")
     if metrics := card["validation"]:
