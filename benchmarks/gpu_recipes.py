@@ -11,6 +11,8 @@ Finished runs are then evaluated on validation and on test, once.
     python benchmarks/gpu_recipes.py --data MANIFEST --split SPLIT --out runs/gpu --deadline 450
     python benchmarks/gpu_recipes.py ... --pack OUTDIR   # logs and reports as one archive, and the
                                                          # best run's checkpoint in chunks
+    python benchmarks/gpu_recipes.py ... --pack OUTDIR --pack-half  # every finished run's, as fp16
+                                                         # copies, as many as fit (two ResNet-18s)
     # a dry run on a CPU, everything small:
     python benchmarks/gpu_recipes.py ... --set --image-size 64 --epochs 3 --deadline 120
 """
@@ -266,8 +268,10 @@ def summarise(runs: list[Run], opts) -> list[dict]:
 
 
 def pack(rows: list[dict], opts) -> None:
-    """Everything but the weights in one archive; the weights of the best run by validation macro-AUC
-    among those small enough to travel (WEIGHTS_LIMIT), in chunks (`cat *.part* > best.safetensors`)."""
+    """Everything but the weights in one archive; then weights, best run by validation macro-AUC first,
+    as many as fit what a lease returns (WEIGHTS_LIMIT), in chunks (`cat NAME*.part* > best.safetensors`).
+    In fp32 only the best run's fits; with --pack-half each goes as an fp16 copy (half the size: two
+    ResNet-18s travel), which `load_model` reads back into fp32 weights rounded to fp16."""
     dest = Path(opts.pack)
     dest.mkdir(parents=True, exist_ok=True)
 
@@ -278,22 +282,35 @@ def pack(rows: list[dict], opts) -> None:
         tar.add(opts.out, arcname=opts.out.name, filter=small)
     scored = [r for r in rows if r["state"] == "finished" and "best_val_macro_auc" in r]
     scored.sort(key=lambda r: r["best_val_macro_auc"], reverse=True)
-    # what comes back from a lease is capped (64 MiB in all): a ResNet-34 (85 MB) cannot travel
-    fits = [r for r in scored if (opts.out / r["run"] / "best.safetensors").stat().st_size <= WEIGHTS_LIMIT]
-    for r in scored[: scored.index(fits[0]) if fits else len(scored)]:
-        print(
-            f"weights of {r['run']} too large to travel (> {WEIGHTS_LIMIT >> 20} MiB): left behind",
-            flush=True,
-        )
-    if not fits:
-        return
-    best = fits[0]
-    weights = (opts.out / best["run"] / "best.safetensors").read_bytes()
-    chunk = 15 * 2**20
     for old in dest.glob("*.safetensors.part*"):
         old.unlink()
-    for i in range(0, len(weights), chunk):
-        (dest / f"{best['run']}.best.safetensors.part{i // chunk}").write_bytes(weights[i : i + chunk])
+    room, sent = WEIGHTS_LIMIT, 0
+    for r in scored:
+        if sent and not opts.pack_half:  # in fp32, the best run that fits (a ResNet-34, 85 MB, cannot)
+            break
+        weights = weights_to_send(opts.out / r["run"] / "best.safetensors", opts.pack_half)
+        if len(weights) > room:
+            print(f"weights of {r['run']} do not fit what a lease returns ({room >> 20} MiB left): left behind",
+                  flush=True)  # fmt: skip
+            continue
+        room, sent = room - len(weights), sent + 1
+        name = f"{r['run']}.best{'.fp16' if opts.pack_half else ''}.safetensors"
+        chunk = 15 * 2**20
+        for i in range(0, len(weights), chunk):
+            (dest / f"{name}.part{i // chunk}").write_bytes(weights[i : i + chunk])
+
+
+def weights_to_send(path: Path, half: bool) -> bytes:
+    """The checkpoint's bytes; with `half`, an fp16 copy of its floating-point tensors, metadata kept."""
+    if not half:
+        return path.read_bytes()
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = {k: t.half() if t.is_floating_point() else t for k, t in load_file(str(path)).items()}
+    return save(tensors, metadata=metadata)
 
 
 def main() -> None:
@@ -305,6 +322,8 @@ def main() -> None:
     ap.add_argument("--eval-deadline", type=float, default=120, help="seconds for all evaluations together")
     ap.add_argument("--only", nargs="*", help="run only these names, most important first")
     ap.add_argument("--pack", help="folder for the archive of logs and reports and the best checkpoint")
+    ap.add_argument("--pack-half", action="store_true",
+                    help="send the weights of every finished run that fits, as fp16 copies (two ResNet-18s)")  # fmt: skip
     ap.add_argument("--set", nargs=argparse.REMAINDER, default=[], help="train options for every run (last)")
     opts = ap.parse_args()
     opts.data, opts.split = opts.data.resolve(), opts.split.resolve()

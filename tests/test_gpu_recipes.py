@@ -53,3 +53,66 @@ def test_a_run_still_training_at_the_deadline_is_stopped(gpu_recipes, monkeypatc
     run = _train(gpu_recipes, monkeypatch, tmp_path, epochs_logged=1)
     assert run.state == "stopped: deadline after 1/2 epochs"
     assert run.proc.returncode is not None  # the process is gone, not left running
+
+
+def _finished_runs(out: Path, aucs: dict[str, float]) -> list[dict]:
+    """Run folders holding a small trained-looking checkpoint each, and their summary rows."""
+    import torch
+
+    from eyescreen.checkpoint import save_model
+    from eyescreen.models import create_model
+
+    rows = []
+    for seed, (name, auc) in enumerate(aucs.items()):
+        torch.manual_seed(seed)
+        model = create_model("tiny-cnn", num_classes=3)
+        (out / name).mkdir(parents=True)
+        save_model(
+            out / name / "best.safetensors",
+            model,
+            {"model": {"name": "tiny-cnn", "args": {"num_classes": 3}}},
+        )
+        rows.append({"run": name, "state": "finished", "best_val_macro_auc": auc})
+    return rows
+
+
+def _reassembled(dest: Path, name: str) -> Path:
+    parts = sorted(dest.glob(f"{name}.part*"), key=lambda p: int(p.suffix[len(".part") :]))
+    whole = dest / "whole" / name
+    whole.parent.mkdir(exist_ok=True)
+    whole.write_bytes(b"".join(p.read_bytes() for p in parts))
+    return whole
+
+
+def test_a_lease_returns_the_best_run_in_fp32_or_every_run_that_fits_in_fp16(
+    gpu_recipes, monkeypatch, tmp_path, capsys
+):
+    import torch
+
+    from eyescreen.checkpoint import load_model
+
+    out, dest = tmp_path / "runs", tmp_path / "packed"
+    rows = _finished_runs(out, {"weaker": 0.80, "best": 0.85, "middle": 0.82})
+    half = len(gpu_recipes.weights_to_send(out / "best" / "best.safetensors", half=True))
+    assert half < (out / "best" / "best.safetensors").stat().st_size <= 2 * half + half // 2
+    monkeypatch.setattr(gpu_recipes, "WEIGHTS_LIMIT", 2 * half + half // 2)  # one in fp32, or two at half
+
+    gpu_recipes.pack(rows, SimpleNamespace(out=out, pack=dest, pack_half=False))
+    assert {p.name.split(".part")[0] for p in dest.glob("*.part*")} == {"best.best.safetensors"}
+    same, _ = load_model(_reassembled(dest, "best.best.safetensors"))
+    original, _ = load_model(out / "best" / "best.safetensors")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(same.state_dict().values(), original.state_dict().values(), strict=True)
+    )
+
+    gpu_recipes.pack(rows, SimpleNamespace(out=out, pack=dest, pack_half=True))
+    sent = {p.name.split(".part")[0] for p in dest.glob("*.part*")}
+    assert sent == {"best.best.fp16.safetensors", "middle.best.fp16.safetensors"}  # the fp32 copy replaced
+    assert "weights of weaker do not fit" in capsys.readouterr().out  # the weakest left behind, and said
+    for run in ("best", "middle"):
+        half_model, meta = load_model(_reassembled(dest, f"{run}.best.fp16.safetensors"))
+        original, _ = load_model(out / run / "best.safetensors")
+        assert meta["model"]["name"] == "tiny-cnn"  # the metadata travels with the weights
+        for a, b in zip(half_model.state_dict().values(), original.state_dict().values(), strict=True):
+            assert a.dtype == b.dtype and torch.equal(a, b.half().to(b.dtype) if b.is_floating_point() else b)
