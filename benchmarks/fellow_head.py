@@ -24,7 +24,6 @@ from sklearn.preprocessing import StandardScaler
 from eyescreen.checkpoint import load_model, read_meta
 from eyescreen.data import load_dataset, read_manifest, read_split
 from eyescreen.fellow import blend, fellow_of, stored_weight
-from eyescreen.findings import classifier_head
 from eyescreen.inference import autocast, prepare_batch, resolve_precision
 from eyescreen.metrics import headline_metrics
 from eyescreen.preprocess import ImageCache, Preprocessing, load_stack
@@ -38,7 +37,7 @@ def pooled_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(features [N, D] of the readable images, their indices) under the checkpoint's preprocessing."""
     model, meta = load_model(checkpoint)
-    head = model.get_submodule(classifier_head(model))
+    head = model.get_submodule(model.head_layer)
     cache = ImageCache(Preprocessing(image_size=meta["preprocessing"]["image_size"],
                                      enhance=meta["preprocessing"]["enhance"]))  # fmt: skip
     norm, device = meta["normalization"], torch.device("cpu")
@@ -77,7 +76,7 @@ def compare(run: Path, manifest: Path, test: bool) -> dict:
     feats = features_of(run, every_eye)
     fellows = fellow_of(dataset.records, every_eye)
     model, _ = load_model(run / "best.safetensors")
-    head = model.get_submodule(classifier_head(model))
+    head = model.get_submodule(model.head_layer)
     weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
     weight_fellow = stored_weight(meta.get("calibration"))
 

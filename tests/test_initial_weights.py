@@ -7,7 +7,6 @@ from safetensors.torch import load_file
 from eyescreen.checkpoint import read_meta
 from eyescreen.cli import main
 from eyescreen.config import preset
-from eyescreen.findings import classifier_head
 from eyescreen.initial_weights import load_initial_weights
 from eyescreen.models import create_model
 from eyescreen.train import train
@@ -33,7 +32,7 @@ def test_same_classes_copy_everything_other_classes_leave_the_classifier(trained
     said = load_initial_weights(model, trained, "tiny-cnn", list(reversed(classes)))
     assert said.endswith("(without its classifier layer)")
     state = model.state_dict()
-    head = [k for k in state if k.startswith(classifier_head(model) + ".")]
+    head = [k for k in state if k.startswith(model.head_layer + ".")]
     assert head and all(
         torch.equal(state[k], before[k]) for k in head
     )  # same shape, other classes: untouched
@@ -109,3 +108,23 @@ def test_a_copy_of_the_data_elsewhere_is_the_same_data(trained, synthetic_manife
     assert "that this run holds out for validation or test" in capsys.readouterr().err
     (copy / synthetic_manifest.name).write_text((copy / synthetic_manifest.name).read_text() + "\n")
     assert main([*args, "--out", str(tmp_path / "other"), "--seed", "3"]) == 0  # other bytes: other data
+
+
+def test_a_both_eye_model_of_other_classes_leaves_both_class_layers(tmp_path):
+    from eyescreen.checkpoint import save_model
+
+    torch.manual_seed(0)
+    source_model = create_model("tiny-cnn-binocular", 3)
+    path = tmp_path / "both.safetensors"
+    meta = {"model": {"name": "tiny-cnn-binocular", "args": {"num_classes": 3}}, "classes": ["a", "b", "c"]}
+    save_model(path, source_model, meta)
+    torch.manual_seed(1)
+    model = create_model("tiny-cnn-binocular", 3)
+    said = load_initial_weights(
+        model, path, "tiny-cnn-binocular", ["x", "y", "z"]
+    )  # same count, other classes
+    assert said.endswith("(without its classifier layer)")
+    state, source = model.state_dict(), source_model.state_dict()
+    for key in state:
+        copied = torch.equal(state[key], source[key])
+        assert copied != key.startswith(("head_eye.", "head_patient.")), key

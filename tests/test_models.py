@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from eyescreen.cli import main
-from eyescreen.models import cam_target, create_model, describe_model, list_models
+from eyescreen.models import cam_target, create_model, describe_model, list_models, split_head
 
 
 def test_registry_lists_the_study_models():
@@ -22,6 +22,18 @@ def test_models_build_from_scratch_with_a_spatial_cam_layer(name):
     handle.remove()
     assert out.shape == (2, 5)
     assert features[0].ndim == 4 and features[0].shape[-1] > 1  # a feature map, not a vector
+
+    # the head layer is the last linear one; split off, the model returns what it was fed
+    head = model.get_submodule(model.head_layer)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert head is linears[-1] and head.out_features == 5
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        before = model(x)
+        assert split_head(model) is head
+        pooled = model(x)
+    assert pooled.shape == (2, head.in_features)
+    torch.testing.assert_close(head(pooled), before)
 
 
 def test_resnet18_is_untrained_torchvision_architecture():

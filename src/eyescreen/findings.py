@@ -122,21 +122,13 @@ def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int =
     return Findings(vocabulary, extra, tags, unknown)
 
 
-def classifier_head(model: nn.Module) -> str:
-    """The name of the model's last linear layer: its input is the pooled feature vector."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise ValueError(f"{type(model).__name__}: no linear classifier layer for a findings head")
-    return names[-1]
-
-
 class WithFindings(nn.Module):
     """A classifier plus a linear head on its pooled features that predicts the findings."""
 
     def __init__(self, model: nn.Module, n_findings: int):
         super().__init__()
         self.model = model
-        self.head_name = classifier_head(model)
+        self.head_name = model.head_layer  # its input is the pooled feature vector
         self.findings = nn.Linear(model.get_submodule(self.head_name).in_features, n_findings)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import create_model
+from .models import create_model, split_head
 
 POOLINGS = ("mean", "max", "attention", "concat")
 RIGHT, LEFT = 0, 1  # the order of the eye axis
@@ -27,7 +27,8 @@ class Binocular(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
         net = create_model(backbone, num_classes=num_classes)
-        self.head_eye, self.features_dim = _split_head(net)
+        self.head_eye = split_head(net)  # the backbone now returns pooled features
+        self.features_dim = self.head_eye.in_features
         self.backbone = net
         self.pooling, self.mirror_left = pooling, mirror_left
         d = self.features_dim
@@ -35,6 +36,7 @@ class Binocular(nn.Module):
             self.attention = nn.Sequential(nn.Linear(d, 128), nn.Tanh(), nn.Linear(128, 1))
         self.head_patient = nn.Linear(2 * (d + 1) if pooling == "concat" else d, num_classes)
         self.cam_layer = f"backbone.{net.cam_layer}"
+        self.head_layers = ("head_eye", "head_patient")  # the class layers, where a single-eye model has one
 
     def features(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, 2, C, H, W] -> [B, 2, D], the left eye mirrored first. Only present eyes go through the
@@ -86,23 +88,3 @@ def _channels_last(net: nn.Module) -> bool:
         if p.dim() == 4:
             return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
     return False
-
-
-def _split_head(net: nn.Module) -> tuple[nn.Module, int]:
-    """Detach a backbone's final linear layer: the backbone then returns features, the layer is the eye head."""
-    for name in ("fc", "classifier"):
-        head = getattr(net, name, None)
-        if isinstance(head, nn.Linear):
-            setattr(net, name, nn.Identity())
-            return head, head.in_features
-        if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
-            last = head[-1]
-            head[-1] = nn.Identity()
-            return last, last.in_features
-    if isinstance(net, nn.Sequential) and isinstance(net[-1], nn.Linear):
-        last = net[-1]
-        net[-1] = nn.Identity()
-        return last, last.in_features
-    raise ValueError(
-        f"cannot find the final linear layer of {getattr(net, 'model_name', type(net).__name__)}"
-    )

@@ -17,7 +17,6 @@ from torch import nn
 
 from .checkpoint import CheckpointError, read_meta
 from .data import manifest_fingerprint
-from .findings import classifier_head
 from .models import BINOCULAR_SUFFIX
 
 
@@ -33,11 +32,12 @@ def load_initial_weights(model: nn.Module, path: str | Path, model_name: str, cl
         what = "pre-trained" if pretrained else "trained"
         raise CheckpointError(f"{path}: {what} {meta['model']['name']}, but this run trains {model_name}")
     keep_head = not pretrained and meta["classes"] == list(classes)
-    head = classifier_head(model) + "."
+    layers = model.head_layers if hasattr(model, "head_layers") else (model.head_layer,)  # both-eye: two
+    heads = tuple(f"{name}." for name in layers)
     weights = load_file(str(path))
     copied = {}
     for key, value in model.state_dict().items():
-        if key.startswith(head) and not keep_head:
+        if key.startswith(heads) and not keep_head:
             continue
         source = _source_key(key, weights)
         if source is not None and weights[source].shape == value.shape:

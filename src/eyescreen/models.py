@@ -1,8 +1,9 @@
 """Model registry: `create_model(name, num_classes)`, `list_models()`.
 
-Every model is built from scratch (no weights are ever downloaded) and carries two attributes that
-the rest of the package relies on: `model_name` and `cam_layer`, the dotted name of the layer a CAM
-method should target (see `cam_target`).
+Every model is built from scratch (no weights are ever downloaded) and carries three attributes that
+the rest of the package relies on: `model_name`; `cam_layer`, the dotted name of the layer a CAM
+method should target (see `cam_target`); `head_layer`, the final linear layer, whose input is the
+pooled feature vector that the findings head, the both-eye model and initial weights build on.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import torch
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_CAM_LAYERS: dict[str, str] = {}
+_LAYERS: dict[str, tuple[str, str]] = {}  # name -> (cam_layer, head_layer)
 
 
-def register(name: str, cam_layer: str):
+def register(name: str, cam_layer: str, head_layer: str):
     def wrap(fn):
         _REGISTRY[name] = fn
-        _CAM_LAYERS[name] = cam_layer
+        _LAYERS[name] = (cam_layer, head_layer)
         return fn
 
     return wrap
@@ -68,7 +69,7 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     model = _REGISTRY[name](num_classes=num_classes, **kwargs)
     model.model_name = name
-    model.cam_layer = _CAM_LAYERS[name]
+    model.cam_layer, model.head_layer = _LAYERS[name]
     return model
 
 
@@ -77,7 +78,15 @@ def cam_target(model: nn.Module) -> nn.Module:
     return model.get_submodule(model.cam_layer)
 
 
-@register("resnet18", cam_layer="layer4")
+def split_head(model: nn.Module) -> nn.Linear:
+    """Detach the model's final linear layer and return it: the model then returns pooled features."""
+    head = model.get_submodule(model.head_layer)
+    parent, _, child = model.head_layer.rpartition(".")
+    setattr(model.get_submodule(parent), child, nn.Identity())
+    return head
+
+
+@register("resnet18", cam_layer="layer4", head_layer="fc")
 def resnet18(num_classes: int) -> nn.Module:
     """ResNet-18, torchvision's architecture with random weights: the reference study's model."""
     from torchvision.models import resnet18 as tv_resnet18
@@ -107,7 +116,7 @@ class SpaceToDepthStem(nn.Module):
         return self.conv(self.unshuffle(x))
 
 
-@register("resnet18-s2d", cam_layer="layer4")
+@register("resnet18-s2d", cam_layer="layer4", head_layer="fc")
 def resnet18_s2d(num_classes: int) -> nn.Module:
     """ResNet-18 whose first layer folds 2x2 pixels into channels: 256-px images at ~a 128-px cost."""
     model = resnet18(num_classes)
@@ -116,7 +125,7 @@ def resnet18_s2d(num_classes: int) -> nn.Module:
 
 
 # Deeper ResNets for a GPU, where capacity costs minutes (on a CPU, 2x and 2.3x ResNet-18's compute).
-@register("resnet34", cam_layer="layer4")
+@register("resnet34", cam_layer="layer4", head_layer="fc")
 def resnet34(num_classes: int) -> nn.Module:
     """ResNet-34, random weights: twice ResNet-18's compute, for a GPU."""
     from torchvision.models import resnet34 as tv_resnet34
@@ -124,7 +133,7 @@ def resnet34(num_classes: int) -> nn.Module:
     return tv_resnet34(weights=None, num_classes=num_classes)
 
 
-@register("resnet50", cam_layer="layer4")
+@register("resnet50", cam_layer="layer4", head_layer="fc")
 def resnet50(num_classes: int) -> nn.Module:
     """ResNet-50, random weights: 2.3 times ResNet-18's compute, for a GPU."""
     from torchvision.models import resnet50 as tv_resnet50
@@ -156,13 +165,14 @@ class SeedCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-@register("seed-cnn", cam_layer="features.10")  # the last conv's ReLU output (before its pool)
+# CAM on the last conv's ReLU output (before its pool); the head is the last dense layer
+@register("seed-cnn", cam_layer="features.10", head_layer="classifier.4")
 def seed_cnn(num_classes: int) -> nn.Module:
     """The reference study's small sequential CNN baseline (conv-ReLU-pool blocks, dense layers)."""
     return SeedCNN(num_classes)
 
 
-@register("tiny-cnn", cam_layer="3")  # the second conv's ReLU
+@register("tiny-cnn", cam_layer="3", head_layer="6")  # CAM on the second conv's ReLU
 def tiny_cnn(num_classes: int) -> nn.Module:
     """A few-thousand-parameter CNN for tests and quick smoke runs."""
     return nn.Sequential(
