@@ -304,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ensemble", help="several trained models as one checkpoint: class scores averaged, then calibrated"
     )
-    p.add_argument("checkpoints", nargs="+", type=checkpoint_file, help="two or more checkpoints of the same classes, preprocessing "
-                   "and split (runs of one recipe with other --seed values, say)")  # fmt: skip
+    p.add_argument("checkpoints", nargs="+", type=checkpoint_file,
+                   help="two or more checkpoints (or run folders) of the same classes, preprocessing and split "
+                   "(runs of one recipe with other --seed values, say)")  # fmt: skip
     p.add_argument("--out", required=True, help="run directory: OUT/best.safetensors, evaluated like a run's")
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip fitting temperature, decision rule, referable threshold and fellow-eye weight on "

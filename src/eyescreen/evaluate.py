@@ -54,9 +54,8 @@ def evaluate(
             raise ValueError("--tta applies to single-eye models")
         model = ViewAverage(model, tta)
     classes = meta["classes"]
-    dataset = load_dataset(
-        checkpoint_data(meta, data), classes, allow_absent=True
-    )  # other data may lack some
+    # other data (--data) may lack some of the model's classes
+    dataset = load_dataset(checkpoint_data(meta, data), classes, allow_absent=True)
     if split_name == "all":
         part = dataset
     else:
