@@ -60,6 +60,13 @@ def test_fine_tuning_at_a_larger_input_size_from_the_cli(trained, synthetic_mani
     meta = read_meta(out / "best.safetensors")
     assert meta["config"]["init"] == str(trained) and meta["preprocessing"]["image_size"] == 48
 
+    rc = main(["train", "--data", str(synthetic_manifest), "--out", str(tmp_path / "from-folder"), "--preset", "quick",
+               "--model", "tiny-cnn", "--image-size", "48", "--epochs", "1", "--batch-size", "8",
+               "--precision", "fp32", "--init", str(trained.parent), "--no-progress"])  # fmt: skip
+    assert rc == 0  # the run folder stands for its best checkpoint, and the run records which file
+    assert f"from {trained} (with its classifier layer)" in capsys.readouterr().out
+    assert read_meta(tmp_path / "from-folder" / "best.safetensors")["config"]["init"] == str(trained)
+
     rc = main(["train", "--data", str(synthetic_manifest), "--out", str(tmp_path / "other"), "--preset", "quick",
                "--model", "seed-cnn", "--init", str(trained), "--no-progress"])  # fmt: skip
     assert rc == 2  # a clear error, not a traceback

@@ -84,9 +84,9 @@ def test_pretrain_cli(synthetic_manifest, tmp_path, capsys):
     assert f"{extra / 'broken.jpg'}: not a readable image" in captured.err
     assert (tmp_path / "p" / "unreadable.txt").read_text().count("broken.jpg") == 1
     rc = main(["train", "--data", str(synthetic_manifest), "--out", str(tmp_path / "t"), "--preset", "quick",
-               "--model", "seed-cnn", "--init", str(tmp_path / "p" / "pretrained.safetensors"), "--no-progress"])  # fmt: skip
-    assert rc == 2  # a clear error, not a traceback: the pre-trained model is not seed-cnn
-    assert "pre-trained tiny-cnn" in capsys.readouterr().err
+               "--model", "seed-cnn", "--init", str(tmp_path / "p"), "--no-progress"])  # fmt: skip
+    assert rc == 2  # a clear error, not a traceback: the pre-trained model (the folder's) is not seed-cnn
+    assert f"{tmp_path / 'p' / 'pretrained.safetensors'}: pre-trained tiny-cnn" in capsys.readouterr().err
 
 
 def test_holdout_split_leaves_out_every_photograph_of_validation_and_test_patients(

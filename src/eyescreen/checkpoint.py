@@ -24,6 +24,8 @@ from torch import nn
 from .models import create_model
 
 FORMAT = "eyescreen-checkpoint/1"
+BEST = "best.safetensors"  # what `train` and `ensemble` write into their run folder
+PRETRAINED = "pretrained.safetensors"  # what `pretrain` writes into its folder
 
 
 class CheckpointError(ValueError):
@@ -67,6 +69,16 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checkpoint_in(path: str | Path, names: tuple[str, ...] = (BEST,)) -> str:
+    """A folder stands for the first of these checkpoints in it; anything else is returned as given."""
+    folder = Path(path)
+    if folder.is_dir():
+        for name in names:
+            if (folder / name).is_file():
+                return str(folder / name)
+    return str(path)
 
 
 def read_meta(path: str | Path) -> dict:

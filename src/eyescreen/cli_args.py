@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import MISSING
-from pathlib import Path
 
 from .config import (
     CHOICES,
@@ -70,13 +69,11 @@ new photographs:  eyescreen predict --checkpoint runs/mine/best.safetensors PHOT
 each command's options: eyescreen COMMAND --help"""
 
 
-BEST = "best.safetensors"
-
-
 def checkpoint_file(value: str) -> str:
     """A run folder stands for the best checkpoint in it, as `train` and `ensemble` write it."""
-    path = Path(value)
-    return str(path / BEST) if path.is_dir() and (path / BEST).is_file() else value
+    from .checkpoint import checkpoint_in
+
+    return checkpoint_in(value)
 
 
 def _checkpoint(p: argparse.ArgumentParser) -> None:

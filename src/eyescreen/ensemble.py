@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, file_sha256, load_model, save_model
+from .checkpoint import BEST, CheckpointError, file_sha256, load_model, save_model
 from .models import create_model, is_binocular
 
 MODEL_NAME = "ensemble"
@@ -111,7 +111,7 @@ def write_ensemble(checkpoints: list[str | Path], out: str | Path, argv: list[st
         seen[member["sha256"]] = member["checkpoint"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "best.safetensors"
+    path = out / BEST
     save_model(path, model, meta)
     (out / "run_info.json").write_text(json.dumps(run_info(argv) | {"device": "cpu"}, indent=2))
     return path

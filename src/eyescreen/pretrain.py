@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .augment import FundusAugment
 from .batch_output import keep_problems
-from .checkpoint import load_state, save_model, save_state
+from .checkpoint import PRETRAINED, load_state, save_model, save_state
 from .data import list_images, read_class_folders, read_manifest
 from .inference import autocast, resolve_device, resolve_precision
 from .models import create_model
@@ -156,11 +156,11 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
                 f"epoch {epoch + 1}/{cfg.epochs}: contrastive loss {mean:.4f} | {paces[-1]['seconds']:.0f}s"
                 + (f"  ({left})" if left else "")
             )
-            save_model(out / "pretrained.safetensors", model, meta | {"epoch": epoch + 1, "loss": mean})
+            save_model(out / PRETRAINED, model, meta | {"epoch": epoch + 1, "loss": mean})
             save_state(out / "pretrain-resume.pt", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
                 "config": json.dumps(asdict(cfg)),
             })  # fmt: skip
             stop.stop_if_asked(epoch + 1, cfg.epochs, out, "continue with the same command and --resume")
-    return out / "pretrained.safetensors"
+    return out / PRETRAINED

@@ -27,7 +27,17 @@ from tqdm import tqdm
 
 from . import __version__, augment, distributed
 from .calibrate import normal_class_of
-from .checkpoint import load_model, load_state, save_model, save_state, save_weights, weights_of
+from .checkpoint import (
+    BEST,
+    PRETRAINED,
+    checkpoint_in,
+    load_model,
+    load_state,
+    save_model,
+    save_state,
+    save_weights,
+    weights_of,
+)
 from .config import TrainConfig
 from .data import (
     Dataset,
@@ -154,7 +164,7 @@ def write_checkpoints(out: Path, best: tuple | None, last: tuple, resume_state: 
     """best.safetensors (when `best` = (weights, meta) holds an improvement not yet written),
     last.safetensors from `last` = (model, meta), then resume.pt: written together, the files agree."""
     if best:
-        save_weights(out / "best.safetensors", *best)
+        save_weights(out / BEST, *best)
     save_model(out / "last.safetensors", *last)
     save_state(out / "resume.pt", resume_state)
 
@@ -237,6 +247,7 @@ def train(
     if cfg.init and not resume:
         from .initial_weights import check_held_out
 
+        cfg = replace(cfg, init=checkpoint_in(cfg.init, (BEST, PRETRAINED)))  # a run or pretrain folder
         check_held_out(cfg.init, data, split)
     if ctx.main:
         write_split(split, dataset, out / "split.csv")
@@ -424,16 +435,16 @@ def train(
                 epoch + 1, cfg.epochs, out, f"continue with: eyescreen train --out {out} --resume"
             )
     if ctx.main and best_epoch > 0:
-        best_model, _ = load_model(out / "best.safetensors", device)
+        best_model, _ = load_model(out / BEST, device)
         prob, y_val = task.probabilities(best_model, val_set, mean, std, device, precision, channels_last)
         val = {"prob": prob, "y": y_val}
         if not is_binocular(cfg.model):  # single eyes: their fellows give the fellow-eye weight
             by_key = {r.key: r for r in val_part.records}
             predict = paths_predictor(best_model, cache, {"mean": mean, "std": std}, device, precision)
             val = validation_eyes([by_key[n] for n in val_set.names], prob, y_val, dataset, predict)
-        calibrate_on_validation(out / "best.safetensors", val, cfg.normal_class)
+        calibrate_on_validation(out / BEST, val, cfg.normal_class)
     distributed.barrier(ctx)
     distributed.teardown(ctx)
     if ctx.main:
         print(f"best epoch {best_epoch} ({cfg.select_metric} {best:.4f}); checkpoints in {out}")
-    return out / "best.safetensors"
+    return out / BEST
