@@ -309,7 +309,11 @@ def weights_to_send(path: Path, half: bool) -> bytes:
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
-    tensors = {k: t.half() if t.is_floating_point() else t for k, t in load_file(str(path)).items()}
+
+    def small(t):  # a value past fp16's range (65504) would become inf: such a tensor stays fp32
+        return t.is_floating_point() and t.numel() > 0 and float(t.abs().max()) < 6e4
+
+    tensors = {k: t.half() if small(t) else t for k, t in load_file(str(path)).items()}
     return save(tensors, metadata=metadata)
 
 
