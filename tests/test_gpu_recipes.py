@@ -1,5 +1,6 @@
-"""benchmarks/gpu_recipes.py: the deadline of a device lease must not throw away a run that has finished
-training and is only calibrating or saving."""
+"""benchmarks/gpu_recipes.py, what a short device lease depends on: its deadline must not throw away a run
+that has finished training and is only calibrating or saving, and what comes back must be the right
+weights, whole."""
 
 import importlib.util
 import subprocess
@@ -19,7 +20,8 @@ def gpu_recipes(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     real_sleep = time.sleep
-    monkeypatch.setattr(module.time, "sleep", lambda s: real_sleep(min(s, 0.2)))  # poll often
+    # the script polls every 5 s; here every 0.2 s (module.time is the time module: undone after the test)
+    monkeypatch.setattr(module.time, "sleep", lambda s: real_sleep(min(s, 0.2)))
     return module
 
 
