@@ -88,6 +88,16 @@ def test_pretrain_cli(synthetic_manifest, tmp_path, capsys):
     assert rc == 2  # a clear error, not a traceback: the pre-trained model (the folder's) is not seed-cnn
     assert f"{tmp_path / 'p' / 'pretrained.safetensors'}: pre-trained tiny-cnn" in capsys.readouterr().err
 
+    # what it is, asked of its folder; and not taken for a classifier by the commands that need one
+    assert main(["info", str(tmp_path / "p")]) == 0
+    card = capsys.readouterr().out
+    assert "tiny-cnn backbone, pre-trained by `eyescreen pretrain` (simclr" in card and "epoch 1 of 1" in card
+    assert f"--init {tmp_path / 'p' / 'pretrained.safetensors'}" in card
+    for argv in (["predict", str(extra)], ["evaluate"], ["export"]):
+        rc = main([argv[0], "--checkpoint", str(tmp_path / "p" / "pretrained.safetensors"), *argv[1:]])
+        assert rc == 2, argv
+        assert "not a trained classifier (no classes); fine-tune them first" in capsys.readouterr().err
+
 
 def test_holdout_split_leaves_out_every_photograph_of_validation_and_test_patients(
     synthetic_manifest, tmp_path

@@ -103,7 +103,13 @@ def read_meta(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """A trained classifier and its description (what every command that scores images needs)."""
     meta = read_meta(path)
+    if meta.get("kind") == "pretrained":
+        raise CheckpointError(f"{path}: weights from `eyescreen pretrain`, not a trained classifier (no classes); "
+                              f"fine-tune them first: eyescreen train --data DATA --init {path}")  # fmt: skip
+    if "classes" not in meta:
+        raise CheckpointError(f"{path}: not a trained classifier (its description names no classes)")
     model = create_model(meta["model"]["name"], **meta["model"]["args"])
     try:
         state = load_file(str(path), device=str(device))

@@ -76,6 +76,13 @@ def checkpoint_file(value: str) -> str:
     return checkpoint_in(value)
 
 
+def any_checkpoint_file(value: str) -> str:
+    """A run folder or a `pretrain` folder stands for the checkpoint in it."""
+    from .checkpoint import BEST, PRETRAINED, checkpoint_in
+
+    return checkpoint_in(value, (BEST, PRETRAINED))
+
+
 def _checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, type=checkpoint_file,
                    help="a trained model: RUN/best.safetensors, or the run folder RUN")  # fmt: skip
@@ -311,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_options(p)
 
     p = sub.add_parser("info", help="what a checkpoint is: model, classes, recipe, data, validation numbers")
-    p.add_argument("checkpoint", type=checkpoint_file, help="a checkpoint (RUN/best.safetensors, or RUN)")
+    p.add_argument("checkpoint", type=any_checkpoint_file,
+                   help="a checkpoint (RUN/best.safetensors, or RUN; or what `pretrain` wrote)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print it as JSON")
 
     sub.add_parser("models", help="list the available models")

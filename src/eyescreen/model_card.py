@@ -51,6 +51,8 @@ def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
     (sha256 and data_here are None): what `card_lines(..., paths=False)` shows does not use them."""
     path = Path(path)
     meta = read_meta(path)
+    if meta.get("kind") == "pretrained":
+        return _pretrained_card(path, meta, fingerprints)
     members = meta.get("ensemble")
     config = {} if members else meta.get("config", {})  # an ensemble's recipes are its members'
     split = meta.get("split", {})
@@ -77,6 +79,40 @@ def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
     if members:
         card["members"] = [_member(m) for m in members]
     return card
+
+
+def _pretrained_card(path: Path, meta: dict, fingerprints: bool) -> dict:
+    """The facts of a backbone from `eyescreen pretrain`: no classes, no validation, a loss."""
+    return {
+        "checkpoint": str(path),
+        "sha256": file_sha256(path) if fingerprints else None,
+        "bytes": path.stat().st_size,
+        "kind": "pretrained",
+        "model": meta["model"]["name"],
+        "preprocessing": meta["preprocessing"],
+        "pretrain": meta.get("pretrain", {}),
+        "epoch": meta.get("epoch"),
+        "loss": meta.get("loss"),
+    }
+
+
+def _pretrained_lines(card: dict, paths: bool) -> list[str]:
+    settings, prep = card["pretrain"], card["preprocessing"]
+    where = card["checkpoint"] if paths else "PRETRAINED"
+    return [
+        f"model: {card['model']} backbone, pre-trained by `eyescreen pretrain` ({settings.get('method', '?')}, "
+        "self-supervised): not a classifier, it has no classes",
+        f"input: {prep['image_size']} px, enhancement {prep.get('enhance', 'none')}",
+        f"pre-training: epoch {card['epoch']} of {settings.get('epochs', '?')}, contrastive loss "
+        + (f"{card['loss']:.4f}" if card["loss"] is not None else "?")
+        + f", on {settings.get('images', '?')} photographs"
+        + (
+            f", those of {settings['holdout_patients']} held-out patients left out"
+            if settings.get("holdout_patients")
+            else ""
+        ),
+        f"next: eyescreen train --data DATA --init {where}   (fine-tunes it into a classifier)",
+    ]
 
 
 def _recipe(config: dict) -> dict:
@@ -121,6 +157,8 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
         lines.append(
             f"checkpoint: {card['checkpoint']} ({_size(card['bytes'])}, sha256 {card['sha256'][:16]}…)"
         )
+    if card.get("kind") == "pretrained":
+        return lines + _pretrained_lines(card, paths)
     members = card.get("members", [])
     model = card["model"]
     if members:
