@@ -103,6 +103,17 @@ def test_a_validation_split_too_thin_to_choose_on_is_said_naming_the_classes(syn
     assert thin_validation(ds, split, minimum=min(counts.values())) is None
 
 
+def test_a_models_classes_on_other_data_match_whatever_the_case_and_none_matching_is_an_error(
+    synthetic_manifest,
+):
+    ds = load_dataset(synthetic_manifest, ["NORMAL", "Spots"], allow_absent=True)
+    assert {r.label for r in ds.records} == {"NORMAL", "Spots"}  # spelt as the model spells them
+    blobs = sum(1 for r in load_dataset(synthetic_manifest).records if r.label == "blob")
+    assert ds.skipped["class blob not selected"] == blobs > 0
+    with pytest.raises(DataError, match=r"none of its classes \(blob, normal, spots\) is one of the model's"):
+        load_dataset(synthetic_manifest, ["cat", "dog"], allow_absent=True)
+
+
 def test_real_sample_split_has_no_patient_in_two_splits():
     from eyescreen.demo import sample_manifest
 

@@ -91,6 +91,22 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
     )
     assert "absent from these data: spots" in (tmp_path / "external" / "report.md").read_text()
 
+    # labelled by another hand: "Normal" is the model's normal; a class it does not have is left out, and said
+    relabel = {"normal": "Normal", "blob": "Blob cells"}
+    with open(other, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=list(rows[0]))
+        out.writeheader()
+        out.writerows(r | {"image": str(synthetic_manifest.parent / r["image"]),
+                           "label": relabel.get(r["label"], r["label"])} for r in rows)  # fmt: skip
+    n = {c: sum(r["label"] == c for r in rows) for c in relabel}
+    assert main(["evaluate", "--checkpoint", str(best), "--data", str(other), "--subset", "all",
+                 "--out", str(tmp_path / "relabelled"), "--bootstrap", "20", "--no-progress"]) == 0  # fmt: skip
+    relabelled = json.loads((tmp_path / "relabelled" / "report.json").read_text())
+    assert relabelled["metrics"]["per_class"]["normal"]["support"] == n["normal"] > 0
+    assert relabelled["left_out_classes"] == {"Blob cells": n["blob"]}
+    said = f"left out: {n['blob']} images of classes the model does not have (Blob cells {n['blob']})"
+    assert said in capsys.readouterr().out and said in (tmp_path / "relabelled" / "report.md").read_text()
+
     folder = tmp_path / "new"
     folder.mkdir()
     fundus(80, "spots", seed=5)[0].save(folder / "a.jpg")

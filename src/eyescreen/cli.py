@@ -26,6 +26,12 @@ from .preprocess import ImageError
 from .stopping import StopRequested
 
 
+def _interval(bounds) -> str:
+    """A 95% interval for the console; none where too few resamples could be scored (a tiny split)."""
+    lo, hi = bounds
+    return f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else ""
+
+
 def run(args) -> int:
     if args.command == "train":
         from .train import train
@@ -67,20 +73,20 @@ def run(args) -> int:
         m, ci = report["metrics"], report["confidence_intervals"]
         print(f"{report['split']} split, {m['n']} {report['level']}s; classes as the most probable one:")
         for key in ("accuracy", "balanced_accuracy", "macro_auc"):
-            lo, hi = ci[key]
-            interval = f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None else ""
-            print(f"{key:>18}: {m[key]:.4f}{interval}")
+            print(f"{key:>18}: {m[key]:.4f}{_interval(ci[key])}")
         if "decision" in report and report["decision"]["prior_power"]:  # what predict and serve name
             d = report["decision"]
-            lo, hi = d["confidence_intervals"]["balanced_accuracy"]
             print(f"with the decision rule (prior^-{d['prior_power']:g}, the class predict names): balanced_accuracy "
-                  f"{d['metrics']['balanced_accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}), accuracy "
-                  f"{d['metrics']['accuracy']:.4f}")  # fmt: skip
+                  f"{d['metrics']['balanced_accuracy']:.4f}{_interval(d['confidence_intervals']['balanced_accuracy'])}, "
+                  f"accuracy {d['metrics']['accuracy']:.4f}")  # fmt: skip
         if "with_fellow_eye" in report:
             f = report["with_fellow_eye"]
-            lo, hi = f["confidence_intervals"]["macro_auc"]
             print(f"with the fellow eye (weight {f['weight']:.2f}, {f['eyes_with_fellow']} eyes): "
-                  f"macro_auc {f['metrics']['macro_auc']:.4f} (95% CI {lo:.3f}-{hi:.3f})")  # fmt: skip
+                  f"macro_auc {f['metrics']['macro_auc']:.4f}{_interval(f['confidence_intervals']['macro_auc'])}")  # fmt: skip
+        if report.get("left_out_classes"):
+            from .evaluate import left_out_note
+
+            print(f"note: {left_out_note(report['left_out_classes'])}")
         if report["absent_classes"]:
             print(f"note: no {', '.join(report['absent_classes'])} in these data: the metrics are over the "
                   "classes present")  # fmt: skip

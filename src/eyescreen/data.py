@@ -11,7 +11,7 @@ import hashlib
 import io
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +269,8 @@ def describe_left_aside(others: list[Path]) -> str:
 def _select_classes(
     raw: list[Record], classes: list[str] | None, source: Path, allow_absent: bool = False
 ) -> Dataset:
+    if classes is not None and allow_absent:  # a model's classes: "Normal" in these data is its "normal"
+        raw = _labels_as_spelt(raw, classes)
     present = sorted({r.label for r in raw if r.label is not None})
     if classes is None:
         classes = present
@@ -289,7 +291,23 @@ def _select_classes(
             skipped[f"class {r.label} not selected"] += 1
         else:
             keep.append(r)
+    if allow_absent and present and not keep:
+        raise DataError(
+            f"{source}: none of its classes ({', '.join(present)}) is one of the model's ({', '.join(classes)}); "
+            "label the images with the model's class names"
+        )
     return Dataset(records=keep, classes=list(classes), source=source, skipped=skipped)
+
+
+def _labels_as_spelt(raw: list[Record], classes: list[str]) -> list[Record]:
+    """Labels that differ from one of `classes` only in case, spelt as `classes` spells them."""
+    spelling = {c.casefold(): c for c in classes}
+    return [
+        replace(r, label=spelling[r.label.casefold()])
+        if r.label is not None and r.label not in spelling.values() and r.label.casefold() in spelling
+        else r
+        for r in raw
+    ]
 
 
 # --- splits -----------------------------------------------------------------------------------------

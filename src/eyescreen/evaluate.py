@@ -5,13 +5,23 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from .calibrate import apply_temperature, calibrate, class_weights, decide, describe, operating_point
 from .checkpoint import load_model, save_model
-from .data import DataError, Dataset, checkpoint_data, load_dataset, read_columns, read_split, subset
+from .data import (
+    DataError,
+    Dataset,
+    checkpoint_data,
+    load_dataset,
+    read_columns,
+    read_dataset,
+    read_split,
+    subset,
+)
 from .fellow import blend, choose_weight, fellow_probabilities, stored_weight
 from .inference import TTA_DESCRIPTIONS, ViewAverage, predict_proba, resolve_device, resolve_precision
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, headline_metrics
@@ -28,6 +38,12 @@ def absent_classes_note(absent: list[str]) -> list[str]:
         return []
     return [f"classes of the model absent from these data: {', '.join(absent)} (no AUC or sensitivity for "
             "them; macro-AUC and balanced accuracy are over the classes present)"]  # fmt: skip
+
+
+def left_out_note(unknown: dict[str, int]) -> str:
+    """Images of other data whose classes the model does not have: said, so none go missing unnoticed."""
+    counts = ", ".join(f"{c} {n}" for c, n in sorted(unknown.items()))
+    return f"left out: {sum(unknown.values())} images of classes the model does not have ({counts})"
 
 
 def evaluate(
@@ -54,8 +70,10 @@ def evaluate(
             raise ValueError("--tta applies to single-eye models")
         model = ViewAverage(model, tta)
     classes = meta["classes"]
-    # other data (--data) may lack some of the model's classes
-    dataset = load_dataset(checkpoint_data(meta, data), classes, allow_absent=True)
+    # other data (--data) may lack some of the model's classes, and hold classes the model does not know
+    raw, dataset = read_dataset(checkpoint_data(meta, data), classes, allow_absent=True)
+    known = {c.casefold() for c in classes}
+    unknown = Counter(r.label for r in raw if r.label is not None and r.label.casefold() not in known)
     if split_name == "all":
         part = dataset
     else:
@@ -88,6 +106,8 @@ def evaluate(
         "test_time_augmentation": TTA_DESCRIPTIONS[tta] if tta else "none",
         "classes": classes,
     }
+    if data and unknown:
+        common["left_out_classes"] = dict(unknown)
     if is_binocular(meta["model"]["name"]):
         task = _both_eyes_task(meta)
         samples = task.load(part, cache, split_name, progress, report=True)
@@ -214,7 +234,9 @@ def _score(common, y, prob, groups, names, meta, out: Path, metrics_csv, n_resam
         "confidence_intervals": bootstrap_ci(y, prob, groups, n_resamples=n_resamples),
         "skipped": list(skipped),
         "absent_classes": absent,
-        "notes": absent_classes_note(absent) + common.get("notes", []),
+        "notes": absent_classes_note(absent)
+        + ([left_out_note(common["left_out_classes"])] if "left_out_classes" in common else [])
+        + common.get("notes", []),
     }
     calibration = meta.get("calibration")
     if calibration:
