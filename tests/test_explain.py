@@ -196,3 +196,17 @@ def test_overlay_draws_each_fundus_and_its_map_the_same_size(eyes):
         assert overlay.width == pytest.approx(photo.width, rel=0.01)
         assert overlay.height == pytest.approx(photo.height, rel=0.01)
     plt.close(fig)
+
+
+def test_the_gallery_links_files_whose_names_hold_url_characters(tmp_path):
+    """A file named "O'Brien #1 ?.jpg" must show: '#' and '?' would cut the link short, a quote break it."""
+    from urllib.parse import unquote
+
+    from eyescreen.explain import gallery
+
+    overlay = "overlays/O'Brien #1 ?right.png"
+    rows = [{"name": "O'Brien #1 ?right.jpg", "predicted": "normal", "probability": 0.9, "overlay": overlay}]
+    gallery(rows, ["normal", "dr"], tmp_path / "index.html", "gradcam")
+    page = (tmp_path / "index.html").read_text()
+    links = [part.split("'")[0] for part in page.split("src='")[1:]]
+    assert len(links) == 1 and "#" not in links[0] and "?" not in links[0] and unquote(links[0]) == overlay

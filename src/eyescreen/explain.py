@@ -12,6 +12,7 @@ import contextlib
 import html
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -221,8 +222,9 @@ def gallery(rows: list[dict], classes: list[str], path: Path, method: str) -> No
             caption = f"{r['name']}: predicted {r['predicted']} ({float(r['probability']):.2f})"
             if r.get("true"):
                 caption += f", true {r['true']}"
+            url = html.escape(quote(r["overlay"]))  # file names may hold '#', '?' or spaces
             parts.append(
-                f"<figure><a href='{html.escape(r['overlay'])}'><img loading='lazy' src='{html.escape(r['overlay'])}'></a>"
+                f"<figure><a href='{url}'><img loading='lazy' src='{url}'></a>"
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
         parts.append("</div>")
