@@ -94,8 +94,9 @@ def write_dataset(
     return manifest
 
 
-def dicom_file(path, rgb=None):
-    """An ophthalmic-photography DICOM file, with the RGB pixels given or without pixel data."""
+def dicom_file(path, rgb=None, **tags):
+    """An ophthalmic-photography DICOM file, with the RGB pixels given or without pixel data, and any
+    other tags (PatientID="12", ImageLaterality="R", ...)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -110,6 +111,8 @@ def dicom_file(path, rgb=None):
         ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
         ds.PixelData = rgb.tobytes()
+    for name, value in tags.items():
+        setattr(ds, name, value)
     ds.save_as(path, enforce_file_format=True)
     return path
 

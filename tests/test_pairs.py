@@ -19,6 +19,23 @@ def test_files_pair_by_name_in_many_spellings_and_odd_ones_are_reported(tmp_path
     assert {p.name for p in unpaired} == {"scan.jpg", "dup_left.jpg", "dup-L.jpg", "dup_right.jpg"}
 
 
+def test_dicom_files_named_by_uid_pair_by_patient_id_and_laterality(tmp_path):
+    from synthetic import dicom_file
+
+    dicom_file(tmp_path / "1.2.840.1.dcm", PatientID="PAT42", ImageLaterality="R")
+    dicom_file(tmp_path / "1.2.840.2.dcm", PatientID="PAT42", Laterality="L")  # the series-level tag
+    dicom_file(tmp_path / "1.2.840.3.dcm", PatientID="PAT43", ImageLaterality="B")  # both eyes: no side
+    dicom_file(tmp_path / "1.2.840.4.dcm", ImageLaterality="L")  # no patient id
+    dicom_file(tmp_path / "7_OD.dcm", PatientID="PAT44", ImageLaterality="L")  # the name speaks first
+    pairs, unpaired = pair_files([tmp_path])
+    by_patient = {p.patient: p for p in pairs}
+    assert (
+        by_patient["PAT42"].right.name == "1.2.840.1.dcm" and by_patient["PAT42"].left.name == "1.2.840.2.dcm"
+    )
+    assert by_patient["7"].right.name == "7_OD.dcm" and "PAT44" not in by_patient
+    assert sorted(p.name for p in unpaired) == ["1.2.840.3.dcm", "1.2.840.4.dcm"]
+
+
 def test_custom_pattern(tmp_path):
     for n in ("eye(R)__77.jpg", "eye(L)__77.jpg"):
         (tmp_path / n).write_bytes(b"x")
@@ -53,3 +70,21 @@ def test_manifest_pairs_keep_patients_in_one_split():
 )
 def test_patient_label_rule(eyes, rule, expected):
     assert patient_label(eyes, ["normal", "dr", "amd", "glaucoma"], two_diseases=rule) == expected
+
+
+def test_class_folders_of_dicom_files_keep_a_patients_eyes_together_by_their_tags(tmp_path):
+    from synthetic import dicom_file
+
+    for label, name, side in (("normal", "1.2.1", "R"), ("dr", "1.2.2", "L"), ("dr", "1.2.3", "R")):
+        (tmp_path / label).mkdir(exist_ok=True)
+        dicom_file(
+            tmp_path / label / f"{name}.dcm",
+            PatientID="P1" if name != "1.2.3" else "P2",
+            ImageLaterality=side,
+        )
+    groups = {r.key: (r.group, r.eye) for r in load_dataset(tmp_path).records}
+    assert groups == {
+        "normal/1.2.1.dcm": ("patient:P1", "right"),
+        "dr/1.2.2.dcm": ("patient:P1", "left"),
+        "dr/1.2.3.dcm": ("patient:P2", "right"),
+    }

@@ -202,11 +202,12 @@ def read_manifest(manifest: Path) -> list[Record]:
 
 
 def read_class_folders(root: Path, left_aside: Counter | None = None) -> list[Record]:
-    """`root/<class>/*.jpg`: every sub-folder is a class. A file named like 12_left.jpg / 12_right.jpg
-    belongs to patient 12 (`eye_names`), wherever its class folder, so that a split keeps both eyes
+    """`root/<class>/*.jpg`: every sub-folder is a class. A file named like 12_left.jpg / 12_right.jpg (or a
+    DICOM file with Patient ID 12 and a laterality) belongs to patient 12 (`eye_names`), wherever its class
+    folder, so that a split keeps both eyes
     together; any other image is its own patient. Files whose names are not an image's are counted by
     suffix into `left_aside` when given."""
-    from .eye_names import patient_and_side
+    from .eye_names import patient_and_side_of
 
     records = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -215,7 +216,7 @@ def read_class_folders(root: Path, left_aside: Counter | None = None) -> list[Re
             left_aside.update(f"not an image by its name: {q.suffix.lower() or 'no suffix'}" for q in others)
         for path in images:
             key = path.relative_to(root).as_posix()
-            named = patient_and_side(path.stem)
+            named = patient_and_side_of(path)
             group, eye = (f"patient:{named[0]}", named[1]) if named else (f"image:{key}", None)
             records.append(Record(path=path.resolve(), key=key, label=class_dir.name, group=group, eye=eye))
     if not records:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import Record, list_images
-from .eye_names import DEFAULT_PATTERN, SIDES, patient_and_side
+from .eye_names import DEFAULT_PATTERN, SIDES, patient_and_side_of
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,8 @@ class Pair:
 
 
 def pair_files(paths: list[str | Path], pattern: str = DEFAULT_PATTERN) -> tuple[list[Pair], list[Path]]:
-    """Group image files (or folders of them) into patients by name; returns (pairs, unpaired files).
+    """Group image files (or folders of them) into patients by name (DICOM: by its tags where its name says
+    nothing); returns (pairs, unpaired files).
 
     A file whose name does not match the pattern, or a patient with two files for the same side, is
     reported as unpaired rather than guessed. A patient with only one side is a pair with one eye.
@@ -28,7 +29,7 @@ def pair_files(paths: list[str | Path], pattern: str = DEFAULT_PATTERN) -> tuple
     sides: dict[str, dict[str, list[Path]]] = {}
     unpaired: list[Path] = []
     for path in list_images(list(paths)):
-        found = patient_and_side(path.stem, pattern)
+        found = patient_and_side_of(path, pattern)
         if found is None:
             unpaired.append(path)
             continue
