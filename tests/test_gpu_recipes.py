@@ -72,7 +72,7 @@ def _finished_runs(out: Path, aucs: dict[str, float]) -> list[dict]:
         save_model(
             out / name / "best.safetensors",
             model,
-            {"model": {"name": "tiny-cnn", "args": {"num_classes": 3}}},
+            {"model": {"name": "tiny-cnn", "args": {"num_classes": 3}}, "classes": ["a", "b", "c"]},
         )
         rows.append({"run": name, "state": "finished", "best_val_macro_auc": auc})
     return rows
