@@ -204,9 +204,8 @@ def read_manifest(manifest: Path) -> list[Record]:
 def read_class_folders(root: Path, left_aside: Counter | None = None) -> list[Record]:
     """`root/<class>/*.jpg`: every sub-folder is a class. A file named like 12_left.jpg / 12_right.jpg (or a
     DICOM file with Patient ID 12 and a laterality) belongs to patient 12 (`eye_names`), wherever its class
-    folder, so that a split keeps both eyes
-    together; any other image is its own patient. Files whose names are not an image's are counted by
-    suffix into `left_aside` when given."""
+    folder, so that a split keeps both eyes together; any other image is its own patient. Files whose names
+    are not an image's are counted by suffix into `left_aside` when given."""
     from .eye_names import patient_and_side_of
 
     records = []
