@@ -40,7 +40,7 @@ def test_same_classes_copy_everything_other_classes_leave_the_classifier(trained
     assert body and all(torch.equal(state[k], source[k]) for k in body)
 
 
-def test_a_both_eye_model_starts_from_a_single_eye_checkpoint(trained):
+def test_a_both_eye_model_starts_from_a_single_eye_checkpoint(trained, tmp_path):
     classes = read_meta(trained)["classes"]
     source = load_file(str(trained))
     model = create_model("tiny-cnn-binocular", len(classes))
@@ -48,6 +48,20 @@ def test_a_both_eye_model_starts_from_a_single_eye_checkpoint(trained):
     state = model.state_dict()
     backbone = [k for k in state if k.startswith("backbone.") and k.removeprefix("backbone.") in source]
     assert backbone and all(torch.equal(state[k], source[k.removeprefix("backbone.")]) for k in backbone)
+    # same classes: the single-eye head becomes the eye head (applied to each eye); the patient head is new
+    head = model.backbone.head_layer
+    assert torch.equal(state["head_eye.weight"], source[f"{head}.weight"])
+    assert torch.equal(state["head_eye.bias"], source[f"{head}.bias"])
+
+    # and back: a both-eye checkpoint's eye head starts a single-eye model of the same classes
+    from eyescreen.checkpoint import save_model
+
+    both = tmp_path / "both.safetensors"
+    save_model(both, model, {"model": {"name": "tiny-cnn-binocular", "args": {"num_classes": len(classes)}},
+                             "classes": classes})  # fmt: skip
+    single = create_model("tiny-cnn", len(classes))
+    assert load_initial_weights(single, both, "tiny-cnn", classes).endswith("(with its classifier layer)")
+    assert torch.equal(single.state_dict()[f"{head}.weight"], state["head_eye.weight"])
 
 
 def test_fine_tuning_at_a_larger_input_size_from_the_cli(trained, synthetic_manifest, tmp_path, capsys):

@@ -19,6 +19,8 @@ from .checkpoint import CheckpointError, read_meta
 from .data import manifest_fingerprint
 from .models import BINOCULAR_SUFFIX
 
+EYE_HEAD = "head_eye."  # the both-eye model's per-eye class layer (fusion.Binocular)
+
 
 def load_initial_weights(model: nn.Module, path: str | Path, model_name: str, classes: list[str]) -> str:
     """Copy the weights at `path` into `model` (a single-eye model or a both-eye model's backbone);
@@ -35,11 +37,13 @@ def load_initial_weights(model: nn.Module, path: str | Path, model_name: str, cl
     layers = model.head_layers if hasattr(model, "head_layers") else (model.head_layer,)  # both-eye: two
     heads = tuple(f"{name}." for name in layers)
     weights = load_file(str(path))
+    # a both-eye model's eye head is the single-eye model's head, applied to each eye: either feeds the other
+    head = f"{(model.backbone if hasattr(model, 'backbone') else model).head_layer}."
     copied = {}
     for key, value in model.state_dict().items():
         if key.startswith(heads) and not keep_head:
             continue
-        source = _source_key(key, weights)
+        source = _source_key(key, weights, head)
         if source is not None and weights[source].shape == value.shape:
             copied[key] = weights[source]
     if not copied:
@@ -49,12 +53,15 @@ def load_initial_weights(model: nn.Module, path: str | Path, model_name: str, cl
     return f"initialised {len(copied)} weight tensors from {path} ({classifier} its classifier layer)"
 
 
-def _source_key(key: str, weights: dict) -> str | None:
-    """The name of `key` in a checkpoint of the same backbone, single-eye or both-eye."""
-    for candidate in (key, key.removeprefix("backbone."), f"backbone.{key}"):
-        if candidate in weights:
-            return candidate
-    return None
+def _source_key(key: str, weights: dict, head: str) -> str | None:
+    """The name of `key` in a checkpoint of the same backbone, single-eye or both-eye (`head`: the
+    single-eye model's head layer, with its dot, which a both-eye model calls `head_eye.`)."""
+    candidates = [key, key.removeprefix("backbone."), f"backbone.{key}"]
+    if key.startswith(EYE_HEAD):
+        candidates.append(head + key.removeprefix(EYE_HEAD))
+    elif key.startswith(head):
+        candidates.append(EYE_HEAD + key.removeprefix(head))
+    return next((c for c in candidates if c in weights), None)
 
 
 def same_data(meta: dict, data: str | Path) -> bool:
