@@ -96,12 +96,16 @@ def load_dataset(source: str | Path, classes: list[str] | None = None, allow_abs
 def read_dataset(
     source: str | Path, classes: list[str] | None = None, allow_absent: bool = False
 ) -> tuple[list[Record], Dataset]:
-    """Every record read (labelled or not, any class) and the dataset kept from them, in one reading."""
+    """Every record read (labelled or not, any class) and the dataset kept from them, in one reading.
+    `allow_absent` (a model's `classes` on other data): a label that differs from one of them only in case
+    is read as that class ("Normal" as "normal"), in the records returned too."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: no such manifest or folder")
     left_aside: Counter = Counter()
     raw = read_records(source, left_aside)
+    if classes is not None and allow_absent:
+        raw = _labels_as_spelt(raw, classes)
     dataset = _select_classes(raw, classes, source, allow_absent)
     dataset.skipped.update(left_aside)
     return raw, dataset
@@ -269,8 +273,6 @@ def describe_left_aside(others: list[Path]) -> str:
 def _select_classes(
     raw: list[Record], classes: list[str] | None, source: Path, allow_absent: bool = False
 ) -> Dataset:
-    if classes is not None and allow_absent:  # a model's classes: "Normal" in these data is its "normal"
-        raw = _labels_as_spelt(raw, classes)
     present = sorted({r.label for r in raw if r.label is not None})
     if classes is None:
         classes = present

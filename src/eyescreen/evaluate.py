@@ -89,9 +89,6 @@ def evaluate(
         part = subset(dataset, split, split_name)
     if not part.records:
         raise DataError(f"{dataset.source}: the {split_name} split is empty")
-    known = {c.casefold() for c in classes}  # images of this subset whose class the model does not have
-    foreign = Counter(r.label for r in raw if r.label is not None and r.label.casefold() not in known
-                      and (split is None or split.get(r.key) == split_name))  # fmt: skip
     subgroup_cells = _subgroup_cells(dataset, by) if by else None
 
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
@@ -108,8 +105,11 @@ def evaluate(
         "test_time_augmentation": TTA_DESCRIPTIONS[tta] if tta else "none",
         "classes": classes,
     }
-    if data and foreign:
-        common["left_out_classes"] = dict(foreign)
+    if data:  # other data: its images of this subset whose class the model does not have, counted
+        foreign = Counter(r.label for r in raw if r.label is not None and r.label not in classes
+                          and (split is None or split.get(r.key) == split_name))  # fmt: skip
+        if foreign:
+            common["left_out_classes"] = dict(foreign)
     if is_binocular(meta["model"]["name"]):
         task = _both_eyes_task(meta)
         samples = task.load(part, cache, split_name, progress, report=True)
