@@ -81,8 +81,11 @@ def model_name(spec: dict) -> str:
     """A checkpoint's network as a reader would name it: an ensemble by its members' networks."""
     if spec["name"] != MODEL_NAME:
         return spec["name"]
-    members = [m["name"] for m in spec["args"]["members"]]
-    return f"ensemble of {len(members)} ({', '.join(members)})"
+    return members_name([m["name"] for m in spec["args"]["members"]])
+
+
+def members_name(networks: list[str]) -> str:
+    return f"ensemble of {len(networks)} ({', '.join(networks)})"
 
 
 def _member_record(path: Path, meta: dict) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 from .checkpoint import file_sha256, read_meta
 from .config import PRESETS, preset_settings
 from .data import SPLITS, manifest_fingerprint
+from .ensemble import members_name
 from .models import is_binocular
 
 # How a run executed, not what it learnt: left out when finding the closest preset.
@@ -162,9 +163,7 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
     members = card.get("members", [])
     model = card["model"]
     if members:
-        model = (
-            f"ensemble of {len(members)} ({', '.join(m['model'] for m in members)}), class scores averaged"
-        )
+        model = members_name([m["model"] for m in members]) + ", class scores averaged"
     lines += [
         f"model: {model} ({'both eyes per patient' if card['both_eye_model'] else 'one eye at a time'}), "
         f"{len(card['classes'])} classes: {', '.join(card['classes'])}",
