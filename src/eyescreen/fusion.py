@@ -18,6 +18,7 @@ from .models import create_model, split_head
 
 POOLINGS = ("mean", "max", "attention", "concat")
 RIGHT, LEFT = 0, 1  # the order of the eye axis
+EYE_HEAD = "head_eye"  # the per-eye class layer's name: what a single-eye model's head becomes (--init)
 
 
 class Binocular(nn.Module):
@@ -36,7 +37,7 @@ class Binocular(nn.Module):
             self.attention = nn.Sequential(nn.Linear(d, 128), nn.Tanh(), nn.Linear(128, 1))
         self.head_patient = nn.Linear(2 * (d + 1) if pooling == "concat" else d, num_classes)
         self.cam_layer = f"backbone.{net.cam_layer}"
-        self.head_layers = ("head_eye", "head_patient")  # the class layers, where a single-eye model has one
+        self.head_layers = (EYE_HEAD, "head_patient")  # the class layers, where a single-eye model has one
 
     def features(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, 2, C, H, W] -> [B, 2, D], the left eye mirrored first. Only present eyes go through the

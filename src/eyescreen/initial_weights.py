@@ -17,9 +17,8 @@ from torch import nn
 
 from .checkpoint import CheckpointError, read_meta
 from .data import manifest_fingerprint
+from .fusion import EYE_HEAD
 from .models import BINOCULAR_SUFFIX
-
-EYE_HEAD = "head_eye."  # the both-eye model's per-eye class layer (fusion.Binocular)
 
 
 def load_initial_weights(model: nn.Module, path: str | Path, model_name: str, classes: list[str]) -> str:
@@ -57,10 +56,11 @@ def _source_key(key: str, weights: dict, head: str) -> str | None:
     """The name of `key` in a checkpoint of the same backbone, single-eye or both-eye (`head`: the
     single-eye model's head layer, with its dot, which a both-eye model calls `head_eye.`)."""
     candidates = [key, key.removeprefix("backbone."), f"backbone.{key}"]
-    if key.startswith(EYE_HEAD):
-        candidates.append(head + key.removeprefix(EYE_HEAD))
+    eye_head = f"{EYE_HEAD}."
+    if key.startswith(eye_head):
+        candidates.append(head + key.removeprefix(eye_head))
     elif key.startswith(head):
-        candidates.append(EYE_HEAD + key.removeprefix(head))
+        candidates.append(eye_head + key.removeprefix(head))
     return next((c for c in candidates if c in weights), None)
 
 
