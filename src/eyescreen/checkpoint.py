@@ -84,9 +84,7 @@ def checkpoint_in(path: str | Path, names: tuple[str, ...] = (BEST,)) -> str:
 def read_meta(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(
-            f"{path}: a folder without a best.safetensors (a run that has not finished an epoch?)"
-        )
+        raise CheckpointError(f"{path}: a folder without a {BEST} (a run that has not finished an epoch?)")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:

@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse
 
+from .checkpoint import BEST
 from .service import MAX_UPLOAD_BYTES, Screener, Upload, UploadError
 
 # Multipart overhead on top of two images; anything larger is refused before it is parsed.
@@ -120,7 +121,7 @@ def create_app(screener: Screener, max_pending: int = 64):
 def demo_checkpoint(run_dir: str | Path = "runs/demo") -> Path:
     """The demo model, trained first from the bundled sample when there is none yet, or when the demo
     that made it was interrupted (its report, written last, is missing): a half-trained model is not it."""
-    best = Path(run_dir) / "best.safetensors"
+    best = Path(run_dir) / BEST
     finished = (Path(run_dir) / "report" / "report.json").is_file()
     if not (best.is_file() and finished):
         from .demo import run_demo
