@@ -11,9 +11,10 @@ import torch
 
 from eyescreen.checkpoint import load_model, load_state
 from eyescreen.config import preset
-from eyescreen.data import DataError, load_dataset
+from eyescreen.data import DataError, load_dataset, subset
 from eyescreen.findings import WithFindings, findings_loss, training_findings
 from eyescreen.models import create_model
+from eyescreen.preprocess import ImageCache, Preprocessing
 from eyescreen.train import train
 from synthetic import write_dataset
 
@@ -71,9 +72,6 @@ def test_findings_errors_name_the_file_and_the_problem(manifest_with_findings, t
         training_findings(ds, split, "keywords")
     with pytest.raises(DataError, match="occurs 1000 times"):
         training_findings(ds, split, "findings", min_count=1000)
-    cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, findings="findings")
-    with pytest.raises(ValueError, match="both-eye"):
-        train(cfg, manifest_with_findings, tmp_path / "both", progress=False)
 
 
 def test_the_findings_head_sees_the_pooled_features_and_leaves_the_model_unchanged():
@@ -108,6 +106,66 @@ def test_mixup_with_findings_blends_eyes_with_and_without_a_class(manifest_with_
                  findings="findings", mixup=0.4)  # fmt: skip
     train(cfg, manifest_with_findings, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_a_both_eye_patient_carries_each_eyes_findings(manifest_with_findings):
+    """Patients of the training split hold their eyes' findings, right then left; an eye outside the
+    classes joins with its findings and no class, and leaves the patient's label to the other eye."""
+    from eyescreen.tasks import BothEyesWithFindings
+
+    ds = load_dataset(manifest_with_findings)
+    split = split_with_patient_0_in(ds, "train")
+    findings = training_findings(ds, split, "findings", min_count=1)
+    assert findings.vocabulary == ["disc", "lesion", "cataract", "lens dust"]
+    task = BothEyesWithFindings(ds.classes, findings, 0.5)
+    samples = task.load_train(subset(ds, split, "train"), ImageCache(Preprocessing(40)), False, False)
+    by_patient = dict(zip(samples.names, samples.targets.tolist(), strict=True))
+    classes = {c: i for i, c in enumerate(ds.classes)}
+    # right, left, patient class; then right's findings, left's findings
+    assert by_patient["0"] == [classes["normal"]] * 3 + [0, 0, 0, 0] * 2  # its extra left photo: unpaired
+    assert by_patient["1"] == [classes["spots"]] * 3 + [1, 1, 0, 0] * 2
+    assert by_patient["1000"] == [-1, -1, -1] + [-1] * 4 + [0, 0, 1, 1]  # one eye, no class: findings only
+    assert samples.mask[samples.names.index("1000")].tolist() == [False, True]
+
+
+def test_the_both_eye_findings_loss_counts_present_eyes_only():
+    from eyescreen.tasks import BothEyesWithFindings
+
+    torch.manual_seed(0)
+    eye_logits, patient_logits = torch.randn(2, 2, 3), torch.randn(2, 3)
+    mask = torch.tensor([[True, True], [False, True]])  # patient 1 has no right eye
+    t = torch.tensor([[0, 0, 0, 1, 0, 0, 1], [-1, 2, 2, -1, -1, 1, 1]])  # classes, then F=2 per eye
+    task = BothEyesWithFindings(["a", "b", "c"], findings=None, weight=0.5)
+    ce = torch.nn.CrossEntropyLoss()
+
+    def loss(finding_logits):
+        net = lambda x, m: ((eye_logits, patient_logits), finding_logits)  # noqa: E731 - fixed outputs
+        return task.loss(net, None, mask, t, ce, torch.zeros(3), False)[0]
+
+    finding_logits = torch.randn(2, 2, 2)
+    absent_changed = finding_logits.clone()
+    absent_changed[1, 0] = 100.0  # the absent right eye's findings: no loss whatever they are
+    torch.testing.assert_close(loss(absent_changed), loss(finding_logits))
+    present = finding_logits[mask]
+    expected = task._class_loss(eye_logits, patient_logits, mask, t, ce, torch.zeros(3), False)[0]
+    expected = expected + 0.5 * findings_loss(present, torch.tensor([[1, 0], [0, 1], [1, 1]]))
+    torch.testing.assert_close(loss(finding_logits), expected)
+
+
+def test_training_a_both_eye_model_with_findings_saves_a_plain_both_eye_model(
+    manifest_with_findings, tmp_path
+):
+    cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=2, batch_size=8, precision="fp32",
+                 findings="findings")  # fmt: skip
+    out = tmp_path / "both"
+    train(cfg, manifest_with_findings, out, progress=False)
+    state = load_state(out / "resume.pt")["model"]
+    assert {"findings.weight", "findings.bias"} <= set(state)
+    model, meta = load_model(out / "best.safetensors", "cpu")
+    plain = create_model("tiny-cnn-binocular", num_classes=3)
+    assert set(model.state_dict()) == set(plain.state_dict())
+    assert meta["config"]["findings"] == "findings"
+    train(None, manifest_with_findings, out, resume=True, progress=False)  # loads the head's state
 
 
 def test_the_mixed_findings_loss_is_the_blend_of_the_two_targets_losses():

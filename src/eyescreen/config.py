@@ -237,10 +237,10 @@ def preset_changes(name: str) -> dict:
 
 
 # The best recipes found on validation (benchmarks/RESULTS.md): on a GPU, the best of all; on a CPU, the
-# best that trains within the hour. Both need a manifest column of per-eye diagnoses and a single-eye
-# model. Without them, `eyescreen train` falls back to the best recipe that trains on any `image,label`
-# manifest: at 256 px on a GPU for a single-eye model, else at 128 px (a both-eye model was not
-# measured at 256 px).
+# best that trains within the hour. Both need a manifest column of per-eye diagnoses, and were measured
+# on single-eye models. Otherwise `eyescreen train` falls back to the best recipe that trains on any
+# `image,label` manifest: at 256 px on a GPU for a single-eye model, else at 128 px (a both-eye model was
+# measured neither at 256 px nor with the findings head).
 DEFAULT_PRESET = "graham-findings"
 GPU_PRESET = "graham-findings-256"
 FALLBACK_PRESET = "graham-augment"
@@ -256,7 +256,10 @@ def default_preset(data, model: str | None = None, device: str = "cpu") -> tuple
     column = PRESETS[DEFAULT_PRESET]["findings"]
     on_gpu = resolve_device(device).type == "cuda"
     if model and is_binocular(model):
-        return FALLBACK_PRESET, "a both-eye model has no findings head"
+        return (
+            FALLBACK_PRESET,
+            f"a both-eye model's findings head is not measured (add it: --findings {column})",
+        )
     if column not in manifest_columns(data):
         why = f"no {column!r} column of per-eye diagnoses for the findings head"
         if on_gpu:

@@ -123,7 +123,9 @@ def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int =
 
 
 class WithFindings(nn.Module):
-    """A classifier plus a linear head on its pooled features that predicts the findings."""
+    """A classifier plus a linear head on its pooled features that predicts the findings.
+
+    A both-eye model's pooled features are per eye ([B, 2, D]), so its findings are too ([B, 2, F])."""
 
     def __init__(self, model: nn.Module, n_findings: int):
         super().__init__()
@@ -131,7 +133,9 @@ class WithFindings(nn.Module):
         self.head_name = model.head_layer  # its input is the pooled feature vector
         self.findings = nn.Linear(model.get_submodule(self.head_name).in_features, n_findings)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple:
+        """The model's output for `inputs` (a both-eye model's: eye and patient logits), and the findings'
+        logits."""
         # The hook lives only for this call, so the model (and any copy of it, such as an EMA) is
         # left exactly as built.
         seen: list[torch.Tensor] = []
@@ -139,7 +143,7 @@ class WithFindings(nn.Module):
             lambda module, inputs: seen.append(inputs[0])
         )
         try:
-            logits = self.model(x)
+            logits = self.model(*inputs)
         finally:
             hook.remove()
         return logits, self.findings(seen[0])

@@ -38,6 +38,7 @@ class Binocular(nn.Module):
         self.head_patient = nn.Linear(2 * (d + 1) if pooling == "concat" else d, num_classes)
         self.cam_layer = f"backbone.{net.cam_layer}"
         self.head_layers = (EYE_HEAD, "head_patient")  # the class layers, where a single-eye model has one
+        self.head_layer = EYE_HEAD  # sees one eye's pooled features: the findings head hooks it
 
     def features(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, 2, C, H, W] -> [B, 2, D], the left eye mirrored first. Only present eyes go through the

@@ -159,10 +159,18 @@ class BothEyes(SingleEye):
         return create_model(model_name, **args), {"name": model_name, "args": args}
 
     def load(self, ds: Dataset, cache: ImageCache, name: str, show: bool, report: bool) -> Samples:
+        return self._patients(ds.records, cache, name, show, report)
+
+    def _patients(
+        self, records, cache: ImageCache, name: str, show: bool, report: bool, findings=None
+    ) -> Samples:
+        """One sample per patient with a readable eye. Targets [P, 3]: right, left, patient class (-1:
+        none; an eye outside the classes has none and leaves the patient's label to the other eye); with
+        `findings`, then each eye's findings, right then left ([P, 3 + 2F]; -1 where an eye is absent)."""
         from .pairs import pair_records, patient_label
 
         index = {c: i for i, c in enumerate(self.classes)}
-        pairs, apart = pair_records(ds.records)
+        pairs, apart = pair_records(records)
         for r in apart if report else ():
             print(
                 f"not paired (no usable patient id / eye, or a second photo of one eye): {r.key}",
@@ -174,18 +182,24 @@ class BothEyes(SingleEye):
         row = {p.patient: i for i, p in enumerate(pairs)}
         inputs = torch.zeros((len(pairs), 2, 3, size, size), dtype=torch.uint8)
         mask = torch.zeros((len(pairs), 2), dtype=torch.bool)
-        targets = torch.full((len(pairs), 3), -1, dtype=torch.long)
+        n_findings = len(findings.vocabulary) if findings is not None else 0
+        targets = torch.full((len(pairs), 3 + 2 * n_findings), -1, dtype=torch.long)
+        record_of = {r.path: r for r in records} if findings is not None else {}
         for image, k in zip(images, ok, strict=True):
             pair, side = slots[k]
             i, j = row[pair.patient], 0 if side == "right" else 1
             inputs[i, j], mask[i, j] = image, True
-            targets[i, j] = index[getattr(pair, f"{side}_label")]
+            targets[i, j] = index.get(getattr(pair, f"{side}_label"), -1)
+            if findings is not None:
+                start = 3 + j * n_findings
+                targets[i, start : start + n_findings] = findings.targets([record_of[getattr(pair, side)]])[0]
         for pair in pairs:
             i = row[pair.patient]
             present = [
                 getattr(pair, f"{s}_label") for s, m in zip(("right", "left"), mask[i], strict=True) if m
             ]
-            label = patient_label(present, self.classes, self.normal_class, self.two_diseases)
+            label = patient_label([c for c in present if c in index], self.classes, self.normal_class,
+                                  self.two_diseases)  # fmt: skip
             targets[i, 2] = index[label] if label is not None else -1
         keep = mask.any(1)  # patients whose every photo was unreadable drop out
         ids = tuple(p.patient for p, k in zip(pairs, keep, strict=True) if k)
@@ -202,6 +216,9 @@ class BothEyes(SingleEye):
         """Per-eye loss on the labelled, present eyes plus the patient loss where the patient has a label.
         No mixup (`mix` must be None): a blend of two patients' eye pairs is not a patient."""
         eye_logits, patient_logits = net(x, mask)
+        return self._class_loss(eye_logits, patient_logits, mask, t, loss_fn, log_prior, adjust)
+
+    def _class_loss(self, eye_logits, patient_logits, mask, t, loss_fn, log_prior, adjust: bool):
         eye_logits, patient_logits = eye_logits.float(), patient_logits.float()
         eye_t = t[:, :2].masked_fill(~mask, -1)
         shift = log_prior if adjust else 0.0
@@ -249,3 +266,26 @@ class BothEyes(SingleEye):
         keep = s.mask.numpy() & (labels >= 0)
         patient = np.repeat(np.array(s.groups, dtype=object)[:, None], 2, axis=1)
         return eyes[keep], labels[keep], patient[keep]
+
+
+class BothEyesWithFindings(BothEyes):
+    """Patients, as `BothEyes`, plus a findings head on each eye's pooled features, trained on every eye
+    of the training patients (an eye outside the classes adds its findings loss only)."""
+
+    def __init__(self, classes: list[str], findings: Findings, weight: float, **both_eyes):
+        super().__init__(classes, **both_eyes)
+        self.findings, self.weight = findings, weight
+
+    def load_train(self, ds: Dataset, cache: ImageCache, show: bool, report: bool) -> Samples:
+        return self._patients(ds.records + self.findings.extra, cache, "train", show, report, self.findings)
+
+    def trainable(self, model: nn.Module) -> nn.Module:
+        return WithFindings(model, len(self.findings.vocabulary))
+
+    def loss(self, net, x, mask, t, loss_fn, log_prior, adjust: bool, mix=None):
+        (eye_logits, patient_logits), finding_logits = net(x, mask)
+        loss, correct, scored = self._class_loss(
+            eye_logits, patient_logits, mask, t, loss_fn, log_prior, adjust
+        )
+        eye_findings = t[:, 3:].unflatten(1, (2, -1))  # [P, 2, F]
+        return loss + self.weight * findings_loss(finding_logits[mask], eye_findings[mask]), correct, scored

@@ -58,7 +58,7 @@ from .models import is_binocular
 from .pace import time_left
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
 from .stopping import StopRequest
-from .tasks import BothEyes, SingleEye, SingleEyeWithFindings, mixup
+from .tasks import BothEyes, BothEyesWithFindings, SingleEye, SingleEyeWithFindings, mixup
 
 GPU_SAVE_EVERY = 30.0  # seconds between checkpoint writes on a GPU (see train's docstring)
 
@@ -179,18 +179,21 @@ def epoch_line(row: dict, epochs: int, best_epoch: int) -> str:
 
 
 def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
-    """One eye or both eyes per sample; with --findings, one eye plus the findings head."""
+    """One eye or both eyes per sample; with --findings, plus the findings head."""
+    findings = training_findings(dataset, split, cfg.findings) if cfg.findings else None
+    if findings is not None:
+        say(findings.summary())
     if is_binocular(cfg.model):
-        if cfg.findings:
-            raise ValueError("--findings trains a single-eye model; it cannot be used with a both-eye model")
         if cfg.mixup:
             raise ValueError("--mixup blends single eyes; it cannot be used with a both-eye model")
         if cfg.crop_on_disc:
             raise ValueError("--crop-on-disc crops single eyes; it cannot be used with a both-eye model")
-        return BothEyes(dataset.classes, cfg.normal_class, cfg.pooling, cfg.two_diseases, cfg.mirror_left)
-    if cfg.findings:
-        findings = training_findings(dataset, split, cfg.findings)
-        say(findings.summary())
+        both_eyes = dict(normal_class=cfg.normal_class, pooling=cfg.pooling, two_diseases=cfg.two_diseases,
+                         mirror_left=cfg.mirror_left)  # fmt: skip
+        if findings is not None:
+            return BothEyesWithFindings(dataset.classes, findings, cfg.findings_weight, **both_eyes)
+        return BothEyes(dataset.classes, **both_eyes)
+    if findings is not None:
         return SingleEyeWithFindings(dataset.classes, findings, cfg.findings_weight)
     return SingleEye(dataset.classes)
 
