@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One row of the ablation table (issue 7): train a preset, optionally with one lever changed, on the
-# seed baseline's patient split, then evaluate on the test split once.
+# seed baseline's patient split, then evaluate on the test split once (SUBSET=val: on validation instead,
+# for a choice made before the test split is read).
 #   bash benchmarks/recipe.sh NAME PRESET [train options...]
 #   bash benchmarks/recipe.sh screen screen
 #   bash benchmarks/recipe.sh seed+augment seed --augment fundus
@@ -21,4 +22,5 @@ else
   eyescreen train --data "$data" --out "$out" --preset "$preset" --classes normal,dr,amd,glaucoma \
     "${split_args[@]}" --no-progress "$@"
 fi
-eyescreen evaluate --checkpoint "$out/best.safetensors" --subset test --out "$out/eval-test" --no-progress
+subset=${SUBSET:-test}
+eyescreen evaluate --checkpoint "$out/best.safetensors" --subset "$subset" --out "$out/eval-$subset" --no-progress
