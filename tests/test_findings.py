@@ -128,6 +128,31 @@ def test_a_both_eye_patient_carries_each_eyes_findings(manifest_with_findings):
     assert samples.mask[samples.names.index("1000")].tolist() == [False, True]
 
 
+def test_a_patient_with_an_eye_outside_the_classes_takes_the_other_eyes_disease_but_is_not_called_normal(
+    manifest_with_findings,
+):
+    from eyescreen.tasks import BothEyesWithFindings
+
+    with open(manifest_with_findings, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:  # patient 0 (normal) and patient 1 (spots): the right eye outside the classes
+        if r["image"] in ("images/0_right.jpg", "images/1_right.jpg"):
+            r["label"] = ""
+    manifest = manifest_with_findings.with_name("one_eye_unclassed.csv")
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    ds = load_dataset(manifest)
+    split = split_with_patient_0_in(ds, "train")
+    findings = training_findings(ds, split, "findings", min_count=1)
+    task = BothEyesWithFindings(ds.classes, findings, 0.5)
+    samples = task.load_train(subset(ds, split, "train"), ImageCache(Preprocessing(40)), False, False)
+    by_patient = dict(zip(samples.names, samples.targets[:, :3].tolist(), strict=True))
+    assert by_patient["0"] == [-1, ds.classes.index("normal"), -1]
+    assert by_patient["1"] == [-1, ds.classes.index("spots"), ds.classes.index("spots")]
+
+
 def test_the_both_eye_findings_loss_counts_present_eyes_only():
     from eyescreen.tasks import BothEyesWithFindings
 

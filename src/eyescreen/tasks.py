@@ -165,8 +165,9 @@ class BothEyes(SingleEye):
         self, records, cache: ImageCache, name: str, show: bool, report: bool, findings=None
     ) -> Samples:
         """One sample per patient with a readable eye. Targets [P, 3]: right, left, patient class (-1:
-        none; an eye outside the classes has none and leaves the patient's label to the other eye); with
-        `findings`, then each eye's findings, right then left ([P, 3 + 2F]; -1 where an eye is absent)."""
+        none; an eye outside the classes has none: its patient takes the other eye's disease, and is not
+        called normal); with `findings`, then each eye's findings, right then left ([P, 3 + 2F]; -1 where
+        an eye is absent)."""
         from .pairs import pair_records, patient_label
 
         index = {c: i for i, c in enumerate(self.classes)}
@@ -198,8 +199,10 @@ class BothEyes(SingleEye):
             present = [
                 getattr(pair, f"{s}_label") for s, m in zip(("right", "left"), mask[i], strict=True) if m
             ]
-            label = patient_label([c for c in present if c in index], self.classes, self.normal_class,
-                                  self.two_diseases)  # fmt: skip
+            classed = [c for c in present if c in index]
+            label = patient_label(classed, self.classes, self.normal_class, self.two_diseases)
+            if label == self.normal_class and len(classed) < len(present):
+                label = None  # "normal" needs every eye normal: an eye outside the classes is not known to be
             targets[i, 2] = index[label] if label is not None else -1
         keep = mask.any(1)  # patients whose every photo was unreadable drop out
         ids = tuple(p.patient for p, k in zip(pairs, keep, strict=True) if k)
