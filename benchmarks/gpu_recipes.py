@@ -65,6 +65,12 @@ RUNS = [
         "age-f256-e120-s1",
         ["--image-size", "256", "--seed", "1", "--epochs", "120", "--findings", "keywords,age"],
     ),
+    # both eyes as one model (issue 5's negative was at 10 epochs, 128 px, without the findings head),
+    # at the default's budget; scored per eye like the others (its eval-*/eyes/ report)
+    (
+        "bino-f256-e120-s1",
+        ["--image-size", "256", "--seed", "1", "--epochs", "120", "--model", "resnet18-binocular"],
+    ),
 ]
 PRESET = "graham-findings"
 FINISH_GRACE = 60  # seconds past the deadline for a run that has logged its last epoch
@@ -255,6 +261,8 @@ def summarise(runs: list[Run], opts) -> list[dict]:
             row["best_val_macro_auc"] = max((float(x["val_macro_auc"]) for x in log), default=None)
         for subset in ("val", "test"):
             report = r.dir / f"eval-{subset}" / "report.json"
+            if (r.dir / f"eval-{subset}" / "eyes" / "report.json").exists():  # a both-eye model: per eye
+                report = r.dir / f"eval-{subset}" / "eyes" / "report.json"
             if report.exists():
                 rep = json.loads(report.read_text())
                 m = rep["metrics"]

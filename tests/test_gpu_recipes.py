@@ -118,3 +118,22 @@ def test_a_lease_returns_the_best_run_in_fp32_or_every_run_that_fits_in_fp16(
         assert meta["model"]["name"] == "tiny-cnn"  # the metadata travels with the weights
         for a, b in zip(half_model.state_dict().values(), original.state_dict().values(), strict=True):
             assert a.dtype == b.dtype and torch.equal(a, b.half().to(b.dtype) if b.is_floating_point() else b)
+
+
+def test_a_both_eye_run_is_summarised_per_eye_like_the_others(gpu_recipes, tmp_path):
+    """A both-eye model's evaluation report is per patient, its per-eye one in eyes/: the summary compares
+    every run per eye, the issue's unit."""
+    import json
+
+    for name, reports in {
+        "single": {"": 0.81},
+        "both": {"": 0.70, "eyes": 0.83},  # per patient, then per eye
+    }.items():
+        for sub, auc in reports.items():
+            folder = tmp_path / name / "eval-val" / sub
+            folder.mkdir(parents=True, exist_ok=True)
+            metrics = {"macro_auc": auc, "balanced_accuracy": 0.5}
+            (folder / "report.json").write_text(json.dumps({"metrics": metrics, "epoch": 3}))
+    runs = [SimpleNamespace(name=n, state="finished", dir=tmp_path / n, epochs=3) for n in ("single", "both")]
+    rows = gpu_recipes.summarise(runs, SimpleNamespace(out=tmp_path))
+    assert [r["val_macro_auc"] for r in rows] == [0.81, 0.83]
