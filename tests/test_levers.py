@@ -189,6 +189,8 @@ def test_default_preset_is_the_best_one_the_data_and_model_allow(tmp_path, synth
     assert default_preset(with_keywords, "resnet18")[0] == "graham-findings"
     name, why = default_preset(with_keywords, "resnet18-binocular")
     assert name == "graham-augment" and "--findings keywords" in why
+    name, why = default_preset(synthetic_manifest, "resnet18-binocular")  # no diagnoses column to name
+    assert name == "graham-augment" and "--findings COLUMN" in why
     name, why = default_preset(synthetic_manifest)  # image,patient_id,eye,label
     assert name == "graham-augment" and "'keywords'" in why
     (tmp_path / "folder" / "normal").mkdir(parents=True)

@@ -255,12 +255,11 @@ def default_preset(data, model: str | None = None, device: str = "cpu") -> tuple
 
     column = PRESETS[DEFAULT_PRESET]["findings"]
     on_gpu = resolve_device(device).type == "cuda"
+    has_column = column in manifest_columns(data)
     if model and is_binocular(model):
-        return (
-            FALLBACK_PRESET,
-            f"a both-eye model's findings head is not measured (add it: --findings {column})",
-        )
-    if column not in manifest_columns(data):
+        add = f"--findings {column}" if has_column else "--findings COLUMN, a column of per-eye diagnoses"
+        return FALLBACK_PRESET, f"the findings head is not measured to help a both-eye model (add it: {add})"
+    if not has_column:
         why = f"no {column!r} column of per-eye diagnoses for the findings head"
         if on_gpu:
             return GPU_FALLBACK_PRESET, why + "; on a GPU, at 256 px for 120 epochs"
