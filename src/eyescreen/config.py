@@ -258,7 +258,10 @@ def default_preset(data, model: str | None = None, device: str = "cpu") -> tuple
     has_column = column in manifest_columns(data)
     if model and is_binocular(model):
         add = f"--findings {column}" if has_column else "--findings COLUMN, a column of per-eye diagnoses"
-        return FALLBACK_PRESET, f"the findings head is not measured to help a both-eye model (add it: {add})"
+        return (
+            FALLBACK_PRESET,
+            f"the findings head is not measured to help a both-eye model; add it with {add}",
+        )
     if not has_column:
         why = f"no {column!r} column of per-eye diagnoses for the findings head"
         if on_gpu:
