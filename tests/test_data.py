@@ -172,3 +172,18 @@ def test_manifest_errors_name_the_file_and_the_line(tmp_path):
     gap.write_text("image,label\na.jpg,normal\n,dr\nb.jpg,dr\nc.jpg,normal\n")
     with pytest.raises(DataError, match=r"gap\.csv: line 3: empty image path"):
         load_dataset(gap)
+
+
+def test_rows_separated_otherwise_than_the_header_are_named(tmp_path):
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("image,patient_id,label\na.jpg,1,normal\nb.jpg;2;dr\n")
+    with pytest.raises(
+        DataError, match=r"mixed\.csv: line 3: one cell where the header has 3, with ';' in it"
+    ):
+        load_dataset(mixed)
+    # a row short of only its last cells is read, ';' inside a findings cell included
+    short = tmp_path / "short.csv"
+    short.write_text(
+        "image,label,keywords,age\na.jpg,dr,mild npdr; lens dust\nb.jpg,normal,normal fundus,60\n"
+    )
+    assert [(r.key, r.label) for r in load_dataset(short).records] == [("a.jpg", "dr"), ("b.jpg", "normal")]

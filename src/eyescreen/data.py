@@ -124,10 +124,33 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as CSV in UTF-8") from None
     header = text.split("\n", 1)[0]
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=max(",;\t", key=header.count))
+    separator = max(SEPARATORS, key=header.count)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
     # Column names trimmed ("image, label" is common); cells beyond the header dropped.
     rows = [(reader.line_num, {k.strip(): v for k, v in row.items() if k is not None}) for row in reader]
+    for line, row in rows:
+        _check_separator(path, line, row, separator)
     return [c.strip() for c in reader.fieldnames or []], rows
+
+
+SEPARATORS = ",;\t"
+
+
+def _check_separator(path: Path, line: int, row: dict, separator: str) -> None:
+    """A row read as one cell, where the header has several, that holds another separator was saved
+    otherwise than the header (edited by hand, or pasted from another locale): say so, rather than read
+    its image path as "a.jpg;normal" with no label. (A row short of only its last cells is fine, even with
+    ';' inside a cell of findings.)"""
+    cells = [v for v in row.values() if v is not None]
+    if len(row) < 2 or len(cells) != 1:
+        return
+    other = next((c for c in SEPARATORS if c != separator and c in cells[0]), None)
+    if other is not None:
+        names = {",": "','", ";": "';'", "\t": "a tab"}
+        raise DataError(
+            f"{path}: line {line}: one cell where the header has {len(row)}, with {names[other]} in it: the "
+            f"header is separated by {names[separator]}; save the file with one separator throughout"
+        )
 
 
 def image_key(written: str | None) -> str:
