@@ -116,6 +116,9 @@ def read_records(source: Path, left_aside: Counter | None = None) -> list[Record
     return read_manifest(source) if source.is_file() else read_class_folders(source, left_aside)
 
 
+SEPARATORS = ",;\t"  # what manifests are separated by (spreadsheets' "CSV" differs by locale)
+
+
 def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """A manifest's columns and its rows with their line numbers. Separated by commas, or by semicolons or
     tabs (spreadsheets in many locales save "CSV" so); UTF-8, with or without a byte-order mark."""
@@ -131,9 +134,6 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     for line, row in rows:
         _check_separator(path, line, row, separator)
     return [c.strip() for c in reader.fieldnames or []], rows
-
-
-SEPARATORS = ",;\t"
 
 
 def _check_separator(path: Path, line: int, row: dict, separator: str) -> None:
