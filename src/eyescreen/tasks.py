@@ -185,15 +185,18 @@ class BothEyes(SingleEye):
         mask = torch.zeros((len(pairs), 2), dtype=torch.bool)
         n_findings = len(findings.vocabulary) if findings is not None else 0
         targets = torch.full((len(pairs), 3 + 2 * n_findings), -1, dtype=torch.long)
-        record_of = {r.path: r for r in records} if findings is not None else {}
+        # each eye's findings row, computed once for every record (a pair knows its eyes by path)
+        eye_findings = (
+            dict(zip((r.path for r in records), findings.targets(records), strict=True)) if n_findings else {}
+        )
         for image, k in zip(images, ok, strict=True):
             pair, side = slots[k]
             i, j = row[pair.patient], 0 if side == "right" else 1
             inputs[i, j], mask[i, j] = image, True
             targets[i, j] = index.get(getattr(pair, f"{side}_label"), -1)
-            if findings is not None:
+            if n_findings:
                 start = 3 + j * n_findings
-                targets[i, start : start + n_findings] = findings.targets([record_of[getattr(pair, side)]])[0]
+                targets[i, start : start + n_findings] = eye_findings[getattr(pair, side)]
         for pair in pairs:
             i = row[pair.patient]
             present = [
