@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoints", nargs="+", type=checkpoint_file,
                    help="two or more checkpoints (or run folders) of the same classes, preprocessing and split "
-                   "(runs of one recipe with other --seed values, say)")  # fmt: skip
+                   "(runs of one recipe with other --seed values, say), all single-eye or all both-eye")  # fmt: skip
     p.add_argument("--out", required=True, help="run directory: OUT/best.safetensors, evaluated like a run's")
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip fitting temperature, decision rule, referable threshold and fellow-eye weight on "

@@ -4,7 +4,9 @@ Runs of one recipe with other seeds (or near variants of it) make different mist
 predictions ranks eyes better than any one of them (benchmarks/RESULTS.md, "More seeds of the GPU
 default"). The ensemble is an ordinary checkpoint: `predict`, `evaluate`, `explain` (the members' maps
 averaged), `serve` and `export` take it as they take one model, and `calibrate` fits its own temperature,
-decision rule, screening threshold and fellow-eye weight on validation.
+decision rule, screening threshold and fellow-eye weight on validation. Both-eye models make an
+ensemble too, of both-eye models only: their patient and per-eye scores are averaged apart, and every
+command treats it as a both-eye model (`models.takes_both_eyes`).
 
 The members must agree on what a checkpoint promises its users — classes, preprocessing, normalisation —
 and on the split: a member trained on another split would have seen the validation and test patients of
@@ -30,12 +32,14 @@ MUST_AGREE = {
     "normalization": "normalisation",
     "split": "train/val/test split (else one member's training patients are another's test patients)",
 }
+BOTH_EYE_LABELS = ("normal_class", "two_diseases")  # both-eye members: how a patient's label is made
 
 
 class Ensemble(nn.Module):
     """The members' logits averaged: softmax of the mean is the members' probabilities' geometric mean,
     renormalised (on ODIR-5K's validation eyes it ranks as the arithmetic mean does, to ±0.001 macro-AUC;
-    RESULTS.md). Its Grad-CAM is the average of the members' own maps (`explain.compute_cams`)."""
+    RESULTS.md). Its Grad-CAM is the average of the members' own maps (`explain.compute_cams`, and
+    `compute_pair_cams` for both-eye members)."""
 
     def __init__(self, num_classes: int, members: list[dict]):
         super().__init__()
@@ -43,8 +47,19 @@ class Ensemble(nn.Module):
             create_model(m["name"], **{**m["args"], "num_classes": num_classes}) for m in members
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([member(x).float() for member in self.members]).mean(0)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = [member(*inputs) for member in self.members]
+        if isinstance(outputs[0], tuple):  # both-eye members: (per-eye logits, patient logits)
+            return tuple(_mean([out[i] for out in outputs]) for i in range(len(outputs[0])))
+        return _mean(outputs)
+
+    def eye_weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Both-eye members: each eye's weight in the patient decision, averaged over the members."""
+        return _mean([member.eye_weights(x, mask) for member in self.members])
+
+
+def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([t.float() for t in tensors]).mean(0)
 
 
 def build_ensemble(checkpoints: list[str | Path]) -> tuple[Ensemble, dict]:
@@ -55,13 +70,11 @@ def build_ensemble(checkpoints: list[str | Path]) -> tuple[Ensemble, dict]:
     loaded = [(Path(p), *load_model(p)) for p in checkpoints]
     first_path, _, first = loaded[0]
     for path, _, meta in loaded:
-        name = meta["model"]["name"]
-        if is_binocular(name) or name == MODEL_NAME:
-            kind = "a both-eye model" if is_binocular(name) else "an ensemble already"
-            raise CheckpointError(f"{path}: {kind}; members must be single-eye models")
-        for key, what in MUST_AGREE.items():
-            if meta.get(key) != first.get(key):
-                raise CheckpointError(f"{path}: its {what} differ from those of {first_path}")
+        if meta["model"]["name"] == MODEL_NAME:
+            raise CheckpointError(f"{path}: an ensemble already; give its members instead")
+        problem = _disagreement(meta, first, first_path)
+        if problem:
+            raise CheckpointError(f"{path}: {problem}")
     classes = first["classes"]
     specs = [{"name": meta["model"]["name"], "args": meta["model"]["args"]} for _, _, meta in loaded]
     model = Ensemble(len(classes), specs)
@@ -75,6 +88,27 @@ def build_ensemble(checkpoints: list[str | Path]) -> tuple[Ensemble, dict]:
         "ensemble": [_member_record(path, meta) for path, _, meta in loaded],
     }
     return model.eval(), meta
+
+
+def _disagreement(meta: dict, first: dict, first_path: Path) -> str | None:
+    """What this member does not share with the first that it must, or None."""
+    for key, what in MUST_AGREE.items():
+        if meta.get(key) != first.get(key):
+            return f"its {what} differ from those of {first_path}"
+    kind, first_kind = (_kind(m["model"]["name"]) for m in (meta, first))
+    if kind != first_kind:
+        return f"{kind}, {first_path} {first_kind}: members are all single-eye or all both-eye models"
+    if is_binocular(meta["model"]["name"]):
+        for key in BOTH_EYE_LABELS:
+            mine, theirs = (m.get("config", {}).get(key) for m in (meta, first))
+            if mine != theirs:
+                return (f"its {key} ({mine!r}) differs from that of {first_path} ({theirs!r}); it makes "
+                        "a patient's label, in evaluation and calibration alike")  # fmt: skip
+    return None
+
+
+def _kind(name: str) -> str:
+    return "a both-eye model" if is_binocular(name) else "a single-eye model"
 
 
 def model_name(spec: dict) -> str:

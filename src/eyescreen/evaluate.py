@@ -25,7 +25,7 @@ from .data import (
 from .fellow import blend, choose_weight, fellow_probabilities, stored_weight
 from .inference import TTA_DESCRIPTIONS, ViewAverage, predict_proba, resolve_device, resolve_precision
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, headline_metrics
-from .models import is_binocular
+from .models import takes_both_eyes
 from .preprocess import ImageCache, Preprocessing, load_stack
 from .report import write_report
 from .subgroups import patient_cells, score_subgroups, subgroup_labels, write_subgroups
@@ -66,7 +66,7 @@ def evaluate(
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     if tta:
-        if is_binocular(meta["model"]["name"]):
+        if takes_both_eyes(meta["model"]):
             raise ValueError("--tta applies to single-eye models")
         model = ViewAverage(model, tta)
     classes = meta["classes"]
@@ -110,7 +110,7 @@ def evaluate(
                           and (split is None or split.get(r.key) == split_name))  # fmt: skip
         if foreign:
             common["left_out_classes"] = dict(foreign)
-    if is_binocular(meta["model"]["name"]):
+    if takes_both_eyes(meta["model"]):
         task = _both_eyes_task(meta)
         samples = task.load(part, cache, split_name, progress, report=True)
         prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], dev, prec, False)
@@ -349,7 +349,7 @@ def _validation_probabilities(checkpoint, cache_dir, device, progress: bool = Tr
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), cache_dir)
     precision = resolve_precision(meta.get("config", {}).get("precision", "auto"), dev)  # as in training
     norm = meta["normalization"]
-    if is_binocular(meta["model"]["name"]):  # patients, as the end of training calibrates them
+    if takes_both_eyes(meta["model"]):  # patients, as the end of training calibrates them
         task = _both_eyes_task(meta)
         samples = task.load(part, cache, "val", progress, report=True)
         prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], dev, precision, False)

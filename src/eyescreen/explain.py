@@ -103,8 +103,22 @@ def _ensemble_cams(model, images, mean, std, method, targets, batch_size) -> np.
     maps = np.mean(
         [compute_cams(m, images, mean, std, method, targets, batch_size) for m in model.members], 0
     )
-    low, high = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    return _rescaled(maps, axes=(1, 2))
+
+
+def _rescaled(maps: np.ndarray, axes: tuple[int, int]) -> np.ndarray:
+    """Each map to [0, 1], as the library rescales one (an all-zero map, an absent eye's, stays 0)."""
+    low, high = maps.min(axis=axes, keepdims=True), maps.max(axis=axes, keepdims=True)
     return ((maps - low) / np.maximum(high - low, 1e-7)).astype(np.float32)
+
+
+def _pair_decisions(model: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean, std) -> list[int]:
+    """The class a both-eye model's patient logits name, per patient."""
+    device = next(model.parameters()).device
+    b, _, _, h, w = images.shape
+    x = normalize(images.to(device).flatten(0, 1), mean, std).view(b, 2, 3, h, w)
+    with torch.inference_mode():
+        return [int(k) for k in model(x, mask.to(device))[1].argmax(1)]
 
 
 class _PatientDecision(nn.Module):
@@ -130,6 +144,15 @@ def compute_pair_cams(model: nn.Module, images: torch.Tensor, mask: torch.Tensor
 
     if method == "scorecam":
         raise ValueError("scorecam perturbs the input image by image and does not apply to both-eye models")
+    from .ensemble import Ensemble
+
+    if isinstance(model, Ensemble):  # each member's maps for the ensemble's target, averaged per eye
+        if targets is None:
+            targets = _pair_decisions(model, images, mask, mean, std)
+        maps = np.mean(
+            [compute_pair_cams(m, images, mask, mean, std, method, targets) for m in model.members], 0
+        )
+        return _rescaled(maps, axes=(2, 3))
     cam_class = getattr(pytorch_grad_cam, METHODS[method])
     device = next(model.parameters()).device
     b, _, _, h, w = images.shape

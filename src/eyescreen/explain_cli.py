@@ -13,7 +13,7 @@ from .checkpoint import load_model
 from .data import checkpoint_data, images_given, list_images, load_dataset, subset
 from .explain import explain_items
 from .inference import resolve_device
-from .models import is_binocular
+from .models import takes_both_eyes
 from .preprocess import ImageCache, Preprocessing, cropped_fundus, preprocess_image
 
 
@@ -38,7 +38,7 @@ def run_explain(args) -> dict:
         images_given(args.inputs, say=partial(print, file=sys.stderr))
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
     prep = Preprocessing(**meta["preprocessing"])
-    if is_binocular(meta["model"]["name"]):
+    if takes_both_eyes(meta["model"]):
         if args.resume:
             raise ValueError(
                 "explain --resume applies to single-eye checkpoints; re-run a both-eye job whole"
@@ -136,7 +136,7 @@ def run_faithfulness(args) -> str:
     if not args.subset:
         raise ValueError("--evaluate needs --subset (e.g. --subset test)")
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
-    if is_binocular(meta["model"]["name"]):
+    if takes_both_eyes(meta["model"]):
         raise ValueError(
             "--evaluate applies to single-eye checkpoints (its curves perturb one image at a time)"
         )
@@ -168,7 +168,7 @@ def run_anatomy(args, chunk: int = 128) -> str:
     if not args.subset:
         raise ValueError("--anatomy needs --subset (e.g. --subset test)")
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
-    if is_binocular(meta["model"]["name"]):
+    if takes_both_eyes(meta["model"]):
         raise ValueError("--anatomy applies to single-eye checkpoints")
     records = _subset_sample(args, meta, default_limit=None)
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), args.cache_dir)

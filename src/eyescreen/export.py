@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model
+from .ensemble import Ensemble
 from .fusion import LEFT, RIGHT
-from .models import is_binocular
+from .models import takes_both_eyes
 
 
 class _WithSoftmax(nn.Module):
@@ -34,19 +35,28 @@ class _BothEyesWithSoftmax(nn.Module):
     """A both-eye model as a fixed-shape graph. Its own forward sends only the present eyes through the
     backbone, picking them by value, which the exporter cannot trace; here every eye goes through it and
     an absent eye's features are then zeroed, as `features` leaves them. In eval mode batch norm treats
-    each image on its own, so the present eyes' results are the same."""
+    each image on its own, so the present eyes' results are the same. An ensemble of both-eye models:
+    each member so, their logits averaged as `Ensemble` averages them."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.members = model.members if isinstance(model, Ensemble) else nn.ModuleList([model])
 
     def forward(self, images: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        model, mask = self.model, present > 0.5
-        if model.mirror_left:
-            images = torch.stack([images[:, RIGHT], images[:, LEFT].flip(-1)], dim=1)
-        f = model.backbone(images.flatten(0, 1)).view(images.shape[0], 2, -1) * mask.unsqueeze(-1)
-        eye_logits, patient_logits = model.decide(f, mask)
-        return torch.softmax(patient_logits, dim=-1), torch.softmax(eye_logits, dim=-1)
+        mask = present > 0.5
+        eye_logits, patient_logits = zip(*(_traceable(m, images, mask) for m in self.members), strict=True)
+        patient, eyes = (torch.stack(logits).mean(0) for logits in (patient_logits, eye_logits))
+        return torch.softmax(patient, dim=-1), torch.softmax(eyes, dim=-1)
+
+
+def _traceable(
+    model: nn.Module, images: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`Binocular.forward` with every eye through the backbone: (per-eye logits, patient logits)."""
+    if model.mirror_left:
+        images = torch.stack([images[:, RIGHT], images[:, LEFT].flip(-1)], dim=1)
+    f = model.backbone(images.flatten(0, 1)).view(images.shape[0], 2, -1) * mask.unsqueeze(-1)
+    return model.decide(f, mask)
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> Path:
@@ -57,7 +67,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 18) -> Pat
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    if is_binocular(meta["model"]["name"]):
+    if takes_both_eyes(meta["model"]):
         wrapped, example = _BothEyesWithSoftmax(model), (torch.zeros(1, 2, 3, size, size), torch.ones(1, 2))
         names = {"input_names": ["images", "present"], "output_names": ["probabilities", "eye_probabilities"]}
         shapes = {"images": {0: batch}, "present": {0: batch}}

@@ -13,7 +13,7 @@ from .checkpoint import file_sha256, read_meta
 from .config import PRESETS, preset_settings
 from .data import SPLITS, manifest_fingerprint
 from .ensemble import members_name
-from .models import is_binocular
+from .models import takes_both_eyes
 
 # How a run executed, not what it learnt: left out when finding the closest preset.
 RUNTIME = {"device", "precision", "channels_last", "compile"}
@@ -62,7 +62,7 @@ def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
         "sha256": file_sha256(path) if fingerprints else None,
         "bytes": path.stat().st_size,
         "model": meta["model"]["name"],
-        "both_eye_model": is_binocular(meta["model"]["name"]),
+        "both_eye_model": takes_both_eyes(meta["model"]),
         "classes": meta["classes"],
         "preprocessing": meta["preprocessing"],
         "recipe": _recipe(config),

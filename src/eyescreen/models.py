@@ -48,6 +48,14 @@ def is_binocular(name: str) -> bool:
     return name.endswith(BINOCULAR_SUFFIX)
 
 
+def takes_both_eyes(spec: dict) -> bool:
+    """A checkpoint's model spec ({"name", "args"}): a both-eye model, or an ensemble of them (its
+    members are all of one kind), which every command then treats as a both-eye model."""
+    if spec["name"] == "ensemble":
+        return is_binocular(spec["args"]["members"][0]["name"])
+    return is_binocular(spec["name"])
+
+
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if name == "ensemble":  # trained models averaged (ensemble.py)
         from .ensemble import Ensemble

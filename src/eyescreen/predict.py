@@ -14,7 +14,7 @@ from .checkpoint import load_model
 from .data import list_images
 from .fellow import stored_weight
 from .inference import predict_proba, resolve_device, resolve_precision
-from .models import is_binocular
+from .models import takes_both_eyes
 from .preprocess import ImageError, Preprocessing, preprocess_image
 
 
@@ -34,7 +34,7 @@ def predict(
     same checkpoint into `out_csv` and predict only the other files (unreadable ones again)."""
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
-    if is_binocular(meta["model"]["name"]):
+    if takes_both_eyes(meta["model"]):
         raise ValueError(
             f"{checkpoint}: a both-eye model decides per patient: give it pairs of photographs with "
             "`eyescreen predict --pairs` (files named like 12_left.jpg / 12_right.jpg)"

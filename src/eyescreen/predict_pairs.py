@@ -21,7 +21,7 @@ from .calibrate import apply_temperature, class_weights, decide, describe_output
 from .checkpoint import load_model
 from .fellow import blend, stored_weight
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
-from .models import is_binocular
+from .models import takes_both_eyes
 from .pairs import DEFAULT_PATTERN, pair_files
 from .preprocess import ImageError, Preprocessing, preprocess_image
 
@@ -55,7 +55,7 @@ def predict_pairs(
         else (classes.index("normal") if "normal" in classes else None)
     )
     pairs, unpaired = pair_files(inputs, pattern)
-    binocular = is_binocular(meta["model"]["name"])
+    binocular = takes_both_eyes(meta["model"])
     header = ["patient", "right_file", "left_file"]
     header += [f"{side}_prob_{c}" for side in SIDES for c in classes]
     header += ["predicted", "probability"] + [f"prob_{c}" for c in classes] + ["driven_by"]

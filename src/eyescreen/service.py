@@ -27,7 +27,7 @@ from .explain import compute_cams, compute_pair_cams, overlay_rgb
 from .fellow import stored_weight
 from .inference import resolve_device, resolve_precision
 from .model_card import card_lines, describe_checkpoint
-from .models import is_binocular
+from .models import takes_both_eyes
 from .predict_pairs import SIDES, patient_predictions
 from .preprocess import ImageError, Preprocessing, cropped_fundus, enhance
 
@@ -88,7 +88,7 @@ class Screener:
         self.classes, self.norm = meta["classes"], meta["normalization"]
         self.prep = Preprocessing(**meta["preprocessing"])
         self.precision = resolve_precision(precision, self.device)
-        self.binocular = is_binocular(meta["model"]["name"])
+        self.binocular = takes_both_eyes(meta["model"])
         calibration = meta.get("calibration", {})
         self.temperature = calibration.get("temperature", 1.0)
         self.weights = class_weights(calibration)

@@ -180,14 +180,15 @@ def epoch_line(row: dict, epochs: int, best_epoch: int) -> str:
 
 def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
     """One eye or both eyes per sample; with --findings, plus the findings head."""
-    findings = training_findings(dataset, split, cfg.findings) if cfg.findings else None
-    if findings is not None:
-        say(findings.summary())
-    if is_binocular(cfg.model):
+    if is_binocular(cfg.model):  # refused before the findings column is read
         if cfg.mixup:
             raise ValueError("--mixup blends single eyes; it cannot be used with a both-eye model")
         if cfg.crop_on_disc:
             raise ValueError("--crop-on-disc crops single eyes; it cannot be used with a both-eye model")
+    findings = training_findings(dataset, split, cfg.findings) if cfg.findings else None
+    if findings is not None:
+        say(findings.summary())
+    if is_binocular(cfg.model):
         both_eyes = dict(normal_class=cfg.normal_class, pooling=cfg.pooling, two_diseases=cfg.two_diseases,
                          mirror_left=cfg.mirror_left)  # fmt: skip
         if findings is not None:
