@@ -202,3 +202,35 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path):
     trained = read_meta(best)["calibration"]
     assert main(["calibrate", "--checkpoint", best]) == 0  # re-fitted on the validation patients
     assert read_meta(best)["calibration"]["temperature"] == pytest.approx(trained["temperature"], rel=1e-3)
+
+
+@pytest.mark.parametrize("model_name", ["tiny-cnn-binocular", "tiny-cnn"])
+def test_maps_are_drawn_over_the_photograph_not_the_enhanced_input(tmp_path, monkeypatch, model_name):
+    """A clinician reads the photograph; Graham's background subtraction is what the model sees."""
+    import eyescreen.explain
+    from eyescreen.cli import main
+    from eyescreen.config import preset
+    from eyescreen.preprocess import Preprocessing, cropped_fundus, preprocess_image
+    from eyescreen.train import train
+    from synthetic import fundus, write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=12)
+    cfg = preset(
+        "quick", model=model_name, image_size=40, epochs=1, batch_size=4, precision="fp32", enhance="graham"
+    )
+    best = str(train(cfg, manifest, tmp_path / "run", progress=False))
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    fundus(60, seed=1)[0].save(folder / "X_left.jpg")
+    fundus(60, seed=2)[0].save(folder / "X_right.jpg")
+    drawn = []
+    monkeypatch.setattr(eyescreen.explain, "save_overlay", lambda images, *a, **k: drawn.append(images))
+    assert (
+        main(["explain", str(folder), "--checkpoint", best, "--out", str(tmp_path / "f"), "--no-progress"])
+        == 0
+    )
+    pictures = [p for images in drawn for p in (images if isinstance(images, list) else [images])]
+    expected = [cropped_fundus(folder / f"X_{side}.jpg", 40) for side in ("right", "left")]
+    assert len(pictures) == 2 and all(any(np.array_equal(p, e) for p in pictures) for e in expected)
+    enhanced = preprocess_image(folder / "X_right.jpg", Preprocessing(image_size=40, enhance="graham"))
+    assert not any(np.array_equal(p, enhanced) for p in pictures)

@@ -359,9 +359,11 @@ def explain_patients(
     target: str = "predicted",
     batch_size: int = 8,
     progress: bool = True,
+    view=None,
 ) -> dict:
     """Both-eye model: items are (patient, (right path | None, left path | None), true label | None).
-    One side-by-side overlay per patient (right eye, then left) for the patient-level decision."""
+    One side-by-side overlay per patient (right eye, then left) for the patient-level decision. `load`
+    and `view` as `explain_items` takes them."""
     from .preprocess import ImageError
 
     classes, norm = meta["classes"], meta["normalization"]
@@ -396,12 +398,13 @@ def explain_patients(
             targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
             cams = compute_pair_cams(model, x, m, norm["mean"], norm["std"], method, list(targets))
             kept = [c for c, k in zip(chunk, keep, strict=True) if k]
-            for (name, _, truth), eyes, present, cam, p, k, t in zip(
+            for (name, paths, truth), eyes, present, cam, p, k, t in zip(
                 kept, x, m, cams, prob, pred, targets, strict=True
             ):
                 stem = str(name).replace("/", "__")
                 np.save(out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
-                shown = [eyes[j].permute(1, 2, 0).numpy() for j in range(2)]
+                shown = [view(paths[j]) if view and present[j] else eyes[j].permute(1, 2, 0).numpy()
+                         for j in range(2)]  # fmt: skip
                 maps = [cam[j] if present[j] else None for j in range(2)]
                 title = f"patient {name}: predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
                 title += f"; true {truth}" if truth else ""

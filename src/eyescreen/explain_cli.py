@@ -48,13 +48,9 @@ def run_explain(args) -> dict:
         dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
         part = subset(dataset, meta["split"], args.subset)
         items = [(r.key, r.path, r.label) for r in part.records]
-        load = ImageCache(prep, args.cache_dir).get
-        plain = ImageCache(dataclasses.replace(prep, enhance="none"), args.cache_dir).get
     else:
         items = _named_inputs(args.inputs)
-        load = partial(preprocess_image, prep=prep)
-        plain = partial(cropped_fundus, image_size=prep.image_size)
-    view = plain if prep.enhance != "none" else None
+    load, view = _loaders(args, prep)
     return explain_items(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
                          batch_size=args.batch_size, progress=not args.no_progress, view=view,
                          checkpoint=args.checkpoint, resume=args.resume)  # fmt: skip
@@ -72,15 +68,27 @@ def _explain_binocular(args, model, meta, prep) -> dict:
         normal, rule = config.get("normal_class", "normal"), config.get("two_diseases", "exclude")
         items = [(p.patient, (p.right, p.left), patient_label([p.right_label, p.left_label], meta["classes"], normal, rule))
                  for p in pairs]  # fmt: skip
-        load = ImageCache(prep, args.cache_dir).get
     else:
         pairs, unpaired = pair_files(args.inputs, DEFAULT_PATTERN)
         for path in unpaired:
             print(f"not paired: {path}")
         items = [(p.patient, (p.right, p.left), None) for p in pairs]
-        load = partial(preprocess_image, prep=prep)
+    load, view = _loaders(args, prep)
     return explain_patients(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
-                            batch_size=min(args.batch_size, 8), progress=not args.no_progress)  # fmt: skip
+                            batch_size=min(args.batch_size, 8), progress=not args.no_progress, view=view)  # fmt: skip
+
+
+def _loaders(args, prep: Preprocessing):
+    """`load(path)`, the model's input, and `view(path)`, the picture its map is drawn over: the photograph
+    before structure enhancement, which is what a clinician reads (None where the two are the same).
+    A split's images come through the cache; files given by name are read as they are."""
+    if args.subset:
+        load = ImageCache(prep, args.cache_dir).get
+        plain = ImageCache(dataclasses.replace(prep, enhance="none"), args.cache_dir).get
+    else:
+        load = partial(preprocess_image, prep=prep)
+        plain = partial(cropped_fundus, image_size=prep.image_size)
+    return load, (plain if prep.enhance != "none" else None)
 
 
 def _subset_sample(args, meta, default_limit: int | None) -> list:
