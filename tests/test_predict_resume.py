@@ -335,3 +335,19 @@ def test_a_resumed_predict_counts_the_warnings_of_the_rows_it_kept(checkpoints, 
     assert len(resumed["warnings"]) == 3
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert len(warned) == 3 and any("holiday0.jpg" in line for line in warned)
+
+
+def test_progress_bars_show_on_a_terminal_only(checkpoints, folder, tmp_path, capsys, monkeypatch):
+    """A log file or a pipe gets no bar (its carriage returns would make one long line of the log)."""
+    import sys
+
+    from eyescreen.cli import main
+
+    args = ["predict", str(folder), "--checkpoint", str(checkpoints[0]), "--out"]
+    assert main(args + [str(tmp_path / "a.csv")]) == 0
+    assert "predicting:" not in capsys.readouterr().err  # pytest's capture is not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(args + [str(tmp_path / "b.csv")]) == 0
+    assert "predicting:" in capsys.readouterr().err
+    assert main(args + [str(tmp_path / "c.csv"), "--no-progress"]) == 0
+    assert "predicting:" not in capsys.readouterr().err

@@ -324,6 +324,8 @@ def _print_preview(csv_path: Path, columns: list[str], most: int = 20) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "no_progress") and not sys.stderr.isatty():
+        args.no_progress = True  # a log file or a pipe: a bar's carriage returns make one long line of it
     try:
         return run(args)
     except (DataError, ImageError, CheckpointError, FileExistsError, ValueError) as e:

@@ -114,7 +114,11 @@ def _device(p: argparse.ArgumentParser) -> None:
 
 
 def _no_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and scripts)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (there are none anyway where the output is not a terminal: a log file, a pipe)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
