@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +102,7 @@ def test_both_eye_model_trains_resumes_and_loads(tmp_path, monkeypatch):
 
 
 def test_both_eye_checkpoint_evaluates_per_patient_and_per_eye(tmp_path):
+    from eyescreen.compare import compare, read_predictions
     from eyescreen.config import preset
     from eyescreen.evaluate import evaluate
     from eyescreen.train import train
@@ -113,6 +116,24 @@ def test_both_eye_checkpoint_evaluates_per_patient_and_per_eye(tmp_path):
     assert report["eye_level"]["metrics"]["n"] == 2 * report["metrics"]["n"]  # both eyes of each test patient
     assert (tmp_path / "eval" / "eyes" / "report.md").is_file()
     assert "per patient" in (tmp_path / "eval" / "report.md").read_text()
+
+    # per eye, its predictions are written as a single-eye model's are, so the two compare eye by eye
+    single_cfg = preset("quick", model="tiny-cnn", image_size=40, epochs=1, batch_size=4, precision="fp32")
+    single = train(
+        single_cfg, manifest, tmp_path / "single", split_file=tmp_path / "run" / "split.csv", progress=False
+    )
+    evaluate(single, tmp_path / "eval-single", progress=False, n_resamples=20)
+    eyes, alone = (read_predictions(tmp_path / d) for d in ("eval/eyes", "eval-single"))
+    assert eyes["unit"] == "image" and sorted(eyes["keys"]) == sorted(alone["keys"])
+    assert len(eyes["keys"]) == report["eye_level"]["metrics"]["n"]
+    assert dict(zip(eyes["keys"], eyes["patients"], strict=True)) == dict(
+        zip(alone["keys"], alone["patients"], strict=True)
+    )
+    np.testing.assert_allclose(eyes["prob"].sum(1), 1.0, atol=1e-4)
+    result = compare(tmp_path / "eval-single", tmp_path / "eval" / "eyes", n_resamples=50)
+    assert result["unit"] == "image" and result["units"] == len(eyes["keys"]) and result["only_in_one"] == 0
+    auc = result["metrics"]["macro_auc"]
+    assert auc["b"] == pytest.approx(report["eye_level"]["metrics"]["macro_auc"], abs=1e-6)
 
 
 @pytest.mark.parametrize("model_name", ["tiny-cnn-binocular", "tiny-cnn"])
@@ -234,3 +255,67 @@ def test_maps_are_drawn_over_the_photograph_not_the_enhanced_input(tmp_path, mon
     assert len(pictures) == 2 and all(any(np.array_equal(p, e) for p in pictures) for e in expected)
     enhanced = preprocess_image(folder / "X_right.jpg", Preprocessing(image_size=40, enhance="graham"))
     assert not any(np.array_equal(p, enhanced) for p in pictures)
+
+
+def test_a_both_eye_models_eyes_are_calibrated_apart_from_its_patients(tmp_path, capsys):
+    """The eye head has other priors and another temperature than the patient head: its eyes get their own
+    calibration on the validation eyes, used for every per-eye number and decision."""
+    import csv
+
+    from eyescreen.checkpoint import load_model, read_meta, save_model
+    from eyescreen.cli import main
+    from eyescreen.config import preset
+    from eyescreen.evaluate import evaluate
+    from eyescreen.service import Screener, Upload
+    from eyescreen.train import train
+    from synthetic import fundus, write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=30)
+    cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, batch_size=4, precision="fp32")
+    best = train(cfg, manifest, tmp_path / "run", progress=False)
+    assert "per eye: calibrated on validation: temperature" in capsys.readouterr().out
+    meta = read_meta(best)
+    eye = meta["calibration"]["eye"]
+    assert {"temperature", "decision"} <= set(eye) and eye["temperature"] != meta["calibration"][
+        "temperature"
+    ]
+    assert main(["info", str(best)]) == 0
+    assert f"each eye's calibration: temperature {eye['temperature']:.3f}" in capsys.readouterr().out
+
+    report = evaluate(best, tmp_path / "eval", progress=False, n_resamples=20)
+    eyes = json.loads((tmp_path / "eval" / "eyes" / "report.json").read_text())
+    assert eyes["calibration"]["temperature"] == eye["temperature"]
+    assert report["calibration"]["temperature"] == meta["calibration"]["temperature"]
+
+    # A rule that names one class for every eye, and a temperature that flattens each eye's probabilities:
+    # what `serve` and `predict --pairs` show per eye follows them, the patient decision does not.
+    model, meta = load_model(best)
+    forced = meta["classes"].index("spots")
+    weights = [1.0] * len(meta["classes"])
+    weights[forced] = 1e6
+    meta["calibration"]["eye"] = {
+        "temperature": 1e4,
+        "decision": {"prior_power": 1.0, "class_weights": weights, "val_balanced_accuracy": 0.0,
+                     "val_balanced_accuracy_argmax": 0.0},
+    }  # fmt: skip
+    edited = tmp_path / "edited.safetensors"
+    save_model(edited, model, meta)
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    for seed, side in enumerate(("left", "right")):
+        fundus(60, "blob", seed=seed)[0].save(folder / f"P_{side}.jpg")
+    screener = Screener(edited, workers=1)
+    uploads = [
+        Upload(side, f"{side}.jpg", (folder / f"P_{side}.jpg").read_bytes()) for side in ("right", "left")
+    ]
+    result = screener.screen(uploads)
+    assert {e["predicted"] for e in result["eyes"].values()} == {"spots"}
+    patient = result["patient"]["probabilities"]
+    assert max(patient.values()) - min(patient.values()) > 1e-3  # the patient's own temperature
+    for entry in result["eyes"].values():
+        assert max(entry["probabilities"].values()) - min(entry["probabilities"].values()) < 1e-3
+    out = tmp_path / "pairs.csv"
+    assert main(["predict", str(folder), "--pairs", "--checkpoint", str(edited), "--out", str(out)]) == 0
+    (row,) = csv.DictReader(open(out))
+    assert float(row["right_prob_spots"]) == pytest.approx(1 / 3, abs=1e-3)
+    assert row["predicted"] == result["patient"]["predicted"]

@@ -285,7 +285,7 @@ def test_page_in_a_real_browser(live_server, screener, tmp_path, monkeypatch):
             assert page.locator("#eye-right .rule").count() == shown_rule  # the page before: as the rule said
             weights = np.ones(len(screener.classes))
             weights[screener.classes.index(least)] = 1e6
-            monkeypatch.setattr(screener, "weights", weights)
+            monkeypatch.setattr(screener, "eye_weights", weights)  # the eyes' rule (a single-eye model's)
             page.click("#clear")
             page.set_input_files("#file-right", str(right))
             page.click("#screen")

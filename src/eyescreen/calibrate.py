@@ -172,6 +172,14 @@ def calibrate(prob: np.ndarray, y: np.ndarray, classes: list[str], normal_class:
     return out
 
 
+def eye_calibration(calibration: dict | None) -> dict:
+    """What calibrates one eye's probabilities: a both-eye model's own per-eye fit (`"eye"`: its eye head
+    has other priors and another temperature than its patient head, and a patient's rule makes poor eye
+    decisions) where the checkpoint has one, else the checkpoint's calibration itself."""
+    calibration = calibration or {}
+    return calibration.get("eye", calibration)
+
+
 def describe(calibration: dict) -> str:
     """One line for the training log: what was fitted on validation."""
     c, d = calibration, calibration["decision"]

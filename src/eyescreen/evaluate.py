@@ -10,7 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibrate import apply_temperature, calibrate, class_weights, decide, describe, operating_point
+from .calibrate import (
+    apply_temperature,
+    calibrate,
+    class_weights,
+    decide,
+    describe,
+    eye_calibration,
+    operating_point,
+)
 from .checkpoint import load_model, save_model
 from .data import (
     DataError,
@@ -116,11 +124,14 @@ def evaluate(
         prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], dev, prec, False)
         has_label = (samples.targets[:, 2] >= 0).numpy()
         names = [n for n, k in zip(samples.names, has_label, strict=True) if k]
-        eye_prob, eye_y, eye_patient = task.eye_probabilities(
+        eye_prob, eye_y, eye_names = task.eye_probabilities(
             model, samples, norm["mean"], norm["std"], dev, prec
         )
-        eye_report = _score(common | {"level": "eye"}, eye_y, eye_prob, eye_patient, None, meta, out / "eyes",
-                            None, n_resamples, samples.skipped)  # fmt: skip
+        patient_of = {r.key: r.group for r in part.records}  # as a single-eye model's eyes name their patient
+        eye_patient = np.array([patient_of[name] for name in eye_names])
+        eye_meta = meta | {"calibration": eye_calibration(meta.get("calibration"))}
+        eye_report = _score(common | {"level": "eye"}, eye_y, eye_prob, eye_patient, list(eye_names), eye_meta,
+                            out / "eyes", None, n_resamples, samples.skipped)  # fmt: skip
         main = common | {"level": "patient"}
         if by:
             cells = patient_cells(part.records, subgroup_cells)
@@ -309,6 +320,12 @@ def calibrate_on_validation(checkpoint, val: dict, normal_class: str = "normal")
         print(f"calibration skipped: {e}", file=sys.stderr)
         return None
     print(describe(calibration))
+    if "eye_prob" in val:  # a both-eye model's eye head, calibrated on the validation eyes
+        try:
+            calibration["eye"] = calibrate(val["eye_prob"], val["eye_y"], meta["classes"], normal_class)
+            print("per eye: " + describe(calibration["eye"]))
+        except ValueError as e:
+            print(f"per-eye calibration skipped: {e}", file=sys.stderr)
     if "records" in val:
         fit = _fit_fellow_weight(val, meta["classes"])
         if fit is not None:
@@ -329,6 +346,13 @@ def validation_eyes(records, prob, y, dataset: Dataset, predict) -> dict:
         "source": dataset.source,
         "predict": predict,
     }
+
+
+def both_eyes_validation(task: BothEyes, model, samples, norm, device, precision) -> dict:
+    """What `calibrate_on_validation` needs of a both-eye model: its patients, and its eyes apart."""
+    prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], device, precision, False)
+    eye_prob, eye_y, _ = task.eye_probabilities(model, samples, norm["mean"], norm["std"], device, precision)
+    return {"prob": prob, "y": y, "eye_prob": eye_prob, "eye_y": eye_y}
 
 
 def _both_eyes_task(meta: dict) -> BothEyes:
@@ -352,8 +376,7 @@ def _validation_probabilities(checkpoint, cache_dir, device, progress: bool = Tr
     if takes_both_eyes(meta["model"]):  # patients, as the end of training calibrates them
         task = _both_eyes_task(meta)
         samples = task.load(part, cache, "val", progress, report=True)
-        prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], dev, precision, False)
-        return {"prob": prob, "y": y}
+        return both_eyes_validation(task, model, samples, norm, dev, precision)
     images, ok, _ = load_stack([r.path for r in part.records], cache, progress=progress)
     prob = predict_proba(model, images, norm["mean"], norm["std"], dev, precision)
     predict = paths_predictor(model, cache, norm, dev, precision)

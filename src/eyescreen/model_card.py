@@ -253,4 +253,6 @@ def _calibration_lines(calibration: dict) -> list[str]:
         lines.append(
             f"fellow eye (when both eyes are given, as with `predict --pairs`): weight {fellow['weight']:.2f}{gain}"
         )
+    if eye := calibration.get("eye"):  # a both-eye model: the lines above are its patients'
+        lines += [f"each eye's {line}" for line in _calibration_lines(eye)]
     return lines

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .batch_output import BatchOutput, print_problems
-from .calibrate import apply_temperature, class_weights, decide, describe_outputs
+from .calibrate import apply_temperature, class_weights, decide, describe_outputs, eye_calibration
 from .checkpoint import load_model
 from .fellow import blend, stored_weight
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
@@ -93,7 +93,7 @@ def predict_pairs(
                     model, images[usable], mask[usable], binocular, norm, dev, prec, normal, fellow_weight
                 )
                 eye_prob[usable.numpy()] = apply_temperature(
-                    e.reshape(-1, len(classes)), temperature
+                    e.reshape(-1, len(classes)), eye_calibration(calibration).get("temperature", 1.0)
                 ).reshape(e.shape)
                 patient_prob[usable.numpy()] = apply_temperature(p, temperature)
                 for i, k in zip(np.flatnonzero(usable.numpy()), d, strict=True):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .calibrate import apply_temperature, class_weights, decide
+from .calibrate import apply_temperature, class_weights, decide, eye_calibration
 from .checkpoint import load_model
 from .ensemble import model_name
 from .explain import compute_cams, compute_pair_cams, overlay_rgb
@@ -93,6 +93,9 @@ class Screener:
         self.temperature = calibration.get("temperature", 1.0)
         self.weights = class_weights(calibration)
         self.referable = calibration.get("referable")
+        eye = eye_calibration(calibration)  # a both-eye model's eyes have their own; a single eye, the same
+        self.eye_temperature, self.eye_weights = eye.get("temperature", 1.0), class_weights(eye)
+        self.eye_referable = eye.get("referable")
         self.fellow_weight = stored_weight(calibration)
         normal = self.referable["normal_class"] if self.referable else "normal"
         self.normal = self.classes.index(normal) if normal in self.classes else None
@@ -171,18 +174,23 @@ class Screener:
                 model, images, mask, self.binocular, self.norm, self.device, self.precision, self.normal,
                 self.fellow_weight,
             )  # fmt: skip
-            eyes = apply_temperature(eyes.reshape(-1, len(self.classes)), self.temperature).reshape(
+            eyes = apply_temperature(eyes.reshape(-1, len(self.classes)), self.eye_temperature).reshape(
                 eyes.shape
             )
             patient = apply_temperature(patient, self.temperature)
             maps = self._maps(model, images, mask, eyes[0], patient[0], method) if explain else {}
         finally:
             self._models.put(model)
-        result = {**self.describe(), "eyes": {}, "patient": self._decision(patient[0]), "warnings": warnings}
+        result = {
+            **self.describe(),
+            "eyes": {},
+            "patient": self._decision(patient[0], self.weights, self.referable),
+            "warnings": warnings,
+        }
         result["patient"]["driven_by"] = SIDES[int(driver[0])]
         for upload, view in zip(uploads, shown, strict=True):
             side = upload.side
-            entry = self._decision(eyes[0, SIDES.index(side)])
+            entry = self._decision(eyes[0, SIDES.index(side)], self.eye_weights, self.eye_referable)
             entry["filename"] = upload.filename
             if explain:
                 entry["image_png"] = png_base64(view)
@@ -195,16 +203,17 @@ class Screener:
             result["explanation"] = {"method": method}
         return result
 
-    def _decision(self, prob: np.ndarray) -> dict:
-        k = int(decide(prob, self.weights))
+    def _decision(self, prob: np.ndarray, weights, referable) -> dict:
+        """The class the decision rule names, the probabilities, and the referable flag."""
+        k = int(decide(prob, weights))
         out = {
             "predicted": self.classes[k],
             "probability": float(prob[k]),
             "probabilities": {c: float(p) for c, p in zip(self.classes, prob, strict=True)},
             "referable": None,
         }
-        if self.referable and self.normal is not None:
-            out["referable"] = bool(1.0 - prob[self.normal] > self.referable["threshold"])
+        if referable and self.normal is not None:
+            out["referable"] = bool(1.0 - prob[self.normal] > referable["threshold"])
         return out
 
     def _maps(self, model, images, mask, eye_prob, patient_prob, method) -> dict[str, np.ndarray]:
@@ -216,5 +225,5 @@ class Screener:
             return {side: cams[j] for j, side in enumerate(SIDES) if mask[0, j]}
         present = [j for j in range(2) if mask[0, j]]
         cams = compute_cams(model, images[0, present], self.norm["mean"], self.norm["std"], method,
-                            targets=[int(decide(eye_prob[j], self.weights)) for j in present])  # fmt: skip
+                            targets=[int(decide(eye_prob[j], self.eye_weights)) for j in present])  # fmt: skip
         return {SIDES[j]: cam for j, cam in zip(present, cams, strict=True)}

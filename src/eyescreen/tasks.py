@@ -31,6 +31,7 @@ class Samples:
     names: tuple[str, ...] = ()  # image key per eye, or patient id per patient
     groups: tuple[str, ...] = ()  # patient of each sample (for bootstrap by patient)
     paths: tuple = ()  # image file per eye (single-eye tasks)
+    eye_names: tuple[tuple[str, str], ...] = ()  # patients: image key of the right and left eye ("": absent)
     discs: torch.Tensor | None = None  # [N, 3] optic disc row, col, diameter per eye, for crops on the disc
 
     def __len__(self) -> int:
@@ -208,8 +209,14 @@ class BothEyes(SingleEye):
                 label = None  # "normal" needs every eye normal: an eye outside the classes is not known to be
             targets[i, 2] = index[label] if label is not None else -1
         keep = mask.any(1)  # patients whose every photo was unreadable drop out
-        ids = tuple(p.patient for p, k in zip(pairs, keep, strict=True) if k)
-        return Samples(inputs[keep], targets[keep], targets[keep, 2], mask[keep], skipped, ids, ids)
+        kept = [p for p, k in zip(pairs, keep, strict=True) if k]
+        ids = tuple(p.patient for p in kept)
+        key = {r.path: r.key for r in records}
+        eye_names = tuple(
+            tuple(key[path] if path is not None else "" for path in (p.right, p.left)) for p in kept
+        )
+        return Samples(inputs[keep], targets[keep], targets[keep, 2], mask[keep], skipped, ids, ids,
+                       eye_names=eye_names)  # fmt: skip
 
     def batch(self, s: Samples, idx, transform, device, mean, std, channels_last):
         eyes = s.inputs[idx].to(device, non_blocking=True)
@@ -266,12 +273,12 @@ class BothEyes(SingleEye):
         return prob[keep], s.targets[keep, 2].numpy()
 
     def eye_probabilities(self, model, s: Samples, mean, std, device, precision):
-        """Per-eye probabilities, labels and patient ids for the present, labelled eyes."""
+        """Per-eye probabilities, labels and image keys for the present, labelled eyes."""
         eyes, _ = self.predict_all(model, s, mean, std, device, precision)
         labels = s.targets[:, :2].numpy()
         keep = s.mask.numpy() & (labels >= 0)
-        patient = np.repeat(np.array(s.groups, dtype=object)[:, None], 2, axis=1)
-        return eyes[keep], labels[keep], patient[keep]
+        names = np.array(s.eye_names, dtype=object).reshape(len(s), 2)
+        return eyes[keep], labels[keep], names[keep]
 
 
 class BothEyesWithFindings(BothEyes):

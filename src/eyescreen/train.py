@@ -50,7 +50,7 @@ from .data import (
     thin_validation,
     write_split,
 )
-from .evaluate import calibrate_on_validation, paths_predictor, validation_eyes
+from .evaluate import both_eyes_validation, calibrate_on_validation, paths_predictor, validation_eyes
 from .findings import training_findings
 from .inference import autocast, resolve_device, resolve_precision
 from .metrics import headline_metrics
@@ -440,9 +440,12 @@ def train(
             )
     if ctx.main and best_epoch > 0:
         best_model, _ = load_model(out / BEST, device)
-        prob, y_val = task.probabilities(best_model, val_set, mean, std, device, precision, channels_last)
-        val = {"prob": prob, "y": y_val}
-        if not is_binocular(cfg.model):  # single eyes: their fellows give the fellow-eye weight
+        if is_binocular(cfg.model):  # patients, and the eye head's eyes apart
+            val = both_eyes_validation(
+                task, best_model, val_set, {"mean": mean, "std": std}, device, precision
+            )
+        else:  # single eyes: their fellows give the fellow-eye weight
+            prob, y_val = task.probabilities(best_model, val_set, mean, std, device, precision, channels_last)
             by_key = {r.key: r for r in val_part.records}
             predict = paths_predictor(best_model, cache, {"mean": mean, "std": std}, device, precision)
             val = validation_eyes([by_key[n] for n in val_set.names], prob, y_val, dataset, predict)
