@@ -121,12 +121,12 @@ def evaluate(
     if takes_both_eyes(meta["model"]):
         task = _both_eyes_task(meta)
         samples = task.load(part, cache, split_name, progress, report=True)
-        prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], dev, prec, False)
+        scored = task.both_levels(model, samples, norm["mean"], norm["std"], dev, prec)
+        prob, y, eye_prob, eye_y, eye_names = (
+            scored[k] for k in ("prob", "y", "eye_prob", "eye_y", "eye_names")
+        )
         has_label = (samples.targets[:, 2] >= 0).numpy()
         names = [n for n, k in zip(samples.names, has_label, strict=True) if k]
-        eye_prob, eye_y, eye_names = task.eye_probabilities(
-            model, samples, norm["mean"], norm["std"], dev, prec
-        )
         patient_of = {r.key: r.group for r in part.records}  # as a single-eye model's eyes name their patient
         eye_patient = np.array([patient_of[name] for name in eye_names])
         eye_meta = meta | {"calibration": eye_calibration(meta.get("calibration"))}
@@ -350,9 +350,8 @@ def validation_eyes(records, prob, y, dataset: Dataset, predict) -> dict:
 
 def both_eyes_validation(task: BothEyes, model, samples, norm, device, precision) -> dict:
     """What `calibrate_on_validation` needs of a both-eye model: its patients, and its eyes apart."""
-    prob, y = task.probabilities(model, samples, norm["mean"], norm["std"], device, precision, False)
-    eye_prob, eye_y, _ = task.eye_probabilities(model, samples, norm["mean"], norm["std"], device, precision)
-    return {"prob": prob, "y": y, "eye_prob": eye_prob, "eye_y": eye_y}
+    scored = task.both_levels(model, samples, norm["mean"], norm["std"], device, precision)
+    return {k: scored[k] for k in ("prob", "y", "eye_prob", "eye_y")}
 
 
 def _both_eyes_task(meta: dict) -> BothEyes:

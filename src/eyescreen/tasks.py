@@ -268,17 +268,19 @@ class BothEyes(SingleEye):
 
     def probabilities(self, model, s: Samples, mean, std, device, precision, channels_last):
         """Patient-level probabilities and labels for the patients that have one."""
-        _, prob = self.predict_all(model, s, mean, std, device, precision)
-        keep = (s.targets[:, 2] >= 0).numpy()
-        return prob[keep], s.targets[keep, 2].numpy()
+        scored = self.both_levels(model, s, mean, std, device, precision)
+        return scored["prob"], scored["y"]
 
-    def eye_probabilities(self, model, s: Samples, mean, std, device, precision):
-        """Per-eye probabilities, labels and image keys for the present, labelled eyes."""
-        eyes, _ = self.predict_all(model, s, mean, std, device, precision)
+    def both_levels(self, model, s: Samples, mean, std, device, precision) -> dict:
+        """In one pass: the probabilities and labels of the patients that have a label ("prob", "y"), and of
+        the present, labelled eyes ("eye_prob", "eye_y", with their image keys "eye_names")."""
+        eyes, patients = self.predict_all(model, s, mean, std, device, precision)
+        has_label = (s.targets[:, 2] >= 0).numpy()
         labels = s.targets[:, :2].numpy()
-        keep = s.mask.numpy() & (labels >= 0)
+        eye_kept = s.mask.numpy() & (labels >= 0)
         names = np.array(s.eye_names, dtype=object).reshape(len(s), 2)
-        return eyes[keep], labels[keep], names[keep]
+        return {"prob": patients[has_label], "y": s.targets[has_label, 2].numpy(),
+                "eye_prob": eyes[eye_kept], "eye_y": labels[eye_kept], "eye_names": names[eye_kept]}  # fmt: skip
 
 
 class BothEyesWithFindings(BothEyes):
