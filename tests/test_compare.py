@@ -86,3 +86,19 @@ def test_compare_on_the_command_line(two_models, tmp_path, capsys):
     assert json.loads(out.read_text())["metrics"]["macro_auc"]["difference"] > 0
     assert main(["compare", str(a), str(tmp_path / "nowhere")]) == 2
     assert f"{tmp_path / 'nowhere'}: no predictions.csv" in capsys.readouterr().err
+
+
+def test_the_verdict_names_the_metrics_whose_interval_holds_zero(two_models):
+    from eyescreen.compare import comparison_lines
+
+    _, _, _, a, b = two_models
+    apart = compare(a, b, n_resamples=200)
+    assert all(r["ci"][0] > 0 for r in apart["metrics"].values())  # B sees far more of the truth
+    lines = comparison_lines(apart)
+    assert "no interval holds 0: on these patients B differs from A in every metric above" in lines
+    assert not any("cannot tell" in line for line in lines)
+    same = comparison_lines(compare(a, a, n_resamples=20))
+    assert (
+        "accuracy, balanced accuracy, macro-AUC: the interval holds 0; these patients cannot tell A and B apart there"
+        in same
+    )

@@ -120,10 +120,16 @@ def comparison_lines(result: dict) -> list[str]:
         lines.append(
             f"{names[k]:<18} {r['a']:>7.3f} {r['b']:>7.3f}   {r['difference']:+.3f} {interval:<30} {share}"
         )
-    lines.append(
-        "an interval holding 0: these patients cannot tell the two apart. Choose between models on "
-        "validation; a test split used to choose is no longer a test"
-    )
+    undecided = [
+        names[k] for k, r in result["metrics"].items() if r["ci"][0] is None or r["ci"][0] <= 0 <= r["ci"][1]
+    ]
+    if undecided:
+        lines.append(
+            f"{', '.join(undecided)}: the interval holds 0; these patients cannot tell A and B apart there"
+        )
+    else:
+        lines.append("no interval holds 0: on these patients B differs from A in every metric above")
+    lines.append("choose between models on validation; a test split used to choose is no longer a test")
     return lines
 
 
