@@ -170,3 +170,16 @@ def test_the_ensembles_map_is_the_mean_of_its_members_maps(runs):
         compute_cams(both, images, norm["mean"], norm["std"], "gradcam"),
         compute_cams(both, images, norm["mean"], norm["std"], "gradcam", named),
     )
+
+
+def test_an_ensemble_exports_to_onnx_as_it_predicts(runs, tmp_path):
+    import onnxruntime as ort
+
+    first, second, _ = runs
+    assert main(["ensemble", str(first), str(second), "--out", str(tmp_path / "ens"), "--no-calibrate"]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "ens"), "--out", str(tmp_path / "ens.onnx")]) == 0
+    x = torch.randn((4, 3, 40, 40), generator=torch.Generator().manual_seed(0))
+    (onnx_prob,) = ort.InferenceSession(str(tmp_path / "ens.onnx")).run(None, {"image": x.numpy()})
+    model, _ = load_model(tmp_path / "ens" / "best.safetensors")
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_prob, torch.softmax(model(x), 1).numpy(), atol=1e-4)
