@@ -74,16 +74,21 @@ def levels_row(run: Path) -> str:
 
 
 def validation_row(run: Path) -> tuple[float, str]:
-    """The validation numbers a recipe is chosen on (selected epoch and last epoch), then test AUC."""
-    report = json.loads((run / "eval-test" / "report.json").read_text())
+    """The validation numbers a recipe is chosen on (selected epoch and last epoch), then test AUC ("not
+    read" for a run evaluated on validation only, as `recipe.sh` does with SUBSET=val)."""
+    test_report = run / "eval-test" / "report.json"
+    report = json.loads(
+        (test_report if test_report.is_file() else run / "eval-val" / "report.json").read_text()
+    )
     with open(run / "metrics.csv") as f:
         log = list(csv.DictReader(f))
     best, last = log[report["epoch"] - 1], log[-1]
     minutes = sum(float(r["seconds"]) for r in log) / 60
     auc = float(best["val_macro_auc"])
+    test_auc = f"{report['metrics']['macro_auc']:.3f}" if test_report.is_file() else "not read"
     return auc, (
         f"| {run.name} | {report['epoch']}/{len(log)} | {auc:.3f} | {float(best['val_balanced_accuracy']):.3f} | "
-        f"{float(last['val_macro_auc']):.3f} | {report['metrics']['macro_auc']:.3f} | {minutes:.0f} min |"
+        f"{float(last['val_macro_auc']):.3f} | {test_auc} | {minutes:.0f} min |"
     )
 
 
@@ -117,7 +122,7 @@ def fellow_row(run: Path) -> str:
     )
 
 
-if __name__ == "__main__":
+def main() -> None:
     if sys.argv[1:2] in ([], ["-h"], ["--help"]):  # the usage is the module's docstring
         print(__doc__.strip())
         sys.exit(0 if sys.argv[1:] else 2)
@@ -160,3 +165,10 @@ if __name__ == "__main__":
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for arg in sys.argv[1:]:
         print(row(Path(arg)))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except FileNotFoundError as e:  # a run not trained here, or not evaluated on the split a table needs
+        sys.exit(f"{e.filename}: missing (a training run's folder, evaluated with `eyescreen evaluate`)")
