@@ -47,6 +47,9 @@ def predict_pairs(
     prep, prec = Preprocessing(**meta["preprocessing"]), resolve_precision(precision, dev)
     calibration = meta.get("calibration", {})
     temperature, referable = calibration.get("temperature", 1.0), calibration.get("referable")
+    eye_temperature = eye_calibration(calibration).get(
+        "temperature", 1.0
+    )  # a both-eye model's eyes: their own
     weights = class_weights(calibration)
     fellow_weight = stored_weight(calibration)
     normal = (
@@ -93,7 +96,7 @@ def predict_pairs(
                     model, images[usable], mask[usable], binocular, norm, dev, prec, normal, fellow_weight
                 )
                 eye_prob[usable.numpy()] = apply_temperature(
-                    e.reshape(-1, len(classes)), eye_calibration(calibration).get("temperature", 1.0)
+                    e.reshape(-1, len(classes)), eye_temperature
                 ).reshape(e.shape)
                 patient_prob[usable.numpy()] = apply_temperature(p, temperature)
                 for i, k in zip(np.flatnonzero(usable.numpy()), d, strict=True):
