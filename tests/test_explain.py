@@ -136,27 +136,28 @@ def test_both_eye_model_gets_one_map_per_eye_for_the_patient_decision():
         compute_pair_cams(model, pairs, mask, MEAN, STD, "scorecam")
 
 
-def test_both_eye_map_finds_a_lesion_in_the_left_eye_after_mirroring_back():
-    from eyescreen.explain import compute_pair_cams
-    from eyescreen.fusion import LEFT, Binocular
+def lesion_pairs(n: int, seed: int):
+    """Patients whose lesion, if any, is in one eye (right or left) at a random place: class 1."""
+    rng = random.Random(seed)
+    xs, ys, centres = [], [], []
+    for i in range(n):
+        lesion_eye = rng.choice([None, 0, 1])
+        centre = (rng.randint(20, 44), rng.randint(20, 44))
+        eyes = [np.asarray(fundus(SIZE, "exudate" if lesion_eye == j else None, seed=seed * 1000 + 2 * i + j,
+                                  lesion_at=centre)[0]) for j in range(2)]  # fmt: skip
+        xs.append(np.stack(eyes))
+        ys.append(int(lesion_eye is not None))
+        centres.append((lesion_eye, centre))
+    x = torch.from_numpy(np.stack(xs)).permute(0, 1, 4, 2, 3).contiguous()
+    return x, torch.tensor(ys), centres
+
+
+@pytest.fixture(scope="module")
+def pair_lesion_model():
+    from eyescreen.fusion import Binocular
 
     torch.manual_seed(0)
-    rng = random.Random(3)
-
-    def pairs(n, seed):
-        xs, ys, centres = [], [], []
-        for i in range(n):
-            lesion_eye = rng.choice([None, 0, 1])
-            centre = (rng.randint(20, 44), rng.randint(20, 44))
-            eyes = [np.asarray(fundus(SIZE, "exudate" if lesion_eye == j else None, seed=seed * 1000 + 2 * i + j,
-                                      lesion_at=centre)[0]) for j in range(2)]  # fmt: skip
-            xs.append(np.stack(eyes))
-            ys.append(int(lesion_eye is not None))
-            centres.append((lesion_eye, centre))
-        x = torch.from_numpy(np.stack(xs)).permute(0, 1, 4, 2, 3).contiguous()
-        return x, torch.tensor(ys), centres
-
-    x, y, _ = pairs(96, 1)
+    x, y, _ = lesion_pairs(96, 1)
     model = Binocular("tiny-cnn", num_classes=2, pooling="max")
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     xf = (x.float() / 255 - 0.5) / 0.25
@@ -166,17 +167,73 @@ def test_both_eye_map_finds_a_lesion_in_the_left_eye_after_mirroring_back():
             opt.zero_grad()
             loss.backward()
             opt.step()
-    model.eval()
-    tx, ty, centres = pairs(24, 2)
+    return model.eval()
+
+
+def test_both_eye_map_finds_a_lesion_in_the_left_eye_after_mirroring_back(pair_lesion_model):
+    from eyescreen.explain import compute_pair_cams
+    from eyescreen.fusion import LEFT
+
+    tx, ty, centres = lesion_pairs(24, 2)
     left = [i for i, (eye, _) in enumerate(centres) if eye == LEFT]
-    cams = compute_pair_cams(model, tx[left], torch.ones(len(left), 2, dtype=torch.bool), MEAN, STD, "gradcam",
-                             targets=[1] * len(left))  # fmt: skip
+    cams = compute_pair_cams(pair_lesion_model, tx[left], torch.ones(len(left), 2, dtype=torch.bool), MEAN, STD,
+                             "gradcam", targets=[1] * len(left))  # fmt: skip
     inside = 0
     for cam, i in zip(cams[:, LEFT], left, strict=True):
         cx, cy = centres[i][1]
         py, px = np.unravel_index(cam.argmax(), cam.shape)
         inside += (px - cx) ** 2 + (py - cy) ** 2 <= (SIZE // 8 + 2) ** 2
     assert inside >= 0.75 * len(left), f"left-eye peak on the lesion for {inside}/{len(left)}"
+
+
+def test_both_eye_gradcam_beats_a_random_map_on_the_patient_decision(pair_lesion_model):
+    from eyescreen.faithfulness import deletion_insertion, explanation_maps, random_maps
+
+    x, y, _ = lesion_pairs(30, 5)
+    x = x[y == 1]
+    mask = torch.ones(len(x), 2, dtype=torch.bool)
+    targets = np.ones(len(x), dtype=int)
+    cams = explanation_maps(pair_lesion_model, x, MEAN, STD, "gradcam", targets, mask)
+    assert cams.shape == (len(x), 2, SIZE, SIZE)
+    deletion, insertion = deletion_insertion(pair_lesion_model, x, MEAN, STD, cams, targets, mask=mask)
+    rnd = deletion_insertion(pair_lesion_model, x, MEAN, STD, random_maps(cams.shape), targets, mask=mask)
+    assert deletion.shape == insertion.shape == (len(x),)  # one curve per patient
+    assert deletion.mean() < rnd[0].mean()
+    assert insertion.mean() > rnd[1].mean()
+
+
+def test_an_absent_eye_never_moves_the_patient_curves(pair_lesion_model):
+    from eyescreen.faithfulness import deletion_insertion, random_maps
+
+    x, _, _ = lesion_pairs(4, 8)
+    mask = torch.tensor([[True, False]] * 4)
+    maps, targets = random_maps((4, 2, SIZE, SIZE), seed=1), np.ones(4, dtype=int)
+    noisy = x.clone()
+    noisy[:, 1] = torch.randint(0, 256, noisy[:, 1].shape, dtype=torch.uint8)  # only the absent eye differs
+    first = deletion_insertion(pair_lesion_model, x, MEAN, STD, maps, targets, mask=mask)
+    second = deletion_insertion(pair_lesion_model, noisy, MEAN, STD, maps, targets, mask=mask)
+    assert np.allclose(first, second)
+    both = deletion_insertion(
+        pair_lesion_model, noisy, MEAN, STD, maps, targets, mask=torch.ones(4, 2, dtype=bool)
+    )
+    assert not np.allclose(first, both)  # present, the noise would count
+
+
+def test_randomising_a_both_eye_model_follows_its_patient_path(pair_lesion_model):
+    from eyescreen.faithfulness import randomisation_check
+
+    x, y, _ = lesion_pairs(12, 6)
+    x = x[y == 1]
+    before = [p.detach().clone() for p in pair_lesion_model.parameters()]
+    rows = randomisation_check(
+        pair_lesion_model, x, MEAN, STD, "gradcam", mask=torch.ones(len(x), 2, dtype=bool)
+    )
+    names = [r["randomised_down_to"] for r in rows]
+    # the patient head first, then the shared backbone from its last block; the per-eye head is off the path
+    assert names[0] == "head_patient" and all(n.startswith("backbone.") for n in names[1:])
+    assert "head_eye" not in names and len(names) >= 3
+    assert rows[-1]["spearman"] < 0.5
+    assert all(torch.equal(a, b) for a, b in zip(before, pair_lesion_model.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("eyes", [1, 2])

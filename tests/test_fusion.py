@@ -214,8 +214,26 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path):
     )
     assert {p.name for p in (tmp_path / "f" / "overlays").iterdir()} == {"X.png", "Y.png"}
 
+    # faithfulness and anatomy on the split's patients: curves per patient, shares per eye
+    faith = ["explain", "--evaluate", "--subset", "test", "--checkpoint", best, "--methods", "gradcam,eigencam",
+             "--out", str(tmp_path / "faith"), "--no-progress"]  # fmt: skip
+    assert main(faith) == 0
+    rows = json.loads((tmp_path / "faith" / "faithfulness.json").read_text())
+    assert [r["method"] for r in rows] == ["gradcam", "eigencam", "random map (baseline)"]
+    assert rows[0]["sanity_cascade"][0]["randomised_down_to"] == "head_patient"
+    assert all(0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1 for r in rows)
+    text = (tmp_path / "faith" / "faithfulness.md").read_text()
+    assert "patients," in text and "each eye under its own true class" in text
+    anatomy = ["explain", "--anatomy", "--subset", "test", "--checkpoint", best, "--out", str(tmp_path / "anat")]  # fmt: skip
+    assert main(anatomy + ["--limit", "2", "--no-progress"]) == 0
+    first = (tmp_path / "anat" / "anatomy.md").read_text()
+    assert "of 2 patients of the test split" in first
+    shares = json.loads((tmp_path / "anat" / "anatomy.json").read_text())
+    assert shares and sum(r["n"] for r in shares) <= 4 and all(r["patients"] <= 2 for r in shares)
+    assert main(anatomy + ["--limit", "2", "--no-progress"]) == 0
+    assert (tmp_path / "anat" / "anatomy.md").read_text() == first  # the same sample on every run
+
     # the single-eye commands say so instead of failing inside the model; calibrate works on patients
-    assert main(["explain", "--evaluate", "--subset", "test", "--checkpoint", best, "--no-progress"]) == 2
     assert main(["predict", str(folder), "--checkpoint", best, "--out", str(tmp_path / "p.csv")]) == 2
     assert not (tmp_path / "p.csv").exists()
     from eyescreen.checkpoint import read_meta

@@ -159,6 +159,38 @@ def test_interrupted_explain_resumes(checkpoints, folder, tmp_path, monkeypatch)
     ).read_text().count("<img")
 
 
+def test_interrupted_explain_of_a_both_eye_model_resumes(folder, tmp_path, monkeypatch):
+    from eyescreen import explain as explain_module
+    from eyescreen.cli import main
+
+    manifest = write_dataset(tmp_path / "data", patients=12)
+    cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, batch_size=4, precision="fp32")
+    best = train(cfg, manifest, tmp_path / "run", progress=False, cache_dir=tmp_path / "cache")
+    args = ["explain", str(folder), "--checkpoint", str(best), "--batch-size", "4", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "full")]) == 0
+    full = rows(tmp_path / "full" / "explanations.csv")
+    assert len(full) == 9 and all(r["right_file"] and r["left_file"] for r in full)  # one row per patient
+    real, calls = explain_module.save_overlay, []
+
+    def interrupted(*a, **k):
+        calls.append(a)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(explain_module, "save_overlay", interrupted)
+    out = tmp_path / "out"
+    assert main(args + ["--out", str(out)]) == 130  # interrupted in the second chunk of four patients
+    assert len(rows(out / "explanations.csv")) == 4
+    assert main(args + ["--out", str(out), "--target", "blob", "--resume"]) == 2  # other settings
+    calls.clear()
+    calls.extend([None] * 100)  # no more interruptions: count the overlays the resumed run draws
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    assert len(calls) == 100 + 9 - 4  # only the rest was explained
+    assert_same_rows(rows(out / "explanations.csv"), full, "name")
+    assert (out / "index.html").read_text().count("<img") == 9
+
+
 def test_folder_scan_names_the_files_it_left_aside(checkpoints, folder, tmp_path, capsys):
     from eyescreen.cli import main
 

@@ -237,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --subset: share of the map on the optic disc, the macula and the rest, per true class",
     )
     p.add_argument(
-        "--limit", type=int, help="--evaluate / --anatomy use a fixed sample of this many images (200 / all)"
+        "--limit",
+        type=int,
+        help="--evaluate / --anatomy use a fixed sample of this many images (200 / all); "
+        "of a both-eye model, this many patients (100 / all)",
     )
     p.add_argument("--out", help="default: with --subset S, beside the checkpoint, RUN/explain-S (RUN/faithfulness-S "
                    "with --evaluate, RUN/anatomy-S with --anatomy), as evaluate writes RUN/eval-S; else ./explanations")  # fmt: skip

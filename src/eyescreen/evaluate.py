@@ -119,7 +119,7 @@ def evaluate(
         if foreign:
             common["left_out_classes"] = dict(foreign)
     if takes_both_eyes(meta["model"]):
-        task = _both_eyes_task(meta)
+        task = both_eyes_task(meta)
         samples = task.load(part, cache, split_name, progress, report=True)
         scored = task.both_levels(model, samples, norm["mean"], norm["std"], dev, prec)
         prob, y, eye_prob, eye_y, eye_names = (
@@ -354,7 +354,7 @@ def both_eyes_validation(task: BothEyes, model, samples, norm, device, precision
     return {k: scored[k] for k in ("prob", "y", "eye_prob", "eye_y")}
 
 
-def _both_eyes_task(meta: dict) -> BothEyes:
+def both_eyes_task(meta: dict) -> BothEyes:
     """The patients of a both-eye checkpoint, labelled as in its training."""
     config = meta.get("config", {})
     return BothEyes(
@@ -373,7 +373,7 @@ def _validation_probabilities(checkpoint, cache_dir, device, progress: bool = Tr
     precision = resolve_precision(meta.get("config", {}).get("precision", "auto"), dev)  # as in training
     norm = meta["normalization"]
     if takes_both_eyes(meta["model"]):  # patients, as the end of training calibrates them
-        task = _both_eyes_task(meta)
+        task = both_eyes_task(meta)
         samples = task.load(part, cache, "val", progress, report=True)
         return both_eyes_validation(task, model, samples, norm, dev, precision)
     images, ok, _ = load_stack([r.path for r in part.records], cache, progress=progress)

@@ -112,7 +112,7 @@ def _rescaled(maps: np.ndarray, axes: tuple[int, int]) -> np.ndarray:
     return ((maps - low) / np.maximum(high - low, 1e-7)).astype(np.float32)
 
 
-def _pair_decisions(model: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean, std) -> list[int]:
+def pair_decisions(model: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean, std) -> list[int]:
     """The class a both-eye model's patient logits name, per patient."""
     device = next(model.parameters()).device
     b, _, _, h, w = images.shape
@@ -148,7 +148,7 @@ def compute_pair_cams(model: nn.Module, images: torch.Tensor, mask: torch.Tensor
 
     if isinstance(model, Ensemble):  # each member's maps for the ensemble's target, averaged per eye
         if targets is None:
-            targets = _pair_decisions(model, images, mask, mean, std)
+            targets = pair_decisions(model, images, mask, mean, std)
         maps = np.mean(
             [compute_pair_cams(m, images, mask, mean, std, method, targets) for m in model.members], 0
         )
@@ -360,62 +360,92 @@ def explain_patients(
     batch_size: int = 8,
     progress: bool = True,
     view=None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Both-eye model: items are (patient, (right path | None, left path | None), true label | None).
-    One side-by-side overlay per patient (right eye, then left) for the patient-level decision. `load`
-    and `view` as `explain_items` takes them."""
-    from .preprocess import ImageError
-
-    classes, norm = meta["classes"], meta["normalization"]
+    One side-by-side overlay per patient (right eye, then left) for the patient-level decision. `load`,
+    `view`, the streamed index and `resume` as `explain_items` takes them (one row per patient)."""
+    fields = [
+        "name",
+        "right_file",
+        "left_file",
+        "true",
+        "predicted",
+        "probability",
+        "target",
+        "overlay",
+        "map",
+    ]
+    classes = meta["classes"]
     prepare_output(out_dir, classes, target)
-    device = next(model.parameters()).device
-    size = meta["preprocessing"]["image_size"]
-    rows, failures = [], []
-    bar = tqdm(total=len(items), desc=f"explaining patients ({method})", disable=not progress)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        images = torch.zeros((len(chunk), 2, 3, size, size), dtype=torch.uint8)
-        mask = torch.zeros((len(chunk), 2), dtype=torch.bool)
-        for i, (_, paths, _) in enumerate(chunk):
-            for j, path in enumerate(paths):
-                if path is None:
-                    continue
-                try:
-                    images[i, j] = torch.from_numpy(load(path)).permute(2, 0, 1)
-                    mask[i, j] = True
-                except ImageError as e:
-                    failures.append((path, str(e)))
-        keep = mask.any(1)
-        if keep.any():
-            x, m = images[keep], mask[keep]
-            with torch.inference_mode():
-                _, logits = model(
-                    normalize(x.to(device).flatten(0, 1), norm["mean"], norm["std"]).view(x.shape),
-                    m.to(device),
-                )
-            prob = torch.softmax(logits.float(), 1).cpu().numpy()
-            prob, pred = as_predicted(prob, meta)
-            targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
-            cams = compute_pair_cams(model, x, m, norm["mean"], norm["std"], method, list(targets))
-            kept = [c for c, k in zip(chunk, keep, strict=True) if k]
-            for (name, paths, truth), eyes, present, cam, p, k, t in zip(
-                kept, x, m, cams, prob, pred, targets, strict=True
-            ):
-                stem = str(name).replace("/", "__")
-                np.save(out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
-                shown = [view(paths[j]) if view and present[j] else eyes[j].permute(1, 2, 0).numpy()
-                         for j in range(2)]  # fmt: skip
-                maps = [cam[j] if present[j] else None for j in range(2)]
-                title = f"patient {name}: predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
-                title += f"; true {truth}" if truth else ""
-                save_overlay(
-                    shown, maps, out_dir / "overlays" / f"{stem}.png", title, names=("right eye", "left eye")
-                )
-                rows.append({"name": str(name), "file": "", "true": truth or "", "predicted": classes[k],
-                             "probability": f"{p[k]:.4f}", "target": classes[t],
-                             "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"})  # fmt: skip
-        bar.update(len(chunk))
-    bar.close()
+    index = BatchOutput(out_dir / "explanations.csv", fields, checkpoint, resume, key="name",
+                        settings={"method": method, "target": target})  # fmt: skip
+    with index:
+        rows, failures = index.kept_rows, []
+        items = [item for item in items if item[0] not in index.done]
+        bar = tqdm(total=len(items), desc=f"explaining patients ({method})", disable=not progress)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            for row in _explain_pair_chunk(chunk, model, meta, out_dir, load, method, target, view, failures):
+                rows.append(row)
+                index.write([row[f] for f in fields])
+            index.flush()
+            bar.update(len(chunk))
+        bar.close()
     gallery(rows, classes, out_dir / "index.html", method)
     keep_problems("could not read", [message for _, message in failures], out_dir / "unreadable.txt")
     return {"explained": len(rows), "failed": failures, "index": out_dir / "index.html"}
+
+
+def _explain_pair_chunk(
+    chunk, model, meta, out_dir: Path, load, method, target, view, failures
+) -> list[dict]:
+    """Overlays and maps of one chunk of patients; their index rows. Unreadable eyes go to `failures`."""
+    from .preprocess import ImageError
+
+    classes, norm = meta["classes"], meta["normalization"]
+    device = next(model.parameters()).device
+    size = meta["preprocessing"]["image_size"]
+    images = torch.zeros((len(chunk), 2, 3, size, size), dtype=torch.uint8)
+    mask = torch.zeros((len(chunk), 2), dtype=torch.bool)
+    for i, (_, paths, _) in enumerate(chunk):
+        for j, path in enumerate(paths):
+            if path is None:
+                continue
+            try:
+                images[i, j] = torch.from_numpy(load(path)).permute(2, 0, 1)
+                mask[i, j] = True
+            except ImageError as e:
+                failures.append((path, str(e)))
+    keep = mask.any(1)
+    if not keep.any():
+        return []
+    x, m = images[keep], mask[keep]
+    with torch.inference_mode():
+        _, logits = model(
+            normalize(x.to(device).flatten(0, 1), norm["mean"], norm["std"]).view(x.shape),
+            m.to(device),
+        )
+    prob = torch.softmax(logits.float(), 1).cpu().numpy()
+    prob, pred = as_predicted(prob, meta)
+    targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
+    cams = compute_pair_cams(model, x, m, norm["mean"], norm["std"], method, list(targets))
+    kept, rows = [c for c, k in zip(chunk, keep, strict=True) if k], []
+    for (name, paths, truth), eyes, present, cam, p, k, t in zip(
+        kept, x, m, cams, prob, pred, targets, strict=True
+    ):
+        stem = str(name).replace("/", "__")
+        np.save(out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
+        shown = [view(paths[j]) if view and present[j] else eyes[j].permute(1, 2, 0).numpy()
+                 for j in range(2)]  # fmt: skip
+        maps = [cam[j] if present[j] else None for j in range(2)]
+        title = f"patient {name}: predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
+        title += f"; true {truth}" if truth else ""
+        save_overlay(
+            shown, maps, out_dir / "overlays" / f"{stem}.png", title, names=("right eye", "left eye")
+        )
+        rows.append({"name": str(name), "right_file": str(paths[0] or ""), "left_file": str(paths[1] or ""),
+                     "true": truth or "", "predicted": classes[k], "probability": f"{p[k]:.4f}",
+                     "target": classes[t], "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"})  # fmt: skip
+    return rows

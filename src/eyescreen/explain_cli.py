@@ -39,10 +39,6 @@ def run_explain(args) -> dict:
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
     prep = Preprocessing(**meta["preprocessing"])
     if takes_both_eyes(meta["model"]):
-        if args.resume:
-            raise ValueError(
-                "explain --resume applies to single-eye checkpoints; re-run a both-eye job whole"
-            )
         return _explain_binocular(args, model, meta, prep)
     if args.subset:
         dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
@@ -75,7 +71,8 @@ def _explain_binocular(args, model, meta, prep) -> dict:
         items = [(p.patient, (p.right, p.left), None) for p in pairs]
     load, view = _loaders(args, prep)
     return explain_patients(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
-                            batch_size=min(args.batch_size, 8), progress=not args.no_progress, view=view)  # fmt: skip
+                            batch_size=min(args.batch_size, 8), progress=not args.no_progress, view=view,
+                            checkpoint=args.checkpoint, resume=args.resume)  # fmt: skip
 
 
 def _loaders(args, prep: Preprocessing):
@@ -122,16 +119,65 @@ def _eye_shares(model, meta, records, images, cache, args) -> list:
     return eye_shares(arrays, cams)
 
 
-def _write_shares(per_eye, records, meta, out: Path, method: str) -> str:
+def _write_shares(per_eye, labels, patients, meta, out: Path, method: str) -> str:
     import json
 
     from .anatomy import plot_shares, shares_markdown, summarise_shares
 
-    labels, patients = [r.label for r in records], [r.group for r in records]
     shares = summarise_shares(per_eye, labels, meta["classes"], patients)
     (out / "anatomy.json").write_text(json.dumps(shares, indent=2))
     plot_shares(shares, out / "anatomy.png", method)
-    return shares_markdown(shares, method)
+    text = shares_markdown(shares, method)
+    if takes_both_eyes(meta["model"]):
+        text = ("Both-eye model: each eye under its own true class; its map is for the patient's predicted "
+                "class.\n" + text)  # fmt: skip
+    return text
+
+
+def _patient_sample(args, meta, cache: ImageCache, default_limit: int | None):
+    """A both-eye model's patients of `--subset`, paired as in its training, or a fixed random sample of
+    `--limit` of them; with the image file of each eye key (for the photograph under the map)."""
+    import numpy as np
+
+    from .evaluate import both_eyes_task
+
+    dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
+    part = subset(dataset, meta["split"], args.subset)
+    samples = both_eyes_task(meta).load(part, cache, args.subset, not args.no_progress, report=False)
+    limit = args.limit if args.limit is not None else default_limit
+    if limit is not None and limit < len(samples):
+        keep = sorted(np.random.default_rng(0).permutation(len(samples))[:limit])  # the same on every run
+        samples = dataclasses.replace(
+            samples, inputs=samples.inputs[keep], targets=samples.targets[keep], labels=samples.labels[keep],
+            mask=samples.mask[keep], names=tuple(samples.names[i] for i in keep),
+            groups=tuple(samples.groups[i] for i in keep), eye_names=tuple(samples.eye_names[i] for i in keep),
+        )  # fmt: skip
+    return samples, {r.key: r.path for r in part.records}
+
+
+def _pair_shares(model, meta, samples, path_of: dict, cache: ImageCache, args):
+    """Disc, macula and rest shares of each present eye's map (for the patient's predicted class), with
+    each eye's true class (None: outside the classes) and patient."""
+    import numpy as np
+
+    from .anatomy import eye_shares
+    from .faithfulness import explanation_maps, predicted_classes
+
+    norm, mask = meta["normalization"], samples.mask
+    targets = predicted_classes(model, samples.inputs, norm["mean"], norm["std"], mask)
+    cams = explanation_maps(model, samples.inputs, norm["mean"], norm["std"], args.method, list(targets), mask,
+                            args.batch_size)  # fmt: skip
+    present = mask.numpy()
+    keys = np.array(samples.eye_names, dtype=object).reshape(len(samples), 2)[present]
+    if cache.prep.enhance != "none":  # landmarks are found on the photograph, not the enhanced input
+        plain = ImageCache(dataclasses.replace(cache.prep, enhance="none"), args.cache_dir)
+        arrays = np.stack([plain.get(path_of[k]) for k in keys])
+    else:
+        arrays = samples.inputs[mask].permute(0, 2, 3, 1).numpy()
+    classes = meta["classes"]
+    labels = [classes[t] if t >= 0 else None for t in samples.targets[:, :2].numpy()[present]]
+    patients = list(np.repeat(np.array(samples.names, dtype=object), 2)[present.ravel()])
+    return eye_shares(arrays, cams[present]), labels, patients
 
 
 def run_faithfulness(args) -> str:
@@ -144,26 +190,33 @@ def run_faithfulness(args) -> str:
     if not args.subset:
         raise ValueError("--evaluate needs --subset (e.g. --subset test)")
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
-    if takes_both_eyes(meta["model"]):
-        raise ValueError(
-            "--evaluate applies to single-eye checkpoints (its curves perturb one image at a time)"
-        )
-    records = _subset_sample(args, meta, default_limit=200)
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), args.cache_dir)
-    images, ok, errors = load_stack([r.path for r in records], cache, progress=not args.no_progress)
-    records = [records[i] for i in ok]
     norm = meta["normalization"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = faithfulness_table(model, images, norm["mean"], norm["std"], methods, batch_size=args.batch_size)
+    if takes_both_eyes(meta["model"]):  # patients: about as many eyes as the single-eye default of 200
+        samples, path_of = _patient_sample(args, meta, cache, default_limit=100)
+        rows = faithfulness_table(model, samples.inputs, norm["mean"], norm["std"], methods,
+                                  batch_size=args.batch_size, mask=samples.mask)  # fmt: skip
+        unreadable = list(samples.skipped)
+        table = table_markdown(rows, len(samples), meta["model"]["name"], eyes=int(samples.mask.sum()))
+        per_eye, labels, patients = _pair_shares(model, meta, samples, path_of, cache, args)
+    else:
+        records = _subset_sample(args, meta, default_limit=200)
+        images, ok, errors = load_stack([r.path for r in records], cache, progress=not args.no_progress)
+        records = [records[i] for i in ok]
+        rows = faithfulness_table(
+            model, images, norm["mean"], norm["std"], methods, batch_size=args.batch_size
+        )
+        unreadable = [message for _, message in errors]
+        table = table_markdown(rows, len(images), meta["model"]["name"])
+        # Where does it look: CAM mass on the optic disc, the macula and the rest, per true class.
+        per_eye = _eye_shares(model, meta, records, images, cache, args)
+        labels, patients = [r.label for r in records], [r.group for r in records]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = _left_out([message for _, message in errors]) + table_markdown(
-        rows, len(images), meta["model"]["name"]
-    )
+    text = _left_out(unreadable) + table
     (out / "faithfulness.json").write_text(json.dumps(rows, indent=2))
-    # Where does it look: CAM mass on the optic disc, the macula and the rest, per true class.
-    per_eye = _eye_shares(model, meta, records, images, cache, args)
-    text += "\n" + _write_shares(per_eye, records, meta, out, args.method)
+    text += "\n" + _write_shares(per_eye, labels, patients, meta, out, args.method)
     (out / "faithfulness.md").write_text(text)
     return text + f"\nwritten to {out / 'faithfulness.md'} and {out / 'anatomy.png'}"
 
@@ -176,10 +229,10 @@ def run_anatomy(args, chunk: int = 128) -> str:
     if not args.subset:
         raise ValueError("--anatomy needs --subset (e.g. --subset test)")
     model, meta = load_model(args.checkpoint, resolve_device(args.device))
-    if takes_both_eyes(meta["model"]):
-        raise ValueError("--anatomy applies to single-eye checkpoints")
-    records = _subset_sample(args, meta, default_limit=None)
     cache = ImageCache(Preprocessing(**meta["preprocessing"]), args.cache_dir)
+    if takes_both_eyes(meta["model"]):
+        return _pair_anatomy(args, model, meta, cache)
+    records = _subset_sample(args, meta, default_limit=None)
     kept, per_eye, unreadable = [], [], []
     starts = range(0, len(records), chunk)  # chunks keep memory flat on large splits
     for start in tqdm(starts, desc=f"maps of {len(records)} eyes", unit="chunk", disable=args.no_progress):
@@ -190,14 +243,25 @@ def run_anatomy(args, chunk: int = 128) -> str:
         if part:
             kept += part
             per_eye += _eye_shares(model, meta, part, images, cache, args)
+    labels, patients = [r.label for r in kept], [r.group for r in kept]
+    return _write_anatomy(args, meta, per_eye, labels, patients, unreadable, f"{len(kept)} eyes")
+
+
+def _pair_anatomy(args, model, meta, cache: ImageCache) -> str:
+    """`explain --anatomy` for a both-eye model: every present eye of the split's patients (or `--limit`
+    patients), its map for the patient's decision."""
+    samples, path_of = _patient_sample(args, meta, cache, default_limit=None)
+    per_eye, labels, patients = _pair_shares(model, meta, samples, path_of, cache, args)
+    scope = f"{int(samples.mask.sum())} eyes of {len(samples)} patients"
+    return _write_anatomy(args, meta, per_eye, labels, patients, list(samples.skipped), scope)
+
+
+def _write_anatomy(args, meta, per_eye, labels, patients, unreadable: list[str], scope: str) -> str:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     located = sum(s is not None for s in per_eye)
-    text = (
-        _left_out(unreadable)
-        + f"{len(kept)} eyes of the {args.subset} split, landmarks found on {located}.\n\n"
-    )
-    text += _write_shares(per_eye, kept, meta, out, args.method)
+    text = _left_out(unreadable) + f"{scope} of the {args.subset} split, landmarks found on {located}.\n\n"
+    text += _write_shares(per_eye, labels, patients, meta, out, args.method)
     (out / "anatomy.md").write_text(text)
     return text + f"\nwritten to {out / 'anatomy.md'} and {out / 'anatomy.png'}"
 
