@@ -181,12 +181,12 @@ def test_interrupted_explain_of_a_both_eye_model_resumes(folder, tmp_path, monke
     monkeypatch.setattr(explain_module, "save_overlay", interrupted)
     out = tmp_path / "out"
     assert main(args + ["--out", str(out)]) == 130  # interrupted in the second chunk of four patients
-    assert len(rows(out / "explanations.csv")) == 4
+    assert len(rows(out / "explanations.csv")) == 5  # the first chunk, and one patient drawn of the second
     assert main(args + ["--out", str(out), "--target", "blob", "--resume"]) == 2  # other settings
     calls.clear()
     calls.extend([None] * 100)  # no more interruptions: count the overlays the resumed run draws
     assert main(args + ["--out", str(out), "--resume"]) == 0
-    assert len(calls) == 100 + 9 - 4  # only the rest was explained
+    assert len(calls) == 100 + 9 - 5  # only the rest was explained
     assert_same_rows(rows(out / "explanations.csv"), full, "name")
     assert (out / "index.html").read_text().count("<img") == 9
 

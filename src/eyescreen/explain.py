@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import html
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -279,6 +280,20 @@ def prepare_output(out_dir: Path, classes: list[str], target: str) -> None:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
+IMAGE_FIELDS = ["name", "file", "true", "predicted", "probability", "target", "overlay", "map"]
+PATIENT_FIELDS = [
+    "name",
+    "right_file",
+    "left_file",
+    "true",
+    "predicted",
+    "probability",
+    "target",
+    "overlay",
+    "map",
+]
+
+
 def explain_items(
     items: list[tuple[str, Path, str | None]],
     model: nn.Module,
@@ -298,55 +313,8 @@ def explain_items(
     `view(path)`, when given, is the picture the map is drawn over (the photograph before structure
     enhancement, which is what a clinician reads). The index is written a chunk at a time; `resume`
     keeps the items an interrupted run of the same `checkpoint`, method and target explained."""
-    from .inference import predict_proba
-    from .preprocess import ImageError
-
-    classes, norm = meta["classes"], meta["normalization"]
-    prepare_output(out_dir, classes, target)
-    device = next(model.parameters()).device
-    fields = ["name", "file", "true", "predicted", "probability", "target", "overlay", "map"]
-    index = BatchOutput(out_dir / "explanations.csv", fields, checkpoint, resume, key="name",
-                        settings={"method": method, "target": target})  # fmt: skip
-    with index:
-        rows, failures = index.kept_rows, []
-        items = [item for item in items if item[0] not in index.done]
-        bar = tqdm(total=len(items), desc=f"explaining ({method})", disable=not progress)
-        for start in range(0, len(items), batch_size):
-            chunk, arrays = [], []
-            for name, path, truth in items[start : start + batch_size]:
-                try:
-                    arrays.append(load(path))
-                    chunk.append((name, path, truth))
-                except ImageError as e:
-                    failures.append((path, str(e)))
-            if arrays:
-                images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-                prob = predict_proba(model, images, norm["mean"], norm["std"], device)
-                prob, pred = as_predicted(prob, meta)
-                targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
-                cams = compute_cams(
-                    model, images, norm["mean"], norm["std"], method, list(targets), batch_size
-                )
-                for (name, path, truth), image, cam, p, k, t in zip(
-                    chunk, arrays, cams, prob, pred, targets, strict=True
-                ):
-                    stem = Path(name).with_suffix("").as_posix().replace("/", "__")
-                    np.save(out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
-                    title = f"predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
-                    if truth:
-                        title += f"; true {truth}"
-                    shown = image if view is None else view(path)
-                    save_overlay(shown, cam, out_dir / "overlays" / f"{stem}.png", title)
-                    rows.append({"name": name, "file": str(path), "true": truth or "", "predicted": classes[k],
-                                 "probability": f"{p[k]:.4f}", "target": classes[t],
-                                 "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"})  # fmt: skip
-                    index.write([rows[-1][f] for f in fields])
-                index.flush()
-            bar.update(len(items[start : start + batch_size]))
-        bar.close()
-    gallery(rows, classes, out_dir / "index.html", method)
-    keep_problems("could not read", [message for _, message in failures], out_dir / "unreadable.txt")
-    return {"explained": len(rows), "failed": failures, "index": out_dir / "index.html"}
+    work = _Work(model, meta, out_dir, load, method, target, view, batch_size)
+    return _stream(items, work, _explain_images, IMAGE_FIELDS, "explaining", progress, checkpoint, resume)
 
 
 def explain_patients(
@@ -366,44 +334,97 @@ def explain_patients(
     """Both-eye model: items are (patient, (right path | None, left path | None), true label | None).
     One side-by-side overlay per patient (right eye, then left) for the patient-level decision. `load`,
     `view`, the streamed index and `resume` as `explain_items` takes them (one row per patient)."""
-    fields = [
-        "name",
-        "right_file",
-        "left_file",
-        "true",
-        "predicted",
-        "probability",
-        "target",
-        "overlay",
-        "map",
-    ]
-    classes = meta["classes"]
-    prepare_output(out_dir, classes, target)
-    index = BatchOutput(out_dir / "explanations.csv", fields, checkpoint, resume, key="name",
-                        settings={"method": method, "target": target})  # fmt: skip
+    work = _Work(model, meta, out_dir, load, method, target, view, batch_size)
+    return _stream(
+        items, work, _explain_pairs, PATIENT_FIELDS, "explaining patients", progress, checkpoint, resume
+    )
+
+
+@dataclass
+class _Work:
+    """What every chunk of an explain job shares."""
+
+    model: nn.Module
+    meta: dict
+    out_dir: Path
+    load: object
+    method: str
+    target: str
+    view: object
+    batch_size: int
+
+    def targets(self, pred: np.ndarray) -> np.ndarray:
+        classes = self.meta["classes"]
+        return pred if self.target == "predicted" else np.full(len(pred), classes.index(self.target))
+
+
+def _stream(items, work: _Work, explain_chunk, fields, desc, progress, checkpoint, resume) -> dict:
+    """The explain job's loop: skip what an earlier run wrote (with `resume`), explain the rest a chunk at
+    a time, write each row as its overlay is saved, then the gallery and the list of unreadable files.
+    `explain_chunk(chunk, work, failures)` yields the rows of one chunk."""
+    classes = work.meta["classes"]
+    prepare_output(work.out_dir, classes, work.target)
+    index = BatchOutput(work.out_dir / "explanations.csv", fields, checkpoint, resume, key="name",
+                        settings={"method": work.method, "target": work.target})  # fmt: skip
     with index:
         rows, failures = index.kept_rows, []
         items = [item for item in items if item[0] not in index.done]
-        bar = tqdm(total=len(items), desc=f"explaining patients ({method})", disable=not progress)
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            for row in _explain_pair_chunk(chunk, model, meta, out_dir, load, method, target, view, failures):
+        bar = tqdm(total=len(items), desc=f"{desc} ({work.method})", disable=not progress)
+        for start in range(0, len(items), work.batch_size):
+            chunk = items[start : start + work.batch_size]
+            for row in explain_chunk(chunk, work, failures):
                 rows.append(row)
                 index.write([row[f] for f in fields])
             index.flush()
             bar.update(len(chunk))
         bar.close()
-    gallery(rows, classes, out_dir / "index.html", method)
-    keep_problems("could not read", [message for _, message in failures], out_dir / "unreadable.txt")
-    return {"explained": len(rows), "failed": failures, "index": out_dir / "index.html"}
+    gallery(rows, classes, work.out_dir / "index.html", work.method)
+    keep_problems("could not read", [message for _, message in failures], work.out_dir / "unreadable.txt")
+    return {"explained": len(rows), "failed": failures, "index": work.out_dir / "index.html"}
 
 
-def _explain_pair_chunk(
-    chunk, model, meta, out_dir: Path, load, method, target, view, failures
-) -> list[dict]:
+def _explain_images(chunk, work: _Work, failures) -> Iterator[dict]:
+    """Overlays and maps of one chunk of single images; their index rows."""
+    from .inference import predict_proba
+    from .preprocess import ImageError
+
+    classes, norm = work.meta["classes"], work.meta["normalization"]
+    device = next(work.model.parameters()).device
+    readable, arrays = [], []
+    for name, path, truth in chunk:
+        try:
+            arrays.append(work.load(path))
+            readable.append((name, path, truth))
+        except ImageError as e:
+            failures.append((path, str(e)))
+    if not arrays:
+        return
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    prob, pred = as_predicted(predict_proba(work.model, images, norm["mean"], norm["std"], device), work.meta)
+    targets = work.targets(pred)
+    cams = compute_cams(
+        work.model, images, norm["mean"], norm["std"], work.method, list(targets), work.batch_size
+    )
+    for (name, path, truth), image, cam, p, k, t in zip(
+        readable, arrays, cams, prob, pred, targets, strict=True
+    ):
+        stem = Path(name).with_suffix("").as_posix().replace("/", "__")
+        np.save(work.out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
+        title = f"predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
+        if truth:
+            title += f"; true {truth}"
+        shown = image if work.view is None else work.view(path)
+        save_overlay(shown, cam, work.out_dir / "overlays" / f"{stem}.png", title)
+        yield {"name": name, "file": str(path), "true": truth or "", "predicted": classes[k],
+               "probability": f"{p[k]:.4f}", "target": classes[t],
+               "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"}  # fmt: skip
+
+
+def _explain_pairs(chunk, work: _Work, failures) -> Iterator[dict]:
     """Overlays and maps of one chunk of patients; their index rows. Unreadable eyes go to `failures`."""
     from .preprocess import ImageError
 
+    model, meta, load, view = work.model, work.meta, work.load, work.view
     classes, norm = meta["classes"], meta["normalization"]
     device = next(model.parameters()).device
     size = meta["preprocessing"]["image_size"]
@@ -420,7 +441,7 @@ def _explain_pair_chunk(
                 failures.append((path, str(e)))
     keep = mask.any(1)
     if not keep.any():
-        return []
+        return
     x, m = images[keep], mask[keep]
     with torch.inference_mode():
         _, logits = model(
@@ -429,23 +450,22 @@ def _explain_pair_chunk(
         )
     prob = torch.softmax(logits.float(), 1).cpu().numpy()
     prob, pred = as_predicted(prob, meta)
-    targets = pred if target == "predicted" else np.full(len(pred), classes.index(target))
-    cams = compute_pair_cams(model, x, m, norm["mean"], norm["std"], method, list(targets))
-    kept, rows = [c for c, k in zip(chunk, keep, strict=True) if k], []
+    targets = work.targets(pred)
+    cams = compute_pair_cams(model, x, m, norm["mean"], norm["std"], work.method, list(targets))
+    kept = [c for c, k in zip(chunk, keep, strict=True) if k]
     for (name, paths, truth), eyes, present, cam, p, k, t in zip(
         kept, x, m, cams, prob, pred, targets, strict=True
     ):
         stem = str(name).replace("/", "__")
-        np.save(out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
+        np.save(work.out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
         shown = [view(paths[j]) if view and present[j] else eyes[j].permute(1, 2, 0).numpy()
                  for j in range(2)]  # fmt: skip
         maps = [cam[j] if present[j] else None for j in range(2)]
         title = f"patient {name}: predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
         title += f"; true {truth}" if truth else ""
         save_overlay(
-            shown, maps, out_dir / "overlays" / f"{stem}.png", title, names=("right eye", "left eye")
+            shown, maps, work.out_dir / "overlays" / f"{stem}.png", title, names=("right eye", "left eye")
         )
-        rows.append({"name": str(name), "right_file": str(paths[0] or ""), "left_file": str(paths[1] or ""),
-                     "true": truth or "", "predicted": classes[k], "probability": f"{p[k]:.4f}",
-                     "target": classes[t], "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"})  # fmt: skip
-    return rows
+        yield {"name": str(name), "right_file": str(paths[0] or ""), "left_file": str(paths[1] or ""),
+               "true": truth or "", "predicted": classes[k], "probability": f"{p[k]:.4f}",
+               "target": classes[t], "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"}  # fmt: skip
