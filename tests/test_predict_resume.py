@@ -126,23 +126,30 @@ def test_interrupted_predict_pairs_resumes(checkpoints, folder, tmp_path):
     assert_same_rows(rows(out), rows(tmp_path / "full.csv"), "patient")
 
 
-def test_interrupted_explain_resumes(checkpoints, folder, tmp_path, monkeypatch):
+def overlays_interrupted_at(n: int, monkeypatch) -> list:
+    """Explain's n-th overlay raises KeyboardInterrupt (as Ctrl-C would); the list counts the overlays."""
     from eyescreen import explain as explain_module
+
+    real, calls = explain_module.save_overlay, []
+
+    def interrupted(*a, **k):
+        calls.append(a)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(explain_module, "save_overlay", interrupted)
+    return calls
+
+
+def test_interrupted_explain_resumes(checkpoints, folder, tmp_path, monkeypatch):
     from eyescreen.cli import main
 
     best, other = checkpoints
     (folder / "broken.jpg").unlink()
     args = ["explain", str(folder), "--checkpoint", str(best), "--batch-size", "4", "--no-progress"]
     assert main(args + ["--out", str(tmp_path / "full")]) == 0
-    real, calls = explain_module.save_overlay, []
-
-    def interrupted(*a, **k):
-        calls.append(a)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(explain_module, "save_overlay", interrupted)
+    calls = overlays_interrupted_at(6, monkeypatch)
     out = tmp_path / "out"
     assert main(args + ["--out", str(out)]) == 130  # interrupted, as by Ctrl-C
     # The first chunk, and the one row of the second whose overlay was saved before the interruption.
@@ -160,7 +167,6 @@ def test_interrupted_explain_resumes(checkpoints, folder, tmp_path, monkeypatch)
 
 
 def test_interrupted_explain_of_a_both_eye_model_resumes(folder, tmp_path, monkeypatch):
-    from eyescreen import explain as explain_module
     from eyescreen.cli import main
 
     manifest = write_dataset(tmp_path / "data", patients=12)
@@ -170,15 +176,7 @@ def test_interrupted_explain_of_a_both_eye_model_resumes(folder, tmp_path, monke
     assert main(args + ["--out", str(tmp_path / "full")]) == 0
     full = rows(tmp_path / "full" / "explanations.csv")
     assert len(full) == 9 and all(r["right_file"] and r["left_file"] for r in full)  # one row per patient
-    real, calls = explain_module.save_overlay, []
-
-    def interrupted(*a, **k):
-        calls.append(a)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(explain_module, "save_overlay", interrupted)
+    calls = overlays_interrupted_at(6, monkeypatch)
     out = tmp_path / "out"
     assert main(args + ["--out", str(out)]) == 130  # interrupted in the second chunk of four patients
     assert len(rows(out / "explanations.csv")) == 5  # the first chunk, and one patient drawn of the second
