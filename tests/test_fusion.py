@@ -135,6 +135,28 @@ def test_both_eye_checkpoint_evaluates_per_patient_and_per_eye(tmp_path):
     auc = result["metrics"]["macro_auc"]
     assert auc["b"] == pytest.approx(report["eye_level"]["metrics"]["macro_auc"], abs=1e-6)
 
+    # test-time augmentation: both eyes turned alike, patients and eyes scored as without it
+    flipped = evaluate(best, tmp_path / "tta", progress=False, n_resamples=20, tta="flips")
+    assert flipped["test_time_augmentation"] == "flips (4 views)"
+    assert flipped["metrics"]["n"] == report["metrics"]["n"]
+    assert flipped["eye_level"]["metrics"]["n"] == report["eye_level"]["metrics"]["n"]
+    assert "flips (4 views)" in (tmp_path / "tta" / "report.md").read_text()
+
+
+def test_test_time_views_of_both_eyes_average_each_output_apart():
+    from eyescreen.inference import ViewAverage
+
+    net = model("attention")
+    x = torch.rand(3, 2, 3, 32, 32)
+    mask = torch.tensor([[True, True], [True, False], [False, True]])
+    with torch.no_grad():
+        views = [net(v, mask) for v in (x, x.flip(-1), x.flip(-2), x.flip(-1, -2))]
+        eyes, patients = ViewAverage(net)(x, mask)
+        torch.testing.assert_close(eyes, torch.stack([v[0] for v in views]).mean(0))
+        torch.testing.assert_close(patients, torch.stack([v[1] for v in views]).mean(0))
+        # the same patients photographed upside down get the same average
+        torch.testing.assert_close(ViewAverage(net)(x.flip(-2), mask)[1], patients, rtol=1e-5, atol=1e-6)
+
 
 @pytest.mark.parametrize("model_name", ["tiny-cnn-binocular", "tiny-cnn"])
 def test_predict_pairs_writes_one_row_per_patient(tmp_path, model_name):

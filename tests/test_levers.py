@@ -146,6 +146,9 @@ def test_tta_averages_its_views_and_evaluates(synthetic_manifest, tmp_path):
     best = train(cfg, synthetic_manifest, tmp_path / "run", progress=False)
     report = evaluate(best, tmp_path / "tta", progress=False, n_resamples=20, tta="dihedral")
     assert report["test_time_augmentation"] == "quarter turns x flips (8 views)"
+    assert "averaged over quarter turns x flips (8 views)" in (tmp_path / "tta" / "report.md").read_text()
+    evaluate(best, tmp_path / "plain", progress=False, n_resamples=20)
+    assert "test-time augmentation" not in (tmp_path / "plain" / "report.md").read_text()
     assert 0 <= report["metrics"]["macro_auc"] <= 1
 
 

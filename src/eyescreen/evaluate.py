@@ -74,8 +74,6 @@ def evaluate(
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     if tta:
-        if takes_both_eyes(meta["model"]):
-            raise ValueError("--tta applies to single-eye models")
         model = ViewAverage(model, tta)
     classes = meta["classes"]
     # other data (--data) may lack some of the model's classes, and hold classes the model does not know

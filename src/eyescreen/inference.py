@@ -56,8 +56,9 @@ TTA_DESCRIPTIONS = {"flips": "flips (4 views)", "dihedral": "quarter turns x fli
 
 class ViewAverage(nn.Module):
     """Test-time augmentation: the mean of the logits over transformed copies of the image (`TTA_VIEWS`):
-    its horizontal, vertical and double flips, or the 8 quarter turns and mirror images. Single-eye
-    models only."""
+    its horizontal, vertical and double flips, or the 8 quarter turns and mirror images. A both-eye
+    model's eyes ([B, 2, 3, H, W], then its mask) are transformed alike, and each of its outputs (per-eye
+    and patient logits) is averaged apart."""
 
     def __init__(self, model: nn.Module, views: str = "flips"):
         super().__init__()
@@ -66,8 +67,11 @@ class ViewAverage(nn.Module):
         self.model = model
         self.views = views
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.model(v) for v in TTA_VIEWS[self.views](x)]).mean(0)
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = [self.model(v, *rest) for v in TTA_VIEWS[self.views](x)]
+        if isinstance(outputs[0], tuple):
+            return tuple(torch.stack([o[i] for o in outputs]).mean(0) for i in range(len(outputs[0])))
+        return torch.stack(outputs).mean(0)
 
 
 def prepare_batch(batch: torch.Tensor, device, mean, std, channels_last: bool) -> torch.Tensor:

@@ -120,6 +120,14 @@ def markdown(report: dict) -> str:
         *(f"- {note}" for note in report.get("notes", [])),
         *(
             [
+                f"- test-time augmentation: the logits averaged over {report['test_time_augmentation']}; the "
+                "checkpoint's temperature and thresholds were fitted without it"
+            ]
+            if report.get("test_time_augmentation", "none") != "none"
+            else []
+        ),
+        *(
+            [
                 f"- the table and the confusion matrix name each {report.get('level', 'eye')}'s most probable "
                 'class; `predict` names the decision rule\'s (section "Decision rule" below)'
             ]
