@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .batch_output import BatchOutput, keep_problems
-from .models import cam_target
+from .models import cam_target, takes_both_eyes
 from .preprocess import field_of_view, normalize
 
 METHODS = {
@@ -295,7 +295,7 @@ PATIENT_FIELDS = [
 
 
 def explain_items(
-    items: list[tuple[str, Path, str | None]],
+    items: list[tuple],
     model: nn.Module,
     meta: dict,
     out_dir: Path,
@@ -308,36 +308,20 @@ def explain_items(
     checkpoint: str | Path | None = None,
     resume: bool = False,
 ) -> dict:
-    """Explain (name, path, true label or None) items in streamed chunks: overlay PNG + raw .npy each,
-    an index CSV and the gallery. `load(path) -> uint8 (H, W, 3)` raises ImageError for bad files;
-    `view(path)`, when given, is the picture the map is drawn over (the photograph before structure
-    enhancement, which is what a clinician reads). The index is written a chunk at a time; `resume`
-    keeps the items an interrupted run of the same `checkpoint`, method and target explained."""
+    """Explain items in streamed chunks: overlay PNG + raw .npy each, an index CSV and the gallery.
+
+    Items are (name, path, true label or None); for a both-eye model, (patient, (right path | None,
+    left path | None), true label or None), and each patient gets one side-by-side overlay (right eye,
+    then left) for the patient-level decision. `load(path) -> uint8 (H, W, 3)` raises ImageError for
+    bad files; `view(path)`, when given, is the picture the map is drawn over (the photograph before
+    structure enhancement, which is what a clinician reads). The index is written a row at a time and
+    flushed a chunk at a time; `resume` keeps the items an interrupted run of the same `checkpoint`,
+    method and target explained."""
     work = _Work(model, meta, out_dir, load, method, target, view, batch_size)
+    if takes_both_eyes(meta["model"]):
+        return _stream(items, work, _explain_pairs, PATIENT_FIELDS, "explaining patients", progress, checkpoint,
+                       resume)  # fmt: skip
     return _stream(items, work, _explain_images, IMAGE_FIELDS, "explaining", progress, checkpoint, resume)
-
-
-def explain_patients(
-    items: list[tuple[str, tuple, str | None]],
-    model: nn.Module,
-    meta: dict,
-    out_dir: Path,
-    load,
-    method: str = "gradcam",
-    target: str = "predicted",
-    batch_size: int = 8,
-    progress: bool = True,
-    view=None,
-    checkpoint: str | Path | None = None,
-    resume: bool = False,
-) -> dict:
-    """Both-eye model: items are (patient, (right path | None, left path | None), true label | None).
-    One side-by-side overlay per patient (right eye, then left) for the patient-level decision. `load`,
-    `view`, the streamed index and `resume` as `explain_items` takes them (one row per patient)."""
-    work = _Work(model, meta, out_dir, load, method, target, view, batch_size)
-    return _stream(
-        items, work, _explain_pairs, PATIENT_FIELDS, "explaining patients", progress, checkpoint, resume
-    )
 
 
 @dataclass

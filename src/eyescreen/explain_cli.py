@@ -54,7 +54,6 @@ def run_explain(args) -> dict:
 
 def _explain_binocular(args, model, meta, prep) -> dict:
     """Patients from the checkpoint's split (with their patient label) or from paired file names."""
-    from .explain import explain_patients
     from .pairs import DEFAULT_PATTERN, pair_files, pair_records, patient_label
 
     if args.subset:
@@ -70,9 +69,9 @@ def _explain_binocular(args, model, meta, prep) -> dict:
             print(f"not paired: {path}")
         items = [(p.patient, (p.right, p.left), None) for p in pairs]
     load, view = _loaders(args, prep)
-    return explain_patients(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
-                            batch_size=min(args.batch_size, 8), progress=not args.no_progress, view=view,
-                            checkpoint=args.checkpoint, resume=args.resume)  # fmt: skip
+    return explain_items(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
+                         batch_size=min(args.batch_size, 8), progress=not args.no_progress, view=view,
+                         checkpoint=args.checkpoint, resume=args.resume)  # fmt: skip
 
 
 def _loaders(args, prep: Preprocessing):
