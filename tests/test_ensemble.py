@@ -108,6 +108,27 @@ def test_an_ensemble_of_one_model_twice_explains_as_that_model(runs):
     assert all(not m._forward_hooks and not m._backward_hooks for m in twice.modules())
 
 
+def test_the_sanity_check_randomises_an_ensembles_members_block_by_block(runs):
+    from eyescreen.ensemble import Ensemble
+    from eyescreen.faithfulness import randomisation_check
+
+    first, _, _ = runs
+    single, meta = load_model(first)
+    twice, _ = build_ensemble([first, first])
+    before = [p.detach().clone() for p in twice.parameters()]
+    images = torch.randint(0, 255, (4, 3, 40, 40), dtype=torch.uint8)
+    norm = meta["normalization"]
+    rows = randomisation_check(twice, images, norm["mean"], norm["std"], "gradcam", targets=[0, 1, 2, 0])
+    alone = randomisation_check(single, images, norm["mean"], norm["std"], "gradcam", targets=[0, 1, 2, 0])
+    assert [r["randomised_down_to"] for r in rows] == [r["randomised_down_to"] for r in alone]
+    assert len(rows) > 1 and rows[-1]["spearman"] < 0.5
+    assert all(torch.equal(a, b) for a, b in zip(before, twice.parameters(), strict=True))
+    # members of other shapes have no common blocks: randomised at once
+    mixed = Ensemble(3, [{"name": "tiny-cnn", "args": {}}, {"name": "resnet18", "args": {}}])
+    one = randomisation_check(mixed, images, norm["mean"], norm["std"], "gradcam", targets=[0, 1, 2, 0])
+    assert [r["randomised_down_to"] for r in one] == ["members"]
+
+
 def test_members_of_another_split_a_single_model_or_copies_are_refused(runs, tmp_path, capsys):
     first, _, other_split = runs
     with pytest.raises(

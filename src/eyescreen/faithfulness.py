@@ -129,9 +129,17 @@ def _parametrised_children(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _cascade(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The blocks to randomise, from the output back to the input. A both-eye model's path to its patient
     decision is its patient head and pooling, then its shared backbone block by block; its per-eye class
-    layer is not on that path and is left out."""
+    layer is not on that path and is left out. An ensemble's members are randomised block by block
+    together, where they share their blocks' names (else all at once)."""
     from .fusion import EYE_HEAD
 
+    members = getattr(model, "members", None)
+    if members is not None:
+        steps = [_cascade(m) for m in members]
+        names = [[name for name, _ in member] for member in steps]
+        if any(n != names[0] for n in names):
+            return [("members", members)]
+        return [(name, nn.ModuleList([member[i][1] for member in steps])) for i, name in enumerate(names[0])]
     children = _parametrised_children(model)
     backbone = dict(children).get("backbone")
     if backbone is None:
