@@ -186,7 +186,9 @@ def test_interrupted_explain_of_a_both_eye_model_resumes(folder, tmp_path, monke
     assert main(args + ["--out", str(out), "--resume"]) == 0
     assert len(calls) == 100 + 9 - 5  # only the rest was explained
     assert_same_rows(rows(out / "explanations.csv"), full, "name")
-    assert (out / "index.html").read_text().count("<img") == 9
+    assert (out / "index.html").read_text().count("<img") == 9 and "<p>9 patients;" in (
+        out / "index.html"
+    ).read_text()
 
 
 def test_folder_scan_names_the_files_it_left_aside(checkpoints, folder, tmp_path, capsys):

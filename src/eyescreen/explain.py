@@ -226,7 +226,7 @@ def overlay_figure(images, cams, title: str, names=("fundus",)):
     return fig
 
 
-def gallery(rows: list[dict], classes: list[str], path: Path, method: str) -> None:
+def gallery(rows: list[dict], classes: list[str], path: Path, method: str, unit: str = "images") -> None:
     """index.html: images grouped by true class, correct and misclassified apart (or by predicted
     class when the truth is unknown)."""
     sections: dict[str, list[dict]] = {}
@@ -239,7 +239,7 @@ def gallery(rows: list[dict], classes: list[str], path: Path, method: str) -> No
         sections.setdefault(key, []).append(r)
     order = sorted(sections, key=lambda k: (k.split(" — ")[0], "misclassified" in k))
     parts = [f"<h1>eyescreen explanations ({html.escape(method)})</h1>",
-             f"<p>{len(rows)} images; classes: {html.escape(', '.join(classes))}</p>"]  # fmt: skip
+             f"<p>{len(rows)} {html.escape(unit)}; classes: {html.escape(', '.join(classes))}</p>"]  # fmt: skip
     for key in order:
         parts.append(f"<h2>{html.escape(key)} ({len(sections[key])})</h2><div class='grid'>")
         for r in sections[key]:
@@ -319,9 +319,8 @@ def explain_items(
     method and target explained."""
     work = _Work(model, meta, out_dir, load, method, target, view, batch_size)
     if takes_both_eyes(meta["model"]):
-        return _stream(items, work, _explain_pairs, PATIENT_FIELDS, "explaining patients", progress, checkpoint,
-                       resume)  # fmt: skip
-    return _stream(items, work, _explain_images, IMAGE_FIELDS, "explaining", progress, checkpoint, resume)
+        return _stream(items, work, _explain_pairs, PATIENT_FIELDS, "patients", progress, checkpoint, resume)
+    return _stream(items, work, _explain_images, IMAGE_FIELDS, "images", progress, checkpoint, resume)
 
 
 @dataclass
@@ -342,7 +341,7 @@ class _Work:
         return pred if self.target == "predicted" else np.full(len(pred), classes.index(self.target))
 
 
-def _stream(items, work: _Work, explain_chunk, fields, desc, progress, checkpoint, resume) -> dict:
+def _stream(items, work: _Work, explain_chunk, fields, unit: str, progress, checkpoint, resume) -> dict:
     """The explain job's loop: skip what an earlier run wrote (with `resume`), explain the rest a chunk at
     a time, write each row as its overlay is saved, then the gallery and the list of unreadable files.
     `explain_chunk(chunk, work, failures)` yields the rows of one chunk."""
@@ -353,7 +352,7 @@ def _stream(items, work: _Work, explain_chunk, fields, desc, progress, checkpoin
     with index:
         rows, failures = index.kept_rows, []
         items = [item for item in items if item[0] not in index.done]
-        bar = tqdm(total=len(items), desc=f"{desc} ({work.method})", disable=not progress)
+        bar = tqdm(total=len(items), desc=f"explaining {unit} ({work.method})", disable=not progress)
         for start in range(0, len(items), work.batch_size):
             chunk = items[start : start + work.batch_size]
             for row in explain_chunk(chunk, work, failures):
@@ -362,7 +361,7 @@ def _stream(items, work: _Work, explain_chunk, fields, desc, progress, checkpoin
             index.flush()
             bar.update(len(chunk))
         bar.close()
-    gallery(rows, classes, work.out_dir / "index.html", work.method)
+    gallery(rows, classes, work.out_dir / "index.html", work.method, unit)
     keep_problems("could not read", [message for _, message in failures], work.out_dir / "unreadable.txt")
     return {"explained": len(rows), "failed": failures, "index": work.out_dir / "index.html"}
 
