@@ -267,3 +267,13 @@ def test_the_gallery_links_files_whose_names_hold_url_characters(tmp_path):
     page = (tmp_path / "index.html").read_text()
     links = [part.split("'")[0] for part in page.split("src='")[1:]]
     assert len(links) == 1 and "#" not in links[0] and "?" not in links[0] and unquote(links[0]) == overlay
+
+
+def test_the_overlay_title_says_when_the_decision_rule_names_a_less_probable_class():
+    from eyescreen.explain import decision_text
+
+    classes = ["normal", "dr", "amd"]
+    assert decision_text(np.array([0.7, 0.2, 0.1]), 0, classes) == "predicted normal (p=0.70)"
+    assert decision_text(np.array([0.7, 0.24, 0.06]), 2, classes) == (
+        "predicted amd (p=0.06) by the decision rule; most probable normal (p=0.70)"
+    )

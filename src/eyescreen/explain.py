@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,8 +222,9 @@ def overlay_figure(images, cams, title: str, names=("fundus",)):
             bar.axis("off")
         left.axis("off")
         right.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    lines = textwrap.wrap(title, width=85 * len(images))  # about what one fundus and its map span
+    fig.suptitle("\n".join(lines), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.94 - 0.04 * (len(lines) - 1)))
     return fig
 
 
@@ -270,6 +272,16 @@ def as_predicted(prob: np.ndarray, meta: dict) -> tuple[np.ndarray, np.ndarray]:
     calibration = meta.get("calibration") or {}
     scaled = apply_temperature(prob, calibration.get("temperature", 1.0))
     return scaled, decide(scaled, class_weights(calibration))
+
+
+def decision_text(prob: np.ndarray, k: int, classes: list[str]) -> str:
+    """The overlay's decision: the class named, and, where the decision rule (which weights rare diseases
+    up) names another than the most probable, that one too, as the web page says it."""
+    text = f"predicted {classes[k]} (p={prob[k]:.2f})"
+    top = int(np.argmax(prob))
+    if top != k:
+        text += f" by the decision rule; most probable {classes[top]} (p={prob[top]:.2f})"
+    return text
 
 
 def prepare_output(out_dir: Path, classes: list[str], target: str) -> None:
@@ -393,7 +405,7 @@ def _explain_images(chunk, work: _Work, failures) -> Iterator[dict]:
     ):
         stem = Path(name).with_suffix("").as_posix().replace("/", "__")
         np.save(work.out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
-        title = f"predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
+        title = f"{decision_text(p, k, classes)}; map for {classes[t]}"
         if truth:
             title += f"; true {truth}"
         shown = image if work.view is None else work.view(path)
@@ -444,7 +456,7 @@ def _explain_pairs(chunk, work: _Work, failures) -> Iterator[dict]:
         shown = [view(paths[j]) if view and present[j] else eyes[j].permute(1, 2, 0).numpy()
                  for j in range(2)]  # fmt: skip
         maps = [cam[j] if present[j] else None for j in range(2)]
-        title = f"patient {name}: predicted {classes[k]} (p={p[k]:.2f}); map for {classes[t]}"
+        title = f"patient {name}: {decision_text(p, k, classes)}; map for {classes[t]}"
         title += f"; true {truth}" if truth else ""
         save_overlay(
             shown, maps, work.out_dir / "overlays" / f"{stem}.png", title, names=("right eye", "left eye")
