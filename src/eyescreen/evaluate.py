@@ -117,7 +117,7 @@ def evaluate(
         if foreign:
             common["left_out_classes"] = dict(foreign)
     if takes_both_eyes(meta["model"]):
-        task = both_eyes_task(meta)
+        task = BothEyes.of_checkpoint(meta)
         samples = task.load(part, cache, split_name, progress, report=True)
         scored = task.both_levels(model, samples, norm["mean"], norm["std"], dev, prec)
         prob, y, eye_prob, eye_y, eye_names = (
@@ -352,16 +352,6 @@ def both_eyes_validation(task: BothEyes, model, samples, norm, device, precision
     return {k: scored[k] for k in ("prob", "y", "eye_prob", "eye_y")}
 
 
-def both_eyes_task(meta: dict) -> BothEyes:
-    """The patients of a both-eye checkpoint, labelled as in its training."""
-    config = meta.get("config", {})
-    return BothEyes(
-        meta["classes"],
-        config.get("normal_class", "normal"),
-        two_diseases=config.get("two_diseases", "exclude"),
-    )
-
-
 def _validation_probabilities(checkpoint, cache_dir, device, progress: bool = True, data=None) -> dict:
     dev = resolve_device(str(device))
     model, meta = load_model(checkpoint, dev)
@@ -371,7 +361,7 @@ def _validation_probabilities(checkpoint, cache_dir, device, progress: bool = Tr
     precision = resolve_precision(meta.get("config", {}).get("precision", "auto"), dev)  # as in training
     norm = meta["normalization"]
     if takes_both_eyes(meta["model"]):  # patients, as the end of training calibrates them
-        task = both_eyes_task(meta)
+        task = BothEyes.of_checkpoint(meta)
         samples = task.load(part, cache, "val", progress, report=True)
         return both_eyes_validation(task, model, samples, norm, dev, precision)
     images, ok, _ = load_stack([r.path for r in part.records], cache, progress=progress)

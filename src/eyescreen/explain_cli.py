@@ -138,11 +138,11 @@ def _patient_sample(args, meta, cache: ImageCache, default_limit: int | None):
     `--limit` of them; with the image file of each eye key (for the photograph under the map)."""
     import numpy as np
 
-    from .evaluate import both_eyes_task
+    from .tasks import BothEyes
 
     dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
     part = subset(dataset, meta["split"], args.subset)
-    samples = both_eyes_task(meta).load(part, cache, args.subset, not args.no_progress, report=False)
+    samples = BothEyes.of_checkpoint(meta).load(part, cache, args.subset, not args.no_progress, report=False)
     limit = args.limit if args.limit is not None else default_limit
     if limit is not None and limit < len(samples):
         keep = sorted(np.random.default_rng(0).permutation(len(samples))[:limit])  # the same on every run

@@ -155,6 +155,13 @@ class BothEyes(SingleEye):
         self.normal_class, self.pooling, self.two_diseases = normal_class, pooling, two_diseases
         self.mirror_left = mirror_left
 
+    @classmethod
+    def of_checkpoint(cls, meta: dict) -> BothEyes:
+        """The patients of a both-eye checkpoint, labelled as in its training."""
+        config = meta.get("config", {})
+        return cls(meta["classes"], config.get("normal_class", "normal"),
+                   two_diseases=config.get("two_diseases", "exclude"))  # fmt: skip
+
     def build(self, model_name: str) -> tuple[nn.Module, dict]:
         args = {"num_classes": len(self.classes), "pooling": self.pooling, "mirror_left": self.mirror_left}
         return create_model(model_name, **args), {"name": model_name, "args": args}
