@@ -342,6 +342,19 @@ def test_cli_train_with_overrides_and_bad_input_messages(synthetic_manifest, tmp
     assert "missing.safetensors: checkpoint not found" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x")]) == 2
     assert "nope.csv: no such manifest or folder" in capsys.readouterr().err
+    # counts are checked where they are read, not deep inside a loop ("range() arg 3 must not be zero")
+    best = str(out / "best.safetensors")
+    for argv, flag in (
+        (["predict", str(tmp_path), "--checkpoint", best, "--batch-size", "0"], "--batch-size"),
+        (["explain", "--evaluate", "--subset", "test", "--checkpoint", best, "--limit", "0"], "--limit"),
+        (["evaluate", "--checkpoint", best, "--bootstrap", "-5"], "--bootstrap"),
+        (["serve", "--checkpoint", best, "--workers", "two"], "--workers"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}:" in err and ("must be at least 1" in err or "is not a whole number" in err)
 
 
 def test_a_checkpoint_whose_data_moved_says_so_and_takes_its_new_place(synthetic_manifest, tmp_path, capsys):

@@ -69,6 +69,17 @@ new photographs:  eyescreen predict --checkpoint runs/mine/best.safetensors PHOT
 each command's options: eyescreen COMMAND --help"""
 
 
+def count(value: str) -> int:
+    """A whole number of at least 1: a batch size, a sample, epochs, workers, resamples."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
+    return n
+
+
 def checkpoint_file(value: str) -> str:
     """A run folder stands for the best checkpoint in it, as `train` and `ensemble` write it."""
     from .checkpoint import checkpoint_in
@@ -161,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default="test", choices=["train", "val", "test", "all"],
                    help="which patients of the split to score (default: test; all: every row of --data)")  # fmt: skip
     p.add_argument("--out", help="report directory (default: next to the checkpoint)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--bootstrap", type=count, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--by", metavar="COLUMN",
                    help="also score each subgroup of this manifest column apart (sex, site, camera; a numeric "
                    "column such as age by quartile): OUT/subgroups-COLUMN.md and .csv")  # fmt: skip
@@ -194,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pair-pattern", help="regular expression with groups 'id' and 'side' matched on file stems"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="images read and predicted at a time")
+    p.add_argument("--batch-size", type=count, default=32, help="images read and predicted at a time")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -238,20 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--limit",
-        type=int,
+        type=count,
         help="--evaluate / --anatomy use a fixed sample of this many images (200 / all); "
         "of a both-eye model, this many patients (100 / all)",
     )
     p.add_argument("--out", help="default: with --subset S, beside the checkpoint, RUN/explain-S (RUN/faithfulness-S "
                    "with --evaluate, RUN/anatomy-S with --anatomy), as evaluate writes RUN/eval-S; else ./explanations")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=16, help="images explained at a time")
+    p.add_argument("--batch-size", type=count, default=16, help="images explained at a time")
     _cache_dir(p)
     _device(p)
     _no_progress(p)
 
     p = sub.add_parser("demo", help="train, evaluate and report on the sample bundled with eyescreen")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--epochs", type=int, help="override the quick preset's epochs")
+    p.add_argument("--epochs", type=count, help="override the quick preset's epochs")
     p.add_argument("--model", help="override the quick preset's model")
     _cache_dir(p)
     _no_progress(p)
@@ -282,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--enhance", default="none", choices=["none", "clahe", "graham"],
                    help="preprocessing, as the fine-tuning run (default: none)")  # fmt: skip
-    p.add_argument("--epochs", type=int, default=20, help="(default: 20)")
-    p.add_argument("--batch-size", type=int, default=64, help="pairs of views per step (default: 64)")
+    p.add_argument("--epochs", type=count, default=20, help="(default: 20)")
+    p.add_argument("--batch-size", type=count, default=64, help="pairs of views per step (default: 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     p.add_argument("--temperature", type=float, default=0.2, help="of the NT-Xent loss")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -302,14 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model to serve (default: the demo model, trained first if needed)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
-    p.add_argument("--workers", type=int, default=2, help="requests computed at once (one model copy each)")
+    p.add_argument("--workers", type=count, default=2, help="requests computed at once (one model copy each)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted image file")
     _device(p)
 
     p = sub.add_parser("compare", help="is model B better than A on the same patients? paired intervals")
     p.add_argument("a", help="evaluation of model A: its folder (from `evaluate`) or its predictions.csv")
     p.add_argument("b", help="evaluation of model B, on the same data and split")
-    p.add_argument("--bootstrap", type=int, default=2000, help="patient resamples (default: 2000)")
+    p.add_argument("--bootstrap", type=count, default=2000, help="patient resamples (default: 2000)")
     p.add_argument("--json", help="also write the comparison as JSON here")
 
     p = sub.add_parser(
