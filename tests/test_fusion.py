@@ -198,7 +198,7 @@ def test_predict_pairs_writes_one_row_per_patient(tmp_path, model_name):
     assert "notes.jpg" in (tmp_path / "patients.unpaired.txt").read_text()
 
 
-def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path):
+def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys):
     from eyescreen.cli import main
     from eyescreen.config import preset
     from eyescreen.train import train
@@ -230,11 +230,15 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path):
     fundus(60, seed=1)[0].save(folder / "X_left.jpg")
     fundus(60, seed=2)[0].save(folder / "X_right.jpg")
     fundus(60, seed=3)[0].save(folder / "Y_right.jpg")
+    fundus(60, seed=4)[0].save(folder / "scan.jpg")  # no side in its name
     assert (
         main(["explain", str(folder), "--checkpoint", best, "--out", str(tmp_path / "f"), "--no-progress"])
         == 0
     )
     assert {p.name for p in (tmp_path / "f" / "overlays").iterdir()} == {"X.png", "Y.png"}
+    assert (tmp_path / "f" / "unpaired.txt").read_text() == f"{folder / 'scan.jpg'}\n"
+    assert "not paired (no patient and side" in capsys.readouterr().err
+    (folder / "scan.jpg").unlink()
 
     # faithfulness and anatomy on the split's patients: curves per patient, shares per eye
     faith = ["explain", "--evaluate", "--subset", "test", "--checkpoint", best, "--methods", "gradcam,eigencam",

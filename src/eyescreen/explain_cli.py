@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .batch_output import keep_problems
 from .checkpoint import load_model
 from .data import checkpoint_data, images_given, list_images, load_dataset, subset
 from .explain import explain_items
@@ -58,16 +59,20 @@ def _explain_binocular(args, model, meta, prep) -> dict:
 
     if args.subset:
         dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
-        pairs, _ = pair_records(subset(dataset, meta["split"], args.subset).records)
+        pairs, apart = pair_records(subset(dataset, meta["split"], args.subset).records)
+        unpaired = [r.path for r in apart]
         config = meta.get("config", {})
         normal, rule = config.get("normal_class", "normal"), config.get("two_diseases", "exclude")
         items = [(p.patient, (p.right, p.left), patient_label([p.right_label, p.left_label], meta["classes"], normal, rule))
                  for p in pairs]  # fmt: skip
     else:
         pairs, unpaired = pair_files(args.inputs, DEFAULT_PATTERN)
-        for path in unpaired:
-            print(f"not paired: {path}")
         items = [(p.patient, (p.right, p.left), None) for p in pairs]
+    # a few on the console, all in a file: a folder of another naming scheme leaves every file unpaired
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    keep_problems("not paired (no patient and side in its name or record, or a second photograph of one side)",
+                  [str(path) for path in unpaired], out / "unpaired.txt")  # fmt: skip
     load, view = _loaders(args, prep)
     return explain_items(items, model, meta, Path(args.out), load, method=args.method, target=args.target,
                          batch_size=min(args.batch_size, 8), progress=not args.no_progress, view=view,
