@@ -200,7 +200,7 @@ def run_faithfulness(args) -> str:
     if takes_both_eyes(meta["model"]):  # patients: about as many eyes as the single-eye default of 200
         samples, path_of = _patient_sample(args, meta, cache, default_limit=100)
         rows = faithfulness_table(model, samples.inputs, norm["mean"], norm["std"], methods,
-                                  batch_size=args.batch_size, mask=samples.mask)  # fmt: skip
+                                  batch_size=args.batch_size, mask=samples.mask, progress=not args.no_progress)  # fmt: skip
         unreadable = list(samples.skipped)
         table = table_markdown(rows, len(samples), meta["model"]["name"], eyes=int(samples.mask.sum()))
         per_eye, labels, patients = _pair_shares(model, meta, samples, path_of, cache, args)
@@ -208,9 +208,8 @@ def run_faithfulness(args) -> str:
         records = _subset_sample(args, meta, default_limit=200)
         images, ok, errors = load_stack([r.path for r in records], cache, progress=not args.no_progress)
         records = [records[i] for i in ok]
-        rows = faithfulness_table(
-            model, images, norm["mean"], norm["std"], methods, batch_size=args.batch_size
-        )
+        rows = faithfulness_table(model, images, norm["mean"], norm["std"], methods, batch_size=args.batch_size,
+                                  progress=not args.no_progress)  # fmt: skip
         unreadable = [message for _, message in errors]
         table = table_markdown(rows, len(images), meta["model"]["name"])
         # Where does it look: CAM mass on the optic disc, the macula and the rest, per true class.
