@@ -80,6 +80,14 @@ def count(value: str) -> int:
     return n
 
 
+def port(value: str) -> int:
+    """A TCP port to listen on."""
+    n = count(value)
+    if n > 65535:
+        raise argparse.ArgumentTypeError(f"{n}: a port is at most 65535")
+    return n
+
+
 def checkpoint_file(value: str) -> str:
     """A run folder stands for the best checkpoint in it, as `train` and `ensemble` write it."""
     from .checkpoint import checkpoint_in
@@ -312,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=checkpoint_file,
                    help="model to serve (default: the demo model, trained first if needed)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
-    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument("--port", type=port, default=8000, help="(default: 8000)")
     p.add_argument("--workers", type=count, default=2, help="requests computed at once (one model copy each)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted image file")
     _device(p)
