@@ -258,6 +258,17 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys):
     assert shares and sum(r["n"] for r in shares) <= 4 and all(r["patients"] <= 2 for r in shares)
     assert main(anatomy + ["--limit", "2", "--no-progress"]) == 0
     assert (tmp_path / "anat" / "anatomy.md").read_text() == first  # the same sample on every run
+    # an eye of the split whose side is not known cannot be paired: said in the report, not dropped silently
+    rows = [line.split(",") for line in (tmp_path / "run" / "split.csv").read_text().splitlines()[1:]]
+    split = {row[0]: row[-1] for row in rows}
+    lines = manifest.read_text().splitlines()
+    odd = next(i for i, line in enumerate(lines[1:], 1) if split.get(line.split(",")[0]) == "test")
+    cells = lines[odd].split(",")
+    lines[odd] = ",".join(cells[:2] + [""] + cells[3:])
+    manifest.write_text("\n".join(lines) + "\n")
+    assert main(anatomy + ["--no-progress"]) == 0
+    text = (tmp_path / "anat" / "anatomy.md").read_text()
+    assert text.startswith("1 left out:\n") and f"{cells[0]}: not paired (no patient id and side" in text
 
     # the single-eye commands say so instead of failing inside the model; calibrate works on patients
     assert main(["predict", str(folder), "--checkpoint", best, "--out", str(tmp_path / "p.csv")]) == 2

@@ -193,7 +193,7 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
     shares = json.loads((tmp_path / "faith" / "anatomy.json").read_text())
     assert shares and all(abs(r["disc_mass"] + r["macula_mass"] + r["rest_mass"] - 1) < 1e-6 for r in shares)
     text = (tmp_path / "faith" / "faithfulness.md").read_text()
-    assert "1 unreadable, left out" in text and f"{damaged}: not a readable image" in text
+    assert "1 left out:" in text and f"{damaged}: not a readable image" in text
     rows = json.loads((tmp_path / "anatomy" / "anatomy.json").read_text())
     n_test = sum(1 for r in split_rows if r["split"] == "test")
     assert rc == 0 and 0 < sum(r["n"] for r in rows) <= n_test - 1  # every readable test eye, not a sample

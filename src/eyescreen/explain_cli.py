@@ -143,11 +143,16 @@ def _patient_sample(args, meta, cache: ImageCache, default_limit: int | None):
     `--limit` of them; with the image file of each eye key (for the photograph under the map)."""
     import numpy as np
 
+    from .pairs import pair_records
     from .tasks import BothEyes
 
     dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
     part = subset(dataset, meta["split"], args.subset)
     samples = BothEyes.of_checkpoint(meta).load(part, cache, args.subset, not args.no_progress, report=False)
+    _, apart = pair_records(part.records)  # said in the report's first lines, with the unreadable files
+    unpaired = tuple(f"{r.path}: not paired (no patient id and side, or a second photograph of one side)"
+                     for r in apart)  # fmt: skip
+    samples = dataclasses.replace(samples, skipped=unpaired + tuple(samples.skipped))
     limit = args.limit if args.limit is not None else default_limit
     if limit is not None and limit < len(samples):
         keep = sorted(np.random.default_rng(0).permutation(len(samples))[:limit])  # the same on every run
@@ -269,9 +274,9 @@ def _write_anatomy(args, meta, per_eye, labels, patients, unreadable: list[str],
     return text + f"\nwritten to {out / 'anatomy.md'} and {out / 'anatomy.png'}"
 
 
-def _left_out(unreadable: list[str]) -> str:
-    """The report's first lines: which files could not be read (each message names its file)."""
-    return f"{len(unreadable)} unreadable, left out:\n" + "\n".join(unreadable) + "\n\n" if unreadable else ""
+def _left_out(messages: list[str]) -> str:
+    """The report's first lines: which files were left out, and why (each message names its file)."""
+    return f"{len(messages)} left out:\n" + "\n".join(messages) + "\n\n" if messages else ""
 
 
 def model_device(model):
