@@ -199,7 +199,7 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
     assert rc == 0 and 0 < sum(r["n"] for r in rows) <= n_test - 1  # every readable test eye, not a sample
     assert all(lo <= r["disc_mass"] <= hi for r in rows for lo, hi in [r["disc_mass_ci"]])
     text = (tmp_path / "anatomy" / "anatomy.md").read_text()
-    assert "resampling patients" in text and "1 unreadable" in text and damaged.name in text
+    assert "resampling patients" in text and "1 left out:" in text and damaged.name in text
     assert f"{n_test - 1} eyes of the test split" in text
     both = ["explain", "--anatomy", "--evaluate", "--subset", "test", "--checkpoint", str(best)]
     assert main(both) != 0
