@@ -56,14 +56,15 @@ def run_explain(args) -> dict:
 def _explain_binocular(args, model, meta, prep) -> dict:
     """Patients from the checkpoint's split (with their patient label) or from paired file names."""
     from .pairs import DEFAULT_PATTERN, pair_files, pair_records, patient_label
+    from .tasks import BothEyes
 
     if args.subset:
         dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
         pairs, apart = pair_records(subset(dataset, meta["split"], args.subset).records)
         unpaired = [r.path for r in apart]
-        config = meta.get("config", {})
-        normal, rule = config.get("normal_class", "normal"), config.get("two_diseases", "exclude")
-        items = [(p.patient, (p.right, p.left), patient_label([p.right_label, p.left_label], meta["classes"], normal, rule))
+        task = BothEyes.of_checkpoint(meta)  # patients labelled as in training
+        items = [(p.patient, (p.right, p.left), patient_label([p.right_label, p.left_label], task.classes,
+                                                              task.normal_class, task.two_diseases))
                  for p in pairs]  # fmt: skip
     else:
         pairs, unpaired = pair_files(args.inputs, DEFAULT_PATTERN)
@@ -105,21 +106,25 @@ def _subset_sample(args, meta, default_limit: int | None) -> list:
     return records
 
 
-def _eye_shares(model, meta, records, images, cache, args) -> list:
-    """CAM mass on disc, macula and the rest for each eye, map for the predicted class."""
+def _eye_shares(model, meta, paths, images, cache, args, mask=None) -> list:
+    """CAM mass on disc, macula and the rest for each eye, map for the predicted class. With `mask`,
+    `images` are a both-eye model's patients, the map is for the patient's decision, and `paths` are the
+    present eyes' files in order."""
     import numpy as np
 
     from .anatomy import eye_shares
-    from .explain import compute_cams
-    from .inference import predict_proba
+    from .faithfulness import explanation_maps, predicted_classes
 
     norm = meta["normalization"]
-    targets = predict_proba(model, images, norm["mean"], norm["std"], model_device(model)).argmax(1)
-    cams = compute_cams(model, images, norm["mean"], norm["std"], args.method, list(targets), args.batch_size)
+    targets = predicted_classes(model, images, norm["mean"], norm["std"], mask)
+    cams = explanation_maps(model, images, norm["mean"], norm["std"], args.method, list(targets), mask,
+                            args.batch_size)  # fmt: skip
+    if mask is not None:  # the present eyes, in order
+        images, cams = images[mask], cams[mask.numpy()]
     arrays = images.permute(0, 2, 3, 1).numpy()
     if cache.prep.enhance != "none":  # landmarks are found on the photograph, not the enhanced input
         plain = ImageCache(dataclasses.replace(cache.prep, enhance="none"), args.cache_dir)
-        arrays = np.stack([plain.get(r.path) for r in records])
+        arrays = np.stack([plain.get(path) for path in paths])
     return eye_shares(arrays, cams)
 
 
@@ -169,24 +174,13 @@ def _pair_shares(model, meta, samples, path_of: dict, cache: ImageCache, args):
     each eye's true class (None: outside the classes) and patient."""
     import numpy as np
 
-    from .anatomy import eye_shares
-    from .faithfulness import explanation_maps, predicted_classes
-
-    norm, mask = meta["normalization"], samples.mask
-    targets = predicted_classes(model, samples.inputs, norm["mean"], norm["std"], mask)
-    cams = explanation_maps(model, samples.inputs, norm["mean"], norm["std"], args.method, list(targets), mask,
-                            args.batch_size)  # fmt: skip
-    present = mask.numpy()
+    present = samples.mask.numpy()
     keys = np.array(samples.eye_names, dtype=object).reshape(len(samples), 2)[present]
-    if cache.prep.enhance != "none":  # landmarks are found on the photograph, not the enhanced input
-        plain = ImageCache(dataclasses.replace(cache.prep, enhance="none"), args.cache_dir)
-        arrays = np.stack([plain.get(path_of[k]) for k in keys])
-    else:
-        arrays = samples.inputs[mask].permute(0, 2, 3, 1).numpy()
+    per_eye = _eye_shares(model, meta, [path_of[k] for k in keys], samples.inputs, cache, args, samples.mask)
     classes = meta["classes"]
     labels = [classes[t] if t >= 0 else None for t in samples.targets[:, :2].numpy()[present]]
     patients = list(np.repeat(np.array(samples.names, dtype=object), 2)[present.ravel()])
-    return eye_shares(arrays, cams[present]), labels, patients
+    return per_eye, labels, patients
 
 
 def run_faithfulness(args) -> str:
@@ -218,7 +212,7 @@ def run_faithfulness(args) -> str:
         unreadable = [message for _, message in errors]
         table = table_markdown(rows, len(images), meta["model"]["name"])
         # Where does it look: CAM mass on the optic disc, the macula and the rest, per true class.
-        per_eye = _eye_shares(model, meta, records, images, cache, args)
+        per_eye = _eye_shares(model, meta, [r.path for r in records], images, cache, args)
         labels, patients = [r.label for r in records], [r.group for r in records]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,7 +244,7 @@ def run_anatomy(args, chunk: int = 128) -> str:
         part = [part[i] for i in ok]
         if part:
             kept += part
-            per_eye += _eye_shares(model, meta, part, images, cache, args)
+            per_eye += _eye_shares(model, meta, [r.path for r in part], images, cache, args)
     labels, patients = [r.label for r in kept], [r.group for r in kept]
     return _write_anatomy(args, meta, per_eye, labels, patients, unreadable, f"{len(kept)} eyes")
 
@@ -277,7 +271,3 @@ def _write_anatomy(args, meta, per_eye, labels, patients, unreadable: list[str],
 def _left_out(messages: list[str]) -> str:
     """The report's first lines: which files were left out, and why (each message names its file)."""
     return f"{len(messages)} left out:\n" + "\n".join(messages) + "\n\n" if messages else ""
-
-
-def model_device(model):
-    return next(model.parameters()).device

@@ -47,9 +47,8 @@ def predict_pairs(
     prep, prec = Preprocessing(**meta["preprocessing"]), resolve_precision(precision, dev)
     calibration = meta.get("calibration", {})
     temperature, referable = calibration.get("temperature", 1.0), calibration.get("referable")
-    eye_temperature = eye_calibration(calibration).get(
-        "temperature", 1.0
-    )  # a both-eye model's eyes: their own
+    # a both-eye model's eyes have their own temperature
+    eye_temperature = eye_calibration(calibration).get("temperature", 1.0)
     weights = class_weights(calibration)
     fellow_weight = stored_weight(calibration)
     normal = (
