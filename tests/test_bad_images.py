@@ -97,7 +97,9 @@ def test_a_two_laser_ultra_widefield_composite_is_not_warned_about(tmp_path):
     assert notes == [] and out.shape == (64, 64, 3)
 
 
-def test_red_free_greyscale_fundus_is_not_warned_about(tmp_path):
+def test_a_greyscale_fundus_is_noted_as_not_colour_but_not_as_not_a_fundus(tmp_path):
+    # Red-free photographs and angiograms are fundus images, but not what a colour model has seen.
     notes = []
     preprocess_image(make(tmp_path, "greyscale"), PREP, notes)
-    assert notes == []
+    assert len(notes) == 1 and "greyscale.img: greyscale, not a colour photograph" in notes[0]
+    assert "may not be a fundus" not in notes[0]

@@ -7,7 +7,7 @@ from PIL import Image
 from eyescreen.check import check_data
 from eyescreen.cli import main
 from eyescreen.data import DataError
-from synthetic import write_dataset
+from synthetic import everyday_photo, write_dataset
 
 
 def messy_manifest(root):
@@ -15,6 +15,8 @@ def messy_manifest(root):
     rows = list(csv.reader(open(manifest)))
     rows[2][3] = rows[2][3].capitalize()  # "Normal" beside "normal": two classes to training
     shutil.copyfile(root / "images/0_left.jpg", root / "images/copy.jpg")
+    everyday_photo(root / "images/holiday.jpg")
+    Image.open(root / "images/1_left.jpg").convert("L").save(root / "images/red_free.jpg")
     (root / "images/empty.jpg").write_bytes(b"")
     Image.new("RGB", (64, 64)).save(root / "images/black.png")
     rows += [
@@ -22,6 +24,8 @@ def messy_manifest(root):
         ["images/missing.jpg", "98", "left", "normal"],
         ["images/empty.jpg", "97", "left", "normal"],
         ["images/black.png", "96", "left", "normal"],
+        ["images/holiday.jpg", "95", "left", "normal"],
+        ["images/red_free.jpg", "94", "left", "normal"],
         rows[1],  # a duplicated row
     ]
     with open(manifest, "w", newline="") as f:
@@ -38,7 +42,10 @@ def test_check_data_finds_each_problem(tmp_path):
     pairs = [sorted(g) for g in rep["same_image_two_patients"]]
     assert any(any("copy.jpg (patient:99)" in x for x in g) for g in pairs)
     assert rep["labels_differing_in_case"] == [["Normal", "normal"]]  # patient 0's right eye
-    assert rep["patients_with_one_eye"] == 4
+    doubts = sorted(rep["maybe_not_fundus"])
+    assert len(doubts) == 2 and "holiday.jpg: may not be a fundus photograph" in doubts[0]
+    assert "red_free.jpg: greyscale, not a colour photograph" in doubts[1]
+    assert rep["patients_with_one_eye"] == 6
     assert rep["image_size"]["width"][0] == 64
 
 
@@ -47,6 +54,7 @@ def test_check_data_cli_exit_code_and_split_conflict(tmp_path, capsys):
     assert main(["check-data", str(manifest), "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert "identical images under different patients: 1" in out and "unreadable files: 2" in out
+    assert "may not be colour fundus photographs (heuristic; look at them): 2" in out
     assert "labels that differ only in case (two classes to training): 1\n  - Normal, normal" in out
     clean = write_dataset(tmp_path / "clean", patients=6)
     assert main(["check-data", str(clean), "--no-progress"]) == 0

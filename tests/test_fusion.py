@@ -165,7 +165,7 @@ def test_predict_pairs_writes_one_row_per_patient(tmp_path, model_name):
     from eyescreen.cli import main
     from eyescreen.config import preset
     from eyescreen.train import train
-    from synthetic import fundus, write_dataset
+    from synthetic import everyday_photo, fundus, write_dataset
 
     manifest = write_dataset(tmp_path / "data", patients=24, classes=("normal", "blob"))
     cfg = preset("quick", model=model_name, image_size=40, epochs=1, batch_size=4, precision="fp32")
@@ -181,6 +181,7 @@ def test_predict_pairs_writes_one_row_per_patient(tmp_path, model_name):
     ):
         fundus(60, lesion, seed=len(name))[0].save(folder / f"{name}.jpg")
     (folder / "D4_left.jpg").write_bytes(b"broken")
+    everyday_photo(folder / "E5_right.jpg")  # predicted all the same, with a warning
     (folder / "notes.jpg").write_bytes(b"x")  # no side in the name
     out = tmp_path / "patients.csv"
     assert (
@@ -190,7 +191,9 @@ def test_predict_pairs_writes_one_row_per_patient(tmp_path, model_name):
         == 0
     )
     rows = {r["patient"]: r for r in csv.DictReader(open(out))}
-    assert set(rows) == {"A1", "B2", "C3", "D4"}
+    assert set(rows) == {"A1", "B2", "C3", "D4", "E5"}
+    assert "E5_right.jpg: may not be a fundus photograph" in rows["E5"]["warning"] and rows["E5"]["predicted"]
+    assert rows["A1"]["warning"] == "" and rows["D4"]["warning"] == ""
     assert rows["C3"]["driven_by"] == "right" and rows["C3"]["left_prob_normal"] == ""  # one eye only
     assert rows["A1"]["driven_by"] in ("left", "right") and rows["A1"]["predicted"] in ("normal", "blob")
     assert abs(sum(float(rows["A1"][f"prob_{c}"]) for c in ("blob", "normal")) - 1) < 1e-4

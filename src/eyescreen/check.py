@@ -99,7 +99,7 @@ def format_report(rep: dict) -> str:
         ("duplicate rows", "duplicate_rows"),
         ("unreadable files", "unreadable"),
         ("no fundus field of view", "no_field_of_view"),
-        ("may not be fundus photographs (heuristic; look at them)", "maybe_not_fundus"),
+        ("may not be colour fundus photographs (heuristic; look at them)", "maybe_not_fundus"),
         ("identical images under different names", "duplicate_images"),
         ("identical images under different patients", "same_image_two_patients"),
     ):

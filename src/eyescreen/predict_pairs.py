@@ -61,7 +61,7 @@ def predict_pairs(
     header = ["patient", "right_file", "left_file"]
     header += [f"{side}_prob_{c}" for side in SIDES for c in classes]
     header += ["predicted", "probability"] + [f"prob_{c}" for c in classes] + ["driven_by"]
-    header += (["referable"] if referable else []) + ["error"]
+    header += (["referable"] if referable else []) + ["error", "warning"]
     written, failed = 0, []
     out_csv = Path(out_csv)
     output = BatchOutput(
@@ -69,19 +69,22 @@ def predict_pairs(
     )
     with output as out:
         pairs = [pair for pair in pairs if pair.patient not in out.done]
+        # As `predict`: a resumed job's warnings include those of the patients it kept.
+        warnings = [row["warning"] for row in out.kept_rows if row.get("warning")]
         bar = tqdm(total=len(pairs), desc="predicting patients", disable=not progress)
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             images = torch.zeros((len(chunk), 2, 3, prep.image_size, prep.image_size), dtype=torch.uint8)
             mask = torch.zeros((len(chunk), 2), dtype=torch.bool)
-            errors = [[] for _ in chunk]
+            errors, notes = [[] for _ in chunk], [[] for _ in chunk]
             for i, pair in enumerate(chunk):
                 for j, side in enumerate(SIDES):
                     path = getattr(pair, side)
                     if path is None:
                         continue
                     try:
-                        images[i, j] = torch.from_numpy(preprocess_image(path, prep)).permute(2, 0, 1)
+                        image = preprocess_image(path, prep, notes[i])
+                        images[i, j] = torch.from_numpy(image).permute(2, 0, 1)
                         mask[i, j] = True
                     except ImageError as e:
                         errors[i].append(str(e))
@@ -116,7 +119,8 @@ def predict_pairs(
                     written += 1
                 else:
                     row += ["", ""] + [""] * len(classes) + [""] + ([""] if referable else [])
-                out.write(row + ["; ".join(errors[i])])
+                out.write(row + ["; ".join(errors[i]), "; ".join(notes[i])])
+                warnings.extend(notes[i])
             out.flush()
             bar.update(len(chunk))
         bar.close()
@@ -127,12 +131,14 @@ def predict_pairs(
             file=sys.stderr,
         )
     print_problems("could not read", failed, f"the 'error' column of {out_csv}")
+    print_problems("warning", warnings, f"the 'warning' column of {out_csv}")
     return {
         "csv": out_csv,
         "patients": written,
         "resumed": output.kept,
         "unpaired": unpaired,
         "failed": failed,
+        "warnings": warnings,
         "legend": describe_outputs(calibration),
     }
 

@@ -32,6 +32,7 @@ MIN_SIDE = 32  # pixels: smaller images carry no usable retinal detail
 # channel. Some dark colour fundus photographs are as blue-poor (5% of ODIR-5K's) and are spared the checks
 # too, which costs little: photographs of anything but a fundus (greyscale included) rarely lack blue so.
 TWO_LASER_BLUE = 0.05
+GREY_LEVELS = 3.0  # mean difference between neighbouring channels (of 255) under which a photograph is grey
 
 
 class ImageError(ValueError):
@@ -160,8 +161,14 @@ def crop_to_field(
     mask = field_of_view(np.asarray(small))
     if mask.mean() < MIN_FIELD_FRACTION:
         raise ImageError(f"{source}: no fundus field of view found (image is almost entirely dark)")
-    if notes is not None and (doubt := fundus_doubt(np.asarray(small), mask)):
-        notes.append(f"{source}: may not be a fundus photograph ({doubt}); check the file")
+    if notes is not None:
+        if doubt := fundus_doubt(np.asarray(small), mask):
+            notes.append(f"{source}: may not be a fundus photograph ({doubt}); check the file")
+        elif is_greyscale(np.asarray(small), mask):
+            notes.append(
+                f"{source}: greyscale, not a colour photograph (red-free, angiogram?): unless the model was "
+                "trained on such photographs, its output means little"
+            )
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     sx, sy = im.width / small.width, im.height / small.height
     box = (
@@ -181,8 +188,9 @@ def fundus_doubt(rgb: np.ndarray, mask: np.ndarray) -> str | None:
     """Why `rgb` (with its field-of-view mask) is unlikely to be a fundus photograph, or None.
 
     A heuristic, so it only warns: colour fundus photographs are red-orange inside the field of view
-    (red-free and greyscale ones are grey, which passes), and the field of view is framed by a dark
-    border at least at the corners (wide-field frames too). Everyday photographs usually fail one.
+    (red-free and greyscale ones are grey, which passes: `crop_to_field` notes them apart), and the field
+    of view is framed by a dark border at least at the corners (wide-field frames too). Everyday
+    photographs usually fail one.
     Ultra-widefield scanning-laser composites (Optos and the like: a red and a green laser, no blue)
     are often green-dominant and fill their frame with lids and lashes: neither check applies to them.
     """
@@ -198,6 +206,13 @@ def fundus_doubt(rgb: np.ndarray, mask: np.ndarray) -> str | None:
     if corners.mean() > 0.9:
         return "no dark border around the field of view"
     return None
+
+
+def is_greyscale(rgb: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the field of view is grey: a red-free photograph, an angiogram or an autofluorescence image
+    (JPEG leaves its channels a level or two apart, a colour fundus tens of levels)."""
+    inside = rgb[mask].astype(np.int16)
+    return float(np.abs(np.diff(inside, axis=1)).mean()) < GREY_LEVELS
 
 
 def preprocess_image(path: str | Path, prep: Preprocessing, notes: list[str] | None = None) -> np.ndarray:
