@@ -1,3 +1,4 @@
+import csv
 import json
 
 import numpy as np
@@ -160,8 +161,6 @@ def test_test_time_views_of_both_eyes_average_each_output_apart():
 
 @pytest.mark.parametrize("model_name", ["tiny-cnn-binocular", "tiny-cnn"])
 def test_predict_pairs_writes_one_row_per_patient(tmp_path, model_name):
-    import csv
-
     from eyescreen.cli import main
     from eyescreen.config import preset
     from eyescreen.train import train
@@ -205,7 +204,7 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys):
     from eyescreen.cli import main
     from eyescreen.config import preset
     from eyescreen.train import train
-    from synthetic import fundus, write_dataset
+    from synthetic import everyday_photo, fundus, write_dataset
 
     manifest = write_dataset(tmp_path / "data", patients=24)
     cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, batch_size=4, precision="fp32")
@@ -233,12 +232,15 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys):
     fundus(60, seed=1)[0].save(folder / "X_left.jpg")
     fundus(60, seed=2)[0].save(folder / "X_right.jpg")
     fundus(60, seed=3)[0].save(folder / "Y_right.jpg")
+    everyday_photo(folder / "Y_left.jpg")  # explained with its fellow, and flagged
     fundus(60, seed=4)[0].save(folder / "scan.jpg")  # no side in its name
     assert (
         main(["explain", str(folder), "--checkpoint", best, "--out", str(tmp_path / "f"), "--no-progress"])
         == 0
     )
     assert {p.name for p in (tmp_path / "f" / "overlays").iterdir()} == {"X.png", "Y.png"}
+    warned = {r["name"]: r["warning"] for r in csv.DictReader(open(tmp_path / "f" / "explanations.csv"))}
+    assert warned["X"] == "" and "Y_left.jpg: may not be a fundus photograph" in warned["Y"]
     assert (tmp_path / "f" / "unpaired.txt").read_text() == f"{folder / 'scan.jpg'}\n"
     assert "not paired (no patient and side" in capsys.readouterr().err
     (folder / "scan.jpg").unlink()

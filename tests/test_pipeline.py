@@ -156,6 +156,13 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
     assert rc == 0
     assert {p.name for p in (tmp_path / "cams" / "overlays").iterdir()} == {"a.png", "b.png"}
     assert np.load(tmp_path / "cams" / "maps" / "a.npy").shape == (48, 48)
+    assert not any(r["warning"] for r in csv.DictReader(open(tmp_path / "cams" / "explanations.csv")))
+    capsys.readouterr()
+    assert main(["explain", str(photo), "--checkpoint", str(best), "--out", str(tmp_path / "photo-cams"),
+                 "--no-progress"]) == 0  # fmt: skip
+    row = next(csv.DictReader(open(tmp_path / "photo-cams" / "explanations.csv")))
+    assert "holiday.jpg: may not be a fundus photograph" in row["warning"]  # explained, but flagged
+    assert "warning: " + row["warning"] in capsys.readouterr().err
     assert "predicted" in (tmp_path / "cams" / "index.html").read_text()
     # explain names the class predict names, at the probability predict shows (temperature-scaled)
     assert main(["explain", str(folder), "--checkpoint", str(tmp_path / "forced.safetensors"), "--out",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .batch_output import BatchOutput, keep_problems
+from .batch_output import BatchOutput, keep_problems, print_problems
 from .models import cam_target, takes_both_eyes
 from .preprocess import field_of_view, normalize
 
@@ -292,7 +292,7 @@ def prepare_output(out_dir: Path, classes: list[str], target: str) -> None:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
-IMAGE_FIELDS = ["name", "file", "true", "predicted", "probability", "target", "overlay", "map"]
+IMAGE_FIELDS = ["name", "file", "true", "predicted", "probability", "target", "overlay", "map", "warning"]
 PATIENT_FIELDS = [
     "name",
     "right_file",
@@ -303,6 +303,7 @@ PATIENT_FIELDS = [
     "target",
     "overlay",
     "map",
+    "warning",
 ]
 
 
@@ -324,8 +325,8 @@ def explain_items(
 
     Items are (name, path, true label or None); for a both-eye model, (patient, (right path | None,
     left path | None), true label or None), and each patient gets one side-by-side overlay (right eye,
-    then left) for the patient-level decision. `load(path) -> uint8 (H, W, 3)` raises ImageError for
-    bad files; `view(path)`, when given, is the picture the map is drawn over (the photograph before
+    then left) for the patient-level decision. `load(path, notes) -> uint8 (H, W, 3)` raises ImageError
+    for bad files and appends to `notes` a warning about a file it reads (a row's `warning`); `view(path)`, when given, is the picture the map is drawn over (the photograph before
     structure enhancement, which is what a clinician reads). The index is written a row at a time and
     flushed a chunk at a time; `resume` keeps the items an interrupted run of the same `checkpoint`,
     method and target explained."""
@@ -363,6 +364,7 @@ def _stream(items, work: _Work, explain_chunk, fields, unit: str, progress, chec
                         settings={"method": work.method, "target": work.target})  # fmt: skip
     with index:
         rows, failures = index.kept_rows, []
+        warnings = [row["warning"] for row in rows if row.get("warning")]  # a resumed job's too
         items = [item for item in items if item[0] not in index.done]
         bar = tqdm(total=len(items), desc=f"explaining {unit} ({work.method})", disable=not progress)
         for start in range(0, len(items), work.batch_size):
@@ -370,11 +372,13 @@ def _stream(items, work: _Work, explain_chunk, fields, unit: str, progress, chec
             for row in explain_chunk(chunk, work, failures):
                 rows.append(row)
                 index.write([row[f] for f in fields])
+                warnings += [row["warning"]] if row["warning"] else []
             index.flush()
             bar.update(len(chunk))
         bar.close()
     gallery(rows, classes, work.out_dir / "index.html", work.method, unit)
     keep_problems("could not read", [message for _, message in failures], work.out_dir / "unreadable.txt")
+    print_problems("warning", warnings, f"the 'warning' column of {work.out_dir / 'explanations.csv'}")
     return {"explained": len(rows), "failed": failures, "index": work.out_dir / "index.html"}
 
 
@@ -385,11 +389,13 @@ def _explain_images(chunk, work: _Work, failures) -> Iterator[dict]:
 
     classes, norm = work.meta["classes"], work.meta["normalization"]
     device = next(work.model.parameters()).device
-    readable, arrays = [], []
+    readable, arrays, notes = [], [], []
     for name, path, truth in chunk:
+        note: list[str] = []
         try:
-            arrays.append(work.load(path))
+            arrays.append(work.load(path, note))
             readable.append((name, path, truth))
+            notes.append("; ".join(note))
         except ImageError as e:
             failures.append((path, str(e)))
     if not arrays:
@@ -400,8 +406,8 @@ def _explain_images(chunk, work: _Work, failures) -> Iterator[dict]:
     cams = compute_cams(
         work.model, images, norm["mean"], norm["std"], work.method, list(targets), work.batch_size
     )
-    for (name, path, truth), image, cam, p, k, t in zip(
-        readable, arrays, cams, prob, pred, targets, strict=True
+    for (name, path, truth), image, cam, p, k, t, note in zip(
+        readable, arrays, cams, prob, pred, targets, notes, strict=True
     ):
         stem = Path(name).with_suffix("").as_posix().replace("/", "__")
         np.save(work.out_dir / "maps" / f"{stem}.npy", cam.astype(np.float16))
@@ -412,7 +418,7 @@ def _explain_images(chunk, work: _Work, failures) -> Iterator[dict]:
         save_overlay(shown, cam, work.out_dir / "overlays" / f"{stem}.png", title)
         yield {"name": name, "file": str(path), "true": truth or "", "predicted": classes[k],
                "probability": f"{p[k]:.4f}", "target": classes[t],
-               "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"}  # fmt: skip
+               "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy", "warning": note}  # fmt: skip
 
 
 def _explain_pairs(chunk, work: _Work, failures) -> Iterator[dict]:
@@ -425,12 +431,13 @@ def _explain_pairs(chunk, work: _Work, failures) -> Iterator[dict]:
     size = meta["preprocessing"]["image_size"]
     images = torch.zeros((len(chunk), 2, 3, size, size), dtype=torch.uint8)
     mask = torch.zeros((len(chunk), 2), dtype=torch.bool)
+    notes: list[list[str]] = [[] for _ in chunk]
     for i, (_, paths, _) in enumerate(chunk):
         for j, path in enumerate(paths):
             if path is None:
                 continue
             try:
-                images[i, j] = torch.from_numpy(load(path)).permute(2, 0, 1)
+                images[i, j] = torch.from_numpy(load(path, notes[i])).permute(2, 0, 1)
                 mask[i, j] = True
             except ImageError as e:
                 failures.append((path, str(e)))
@@ -447,8 +454,8 @@ def _explain_pairs(chunk, work: _Work, failures) -> Iterator[dict]:
     prob, pred = as_predicted(prob, meta)
     targets = work.targets(pred)
     cams = compute_pair_cams(model, x, m, norm["mean"], norm["std"], work.method, list(targets))
-    kept = [c for c, k in zip(chunk, keep, strict=True) if k]
-    for (name, paths, truth), eyes, present, cam, p, k, t in zip(
+    kept = [(c, "; ".join(n)) for c, n, k in zip(chunk, notes, keep, strict=True) if k]
+    for ((name, paths, truth), note), eyes, present, cam, p, k, t in zip(
         kept, x, m, cams, prob, pred, targets, strict=True
     ):
         stem = str(name).replace("/", "__")
@@ -463,4 +470,5 @@ def _explain_pairs(chunk, work: _Work, failures) -> Iterator[dict]:
         )
         yield {"name": str(name), "right_file": str(paths[0] or ""), "left_file": str(paths[1] or ""),
                "true": truth or "", "predicted": classes[k], "probability": f"{p[k]:.4f}",
-               "target": classes[t], "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"}  # fmt: skip
+               "target": classes[t], "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy",
+               "warning": note}  # fmt: skip

@@ -81,14 +81,22 @@ def _explain_binocular(args, model, meta, prep) -> dict:
 
 
 def _loaders(args, prep: Preprocessing):
-    """`load(path)`, the model's input, and `view(path)`, the picture its map is drawn over: the photograph
-    before structure enhancement, which is what a clinician reads (None where the two are the same).
-    A split's images come through the cache; files given by name are read as they are."""
+    """`load(path, notes)`, the model's input, and `view(path)`, the picture its map is drawn over: the
+    photograph before structure enhancement, which is what a clinician reads (None where the two are the
+    same). A split's images come through the cache (`check-data` is where their warnings are); files given
+    by name are read as they are, with a note for one that may not be a colour fundus photograph."""
     if args.subset:
-        load = ImageCache(prep, args.cache_dir).get
+        cache = ImageCache(prep, args.cache_dir)
+
+        def load(path, notes):
+            return cache.get(path)
+
         plain = ImageCache(dataclasses.replace(prep, enhance="none"), args.cache_dir).get
     else:
-        load = partial(preprocess_image, prep=prep)
+
+        def load(path, notes):
+            return preprocess_image(path, prep, notes)
+
         plain = partial(cropped_fundus, image_size=prep.image_size)
     return load, (plain if prep.enhance != "none" else None)
 
