@@ -140,5 +140,6 @@ def serve(checkpoint: str | Path | None, host: str = "127.0.0.1", port: int = 80
     path = Path(checkpoint) if checkpoint else demo_checkpoint()
     screener = Screener(path, workers=workers, device=device, max_upload_bytes=int(max_upload_mb * 2**20))
     print(f"serving {path} ({screener.meta['model']['name']}; classes {', '.join(screener.classes)})")
-    print(f"open http://{host}:{port}/ in a browser; API docs at http://{host}:{port}/docs")
+    print(f"open http://{host}:{port}/ in a browser; the API is described at http://{host}:{port}/openapi.json "
+          "(/docs draws it with Swagger UI, fetched from a CDN: blank on an offline machine)")  # fmt: skip
     uvicorn.run(create_app(screener), host=host, port=port, log_level="info")
