@@ -95,3 +95,17 @@ def test_structure_enhancement_changes_pixels_and_the_cache_key(tmp_path, method
         assert enhanced[0, 0].tolist() == [0, 0, 0]  # outside the field of view stays black
     with pytest.raises(ValueError, match="enhance='sharpen'"):
         Preprocessing(96, enhance="sharpen")
+
+
+def test_a_large_jpeg_is_decoded_only_as_large_as_the_model_needs(tmp_path):
+    big = tmp_path / "camera.jpg"
+    fundus(1600, seed=3)[0].save(big, quality=95)
+    Image.open(big).save(tmp_path / "camera.png")
+    assert preprocess.read_image(big).size == (1600, 1600)  # without at_least: whole
+    reduced = preprocess.read_image(big, at_least=256)
+    assert 256 <= min(reduced.size) and max(reduced.size) <= 800  # a DCT scale of 1/2 or less
+    assert preprocess.read_image(tmp_path / "camera.png", at_least=256).size == (1600, 1600)  # not a JPEG
+    # what the model gets: within a level or so of resizing the whole decode
+    whole = preprocess.crop_to_field(preprocess.read_image(big)).resize((64, 64), Image.Resampling.BICUBIC)
+    out = preprocess.cropped_fundus(big, 64)
+    assert np.abs(np.asarray(whole, dtype=int) - out).mean() < 1.0

@@ -28,6 +28,10 @@ DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
 MIN_FIELD_FRACTION = 0.05  # below this share of bright pixels there is no usable fundus
 MIN_SIDE = 32  # pixels: smaller images carry no usable retinal detail
+# A large JPEG is decoded at no less than this many times the model's input side: room for a field of view
+# that fills only part of the frame. The result is a full decode's to a level or so, or shifted by under a
+# pixel where the field of view's edge falls a pixel apart (benchmarks/decode_speed.py).
+DECODE_MARGIN = 4
 # Blue below this share of the brighter of red and green: a two-laser (red/green) composite's empty blue
 # channel. Some dark colour fundus photographs are as blue-poor (5% of ODIR-5K's) and are spared the checks
 # too, which costs little: photographs of anything but a fundus (greyscale included) rarely lack blue so.
@@ -59,8 +63,11 @@ class Preprocessing:
         return json.dumps(values, sort_keys=True)
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Open an image with Pillow, apply its EXIF orientation and return it as 8-bit RGB."""
+def read_image(path: str | Path, at_least: int | None = None) -> Image.Image:
+    """Open an image with Pillow, apply its EXIF orientation and return it as 8-bit RGB.
+
+    `at_least`: a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling: a camera's
+    12-megapixel photograph decodes several times faster) as long as both sides keep this many pixels."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: file not found")
@@ -72,6 +79,8 @@ def read_image(path: str | Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                if at_least and im.format == "JPEG":
+                    im.draft(im.mode, (at_least, at_least))
                 im.load()
                 im = ImageOps.exif_transpose(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -223,7 +232,7 @@ def preprocess_image(path: str | Path, prep: Preprocessing, notes: list[str] | N
 def cropped_fundus(path: str | Path, image_size: int, notes: list[str] | None = None) -> np.ndarray:
     """File -> the fundus cropped, squared and resized, before enhancement: what a person should see
     beside a heatmap (an enhanced image is what the model sees, not what a clinician reads)."""
-    im = crop_to_field(read_image(path), path, notes)
+    im = crop_to_field(read_image(path, at_least=DECODE_MARGIN * image_size), path, notes)
     im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
     return np.asarray(im, dtype=np.uint8).copy()
 
