@@ -26,6 +26,7 @@ from eyescreen.preprocess import DECODE_MARGIN, crop_to_field, cropped_fundus, r
 
 
 def camera_sized(folder: Path, count: int = 6) -> list[Path]:
+    """`count` of the sample's photographs, each in a 4096x3072 frame, as JPEG files in `folder`."""
     sample = resources.files("eyescreen") / "sample" / "images"
     names = sorted(p.name for p in sample.iterdir() if p.name.endswith(".jpg"))[:count]
     rng = np.random.default_rng(0)

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from eyescreen import preprocess
@@ -109,3 +110,19 @@ def test_a_large_jpeg_is_decoded_only_as_large_as_the_model_needs(tmp_path):
     whole = preprocess.crop_to_field(preprocess.read_image(big)).resize((64, 64), Image.Resampling.BICUBIC)
     out = preprocess.cropped_fundus(big, 64)
     assert np.abs(np.asarray(whole, dtype=int) - out).mean() < 1.0
+
+
+def test_images_read_on_several_threads_come_back_in_order_with_the_bad_ones_named(tmp_path):
+    paths = []
+    for i in range(12):
+        paths.append(tmp_path / f"{i}.jpg")
+        fundus(80, seed=i)[0].save(paths[-1])
+    paths[3].write_bytes(b"not an image")
+    paths[8] = tmp_path / "missing.jpg"
+    prep = Preprocessing(48)
+    one = preprocess.load_stack(paths, ImageCache(prep, tmp_path / "a"), progress=False, workers=1)
+    four = preprocess.load_stack(paths, ImageCache(prep, tmp_path / "b"), progress=False, workers=4)
+    assert one[1] == four[1] == [i for i in range(12) if i not in (3, 8)]
+    assert torch.equal(one[0], four[0]) and len(four[0]) == 10
+    assert [i for i, _ in four[2]] == [3, 8]
+    assert "3.jpg: not a readable image" in four[2][0][1] and "missing.jpg: file not found" in four[2][1][1]
