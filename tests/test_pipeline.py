@@ -162,6 +162,7 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
                  "--no-progress"]) == 0  # fmt: skip
     row = next(csv.DictReader(open(tmp_path / "photo-cams" / "explanations.csv")))
     assert "holiday.jpg: may not be a fundus photograph" in row["warning"]  # explained, but flagged
+    assert "may not be a fundus photograph" in (tmp_path / "photo-cams" / "index.html").read_text()
     assert "warning: " + row["warning"] in capsys.readouterr().err
     assert "predicted" in (tmp_path / "cams" / "index.html").read_text()
     # explain names the class predict names, at the probability predict shows (temperature-scaled)

@@ -249,14 +249,15 @@ def gallery(rows: list[dict], classes: list[str], path: Path, method: str, unit:
             if r.get("true"):
                 caption += f", true {r['true']}"
             url = html.escape(quote(r["overlay"]))  # file names may hold '#', '?' or spaces
+            warning = f"<br><b class='warn'>{html.escape(r['warning'])}</b>" if r.get("warning") else ""
             parts.append(
                 f"<figure><a href='{url}'><img loading='lazy' src='{url}'></a>"
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                f"<figcaption>{html.escape(caption)}{warning}</figcaption></figure>"
             )
         parts.append("</div>")
     style = (
         "body{font-family:system-ui,sans-serif;margin:1.5em}.grid{display:flex;flex-wrap:wrap;gap:10px}"
-        "figure{margin:0;width:360px}img{width:360px}figcaption{font-size:12px}"
+        "figure{margin:0;width:360px}img{width:360px}figcaption{font-size:12px}.warn{color:#a33}"
     )
     path.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>eyescreen explanations</title>"
