@@ -62,7 +62,7 @@ def test_interrupted_predict_resumes_and_equals_an_uninterrupted_run(
 
     # Interrupted at the 10th image: the rows of the chunks before it were flushed.
     out = tmp_path / "out.csv"
-    real, calls = predict_module.preprocess_image, []
+    real, calls = predict_module.preprocess_noted, []
 
     def interrupted(*args, **kwargs):
         calls.append(args[0])
@@ -70,10 +70,10 @@ def test_interrupted_predict_resumes_and_equals_an_uninterrupted_run(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict_module, "preprocess_image", interrupted)
+    monkeypatch.setattr(predict_module, "preprocess_noted", interrupted)
     with pytest.raises(KeyboardInterrupt):
         predict([folder], best, out, batch_size=4, precision="fp32", progress=False)
-    monkeypatch.setattr(predict_module, "preprocess_image", real)
+    monkeypatch.setattr(predict_module, "preprocess_noted", real)
     written = rows(out)
     assert len(written) == 8  # two whole chunks
     with open(out, "a") as f:  # and a row torn by the interruption

@@ -3,6 +3,7 @@ and an interrupted job resumes where it stopped."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from .data import list_images
 from .fellow import stored_weight
 from .inference import predict_proba, resolve_device, resolve_precision
 from .models import takes_both_eyes
-from .preprocess import ImageError, Preprocessing, preprocess_image
+from .preprocess import Preprocessing, preprocess_noted, read_all
 
 
 def predict(
@@ -57,20 +58,21 @@ def predict(
         # A resumed job's warnings include those of the rows it kept (unreadable rows are tried again).
         warnings = [row["warning"] for row in out.kept_rows if row.get("warning")]
         bar = tqdm(total=len(files), desc="predicting", disable=not progress)
-        # Chunks keep memory flat however many files there are.
+        read = partial(preprocess_noted, prep=prep)
+        # Chunks keep memory flat however many files there are; a chunk's files are read on threads.
         for start in range(0, len(files), batch_size):
             chunk, arrays = files[start : start + batch_size], []
             good, notes = [], []
-            for path in chunk:
-                note: list[str] = []
-                try:
-                    arrays.append(torch.from_numpy(preprocess_image(path, prep, note)).permute(2, 0, 1))
+            for path, (result, error) in zip(chunk, read_all(read, chunk), strict=True):
+                if error is None:
+                    image, note = result
+                    arrays.append(torch.from_numpy(image).permute(2, 0, 1))
                     good.append(path)
                     notes.append("; ".join(note))
                     warnings.extend(note)
-                except ImageError as e:
-                    failures.append((path, str(e)))
-                    out.write([str(path), "", ""] + [""] * (len(classes) + len(extra)) + [str(e), ""])
+                else:
+                    failures.append((path, error))
+                    out.write([str(path), "", ""] + [""] * (len(classes) + len(extra)) + [error, ""])
             if arrays:
                 prob = predict_proba(model, torch.stack(arrays), norm["mean"], norm["std"], dev, prec)
                 prob = apply_temperature(prob, temperature)

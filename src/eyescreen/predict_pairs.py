@@ -10,6 +10,7 @@ which eye drove it.
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from .fellow import blend, stored_weight
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
 from .models import takes_both_eyes
 from .pairs import DEFAULT_PATTERN, pair_files
-from .preprocess import ImageError, Preprocessing, preprocess_image
+from .preprocess import Preprocessing, preprocess_noted, read_all
 
 SIDES = ("right", "left")
 
@@ -67,6 +68,8 @@ def predict_pairs(
     output = BatchOutput(
         out_csv, header, checkpoint, resume, key="patient", is_done=lambda row: bool(row["predicted"])
     )
+
+    read = partial(preprocess_noted, prep=prep)  # a chunk's photographs are read on threads
     with output as out:
         pairs = [pair for pair in pairs if pair.patient not in out.done]
         # As `predict`: a resumed job's warnings include those of the patients it kept.
@@ -77,18 +80,17 @@ def predict_pairs(
             images = torch.zeros((len(chunk), 2, 3, prep.image_size, prep.image_size), dtype=torch.uint8)
             mask = torch.zeros((len(chunk), 2), dtype=torch.bool)
             errors, notes = [[] for _ in chunk], [[] for _ in chunk]
-            for i, pair in enumerate(chunk):
-                for j, side in enumerate(SIDES):
-                    path = getattr(pair, side)
-                    if path is None:
-                        continue
-                    try:
-                        image = preprocess_image(path, prep, notes[i])
-                        images[i, j] = torch.from_numpy(image).permute(2, 0, 1)
-                        mask[i, j] = True
-                    except ImageError as e:
-                        errors[i].append(str(e))
-                        failed.append(str(e))
+            eyes = [(i, j, path) for i, pair in enumerate(chunk) for j, side in enumerate(SIDES)
+                    if (path := getattr(pair, side)) is not None]  # fmt: skip
+            for (i, j, _), (result, error) in zip(eyes, read_all(read, [p for *_, p in eyes]), strict=True):
+                if error is None:
+                    image, note = result
+                    images[i, j] = torch.from_numpy(image).permute(2, 0, 1)
+                    mask[i, j] = True
+                    notes[i] += note
+                else:
+                    errors[i].append(error)
+                    failed.append(error)
             usable = mask.any(1)
             eye_prob = np.full((len(chunk), 2, len(classes)), np.nan)
             patient_prob = np.full((len(chunk), len(classes)), np.nan)

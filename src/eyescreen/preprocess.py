@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -259,6 +260,12 @@ def preprocess_image(path: str | Path, prep: Preprocessing, notes: list[str] | N
     return enhance(cropped_fundus(path, prep.image_size, notes), prep.enhance)
 
 
+def preprocess_noted(path: str | Path, prep: Preprocessing) -> tuple[np.ndarray, list[str]]:
+    """`preprocess_image` and the warnings it noted about the file (may not be a colour fundus)."""
+    notes: list[str] = []
+    return preprocess_image(path, prep, notes), notes
+
+
 def cropped_fundus(path: str | Path, image_size: int, notes: list[str] | None = None) -> np.ndarray:
     """File -> the fundus cropped, squared and resized, before enhancement: what a person should see
     beside a heatmap (an enhanced image is what the model sees, not what a clinician reads)."""
@@ -330,6 +337,25 @@ class ImageCache:
         return array
 
 
+def read_all(read, paths: list, workers: int | None = None) -> Iterator[tuple[object, str | None]]:
+    """`read(path)` for each path on `workers` threads (default: the cores, at most 8), in order: (what it
+    returned, None), or (None, the message) for a file it refused with ImageError. Pillow's decoding and
+    resizing and OpenCV let other threads run meanwhile (benchmarks/cache_speed.py). Leaving early (an
+    error, Ctrl-C) cancels the reads still queued."""
+
+    def attempt(path):
+        try:
+            return read(path), None
+        except ImageError as e:
+            return None, str(e)
+
+    pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
+    try:
+        yield from pool.map(attempt, paths)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
 def load_stack(
     paths: list[Path],
     cache: ImageCache,
@@ -337,38 +363,25 @@ def load_stack(
     desc: str = "images",
     workers: int | None = None,
 ):
-    """Preprocess (or read from cache) many images into one uint8 tensor (N, 3, H, W), in order.
+    """Preprocess (or read from cache) many images into one uint8 tensor (N, 3, H, W), in order, on
+    threads (`read_all`): the first reading of a dataset, before the cache holds it, is the slow one.
 
-    Unreadable files do not stop the batch: they are returned as (index, message) pairs. Images are read
-    on `workers` threads (default: the cores, at most 8): Pillow's decoding and resizing and OpenCV's
-    filters let other threads run meanwhile, which speeds up the first reading of a dataset, before the
-    cache holds it (benchmarks/cache_speed.py).
+    Unreadable files do not stop the batch: they are returned as (index, message) pairs.
     """
     from tqdm import tqdm
-
-    def read(path):
-        try:
-            return cache.get(path), None
-        except ImageError as e:
-            return None, str(e)
 
     size = cache.prep.image_size
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     ok, errors = [], []
-    workers = workers or min(8, os.cpu_count() or 1)
-    pool = ThreadPoolExecutor(workers)
-    try:
-        results = pool.map(read, paths)
-        for i, (array, error) in enumerate(
-            tqdm(results, total=len(paths), desc=f"preparing {desc}", disable=not progress, leave=False)
-        ):
-            if error is None:
-                out[len(ok)] = torch.from_numpy(array).permute(2, 0, 1)
-                ok.append(i)
-            else:
-                errors.append((i, error))
-    finally:
-        pool.shutdown(cancel_futures=True)  # on Ctrl-C, not after every image still queued
+    results = read_all(cache.get, paths, workers)
+    for i, (array, error) in enumerate(
+        tqdm(results, total=len(paths), desc=f"preparing {desc}", disable=not progress, leave=False)
+    ):
+        if error is None:
+            out[len(ok)] = torch.from_numpy(array).permute(2, 0, 1)
+            ok.append(i)
+        else:
+            errors.append((i, error))
     return out[: len(ok)], ok, errors
 
 
