@@ -327,8 +327,9 @@ def explain_items(
     Items are (name, path, true label or None); for a both-eye model, (patient, (right path | None,
     left path | None), true label or None), and each patient gets one side-by-side overlay (right eye,
     then left) for the patient-level decision. `load(path, notes) -> uint8 (H, W, 3)` raises ImageError
-    for bad files and appends to `notes` a warning about a file it reads (a row's `warning`); `view(path)`, when given, is the picture the map is drawn over (the photograph before
-    structure enhancement, which is what a clinician reads). The index is written a row at a time and
+    for bad files and appends to `notes` a warning about a file it reads (a row's `warning`);
+    `view(path)`, when given, is the picture the map is drawn over (the photograph before structure
+    enhancement, which is what a clinician reads). The index is written a row at a time and
     flushed a chunk at a time; `resume` keeps the items an interrupted run of the same `checkpoint`,
     method and target explained."""
     work = _Work(model, meta, out_dir, load, method, target, view, batch_size)
