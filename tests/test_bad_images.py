@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eyescreen.preprocess import ImageError, Preprocessing, preprocess_image
+from eyescreen.preprocess import ImageError, Preprocessing, preprocess_image, stored_size
 from synthetic import dicom_file, everyday_photo, fundus, two_laser_widefield
 
 PREP = Preprocessing(64)
@@ -64,6 +64,7 @@ def test_dicom_ophthalmic_photograph_is_read(tmp_path):
     path = dicom_file(tmp_path / "eye.dcm", _fundus_array())
     out = preprocess_image(path, PREP)
     assert out.shape == (64, 64, 3) and out.mean() > 20
+    assert stored_size(path) == (96, 96)  # Columns, Rows from the header
 
 
 def test_dicom_without_pixel_data_is_refused(tmp_path):

@@ -42,6 +42,9 @@ def test_exif_orientation_is_applied(tmp_path):
     path = tmp_path / "rotated.jpg"
     im.save(path, exif=exif)
     assert read_image(path).size == (40, 60)
+    assert preprocess.stored_size(path) == (40, 60)  # from the header, turned the same way
+    im.save(tmp_path / "upright.png")
+    assert preprocess.stored_size(tmp_path / "upright.png") == (60, 40)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 PREPROCESS_VERSION = 1
 # Default normalisation (ImageNet statistics): only a fixed, documented convention, stored in every
@@ -30,6 +30,7 @@ DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
 MIN_FIELD_FRACTION = 0.05  # below this share of bright pixels there is no usable fundus
 MIN_SIDE = 32  # pixels: smaller images carry no usable retinal detail
+MASK_SIDE = 512  # the field of view is found on a copy at most this large
 # A large JPEG is decoded at no less than this many times the model's input side: room for a field of view
 # that fills only part of the frame. The result is a full decode's to a level or so, or shifted by under a
 # pixel where the field of view's edge falls a pixel apart (benchmarks/decode_speed.py).
@@ -98,6 +99,21 @@ def read_image(path: str | Path, at_least: int | None = None) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: cannot decode image ({e})") from None
     return _to_rgb(im)
+
+
+def stored_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file as `read_image` reads it whole (EXIF orientation applied), from its
+    header alone. For a file `read_image` has read: it does not check the file again."""
+    path = Path(path)
+    if _is_dicom(path):
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(ds.Columns), int(ds.Rows)
+    with Image.open(path) as im:
+        width, height = im.size
+        orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # turned by 90 degrees
 
 
 def _is_dicom(path: Path) -> bool:
@@ -197,7 +213,7 @@ def crop_to_field(
             f"{source}: image too small ({im.width}x{im.height}; need at least {MIN_SIDE} px a side)"
         )
     small = im.copy()
-    small.thumbnail((512, 512))  # find the mask on a small copy: same box, a fraction of the work
+    small.thumbnail((MASK_SIDE, MASK_SIDE))  # find the mask on a small copy: same box, a fraction of the work
     mask = field_of_view(np.asarray(small))
     if mask.mean() < MIN_FIELD_FRACTION:
         raise ImageError(f"{source}: no fundus field of view found (image is almost entirely dark)")
