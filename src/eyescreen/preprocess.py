@@ -3,7 +3,8 @@
 Every image goes through the same steps at training and at prediction time:
 EXIF orientation -> RGB -> find the bright field of view against the dark border -> crop to it ->
 pad to a square -> resize. The result is kept as uint8 (H, W, 3) on disk, keyed by the file's content
-and the preprocessing parameters, so later epochs and later runs never decode a JPEG again.
+and the preprocessing parameters, so later epochs and later runs never decode a JPEG again. A large JPEG
+is decoded only as large as the model needs, and many files are read on threads (`read_all`).
 """
 
 from __future__ import annotations
