@@ -2,7 +2,7 @@
 
 The disc is found by the heuristic the explanation checks use (`anatomy.locate`), on the colour image
 at the training size (the enhanced image the model sees has lost the disc's brightness). Locating takes
-~50 ms an image, so positions are cached on disk beside the preprocessed images, keyed the same way.
+~50 ms an image (on threads, `read_all`), so positions are cached on disk beside the preprocessed images, keyed the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .anatomy import LOCATOR_VERSION, locate
-from .preprocess import ImageCache, Preprocessing, preprocess_image
+from .preprocess import ImageCache, ImageError, Preprocessing, preprocess_image, read_all
 
 
 class DiscCache(ImageCache):
@@ -34,5 +34,10 @@ def locate_discs(paths, image_size: int, cache_dir=None, progress: bool = False)
     from tqdm import tqdm
 
     cache = DiscCache(Preprocessing(image_size=image_size, enhance="none"), cache_dir)
-    rows = [cache.get(p) for p in tqdm(paths, desc="locating optic discs", disable=not progress, leave=False)]
+    rows = []
+    for row, error in tqdm(read_all(cache.get, paths), total=len(paths), desc="locating optic discs",
+                           disable=not progress, leave=False):  # fmt: skip  # on threads
+        if error is not None:
+            raise ImageError(error)
+        rows.append(row)
     return torch.from_numpy(np.stack(rows)) if rows else torch.empty((0, 3))
