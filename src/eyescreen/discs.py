@@ -2,7 +2,8 @@
 
 The disc is found by the heuristic the explanation checks use (`anatomy.locate`), on the colour image
 at the training size (the enhanced image the model sees has lost the disc's brightness). Locating takes
-~50 ms an image (on threads, `read_all`), so positions are cached on disk beside the preprocessed images, keyed the same way.
+~50 ms an image (done on threads, `read_all`), so positions are cached on disk beside the preprocessed
+images, keyed the same way.
 """
 
 from __future__ import annotations
