@@ -109,6 +109,9 @@ def test_a_large_jpeg_is_decoded_only_as_large_as_the_model_needs(tmp_path):
     reduced = preprocess.read_image(big, at_least=256)
     assert 256 <= min(reduced.size) and max(reduced.size) <= 800  # a DCT scale of 1/2 or less
     assert preprocess.read_image(tmp_path / "camera.png", at_least=256).size == (1600, 1600)  # not a JPEG
+    small = tmp_path / "odir-sized.jpg"  # ODIR-5K's copy here: 256 px, read whole for any model of 64 px up
+    fundus(256, seed=3)[0].save(small, quality=95)
+    assert preprocess.read_image(small, at_least=preprocess.DECODE_MARGIN * 64).size == (256, 256)
     # what the model gets: within a level or so of resizing the whole decode
     whole = preprocess.crop_to_field(preprocess.read_image(big)).resize((64, 64), Image.Resampling.BICUBIC)
     out = preprocess.cropped_fundus(big, 64)
