@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--camera", type=int, help="this many 4096x3072 JPEGs instead of FOLDER")
     args = parser.parse_args()
     prep = Preprocessing(args.size, enhance=args.enhance)
-    default = min(8, os.cpu_count() or 1)
+    default = min(8, torch.get_num_threads())  # what read_all uses
     times: dict[int, list[float]] = {1: [], default: []}
     with tempfile.TemporaryDirectory() as tmp:
         if args.camera:

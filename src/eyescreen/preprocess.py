@@ -355,8 +355,9 @@ class ImageCache:
 
 
 def read_all(read, paths: list, workers: int | None = None) -> Iterator[tuple[object, str | None]]:
-    """`read(path)` for each path on `workers` threads (default: the cores, at most 8), in order: (what it
-    returned, None), or (None, the message) for a file it refused with ImageError. Pillow's decoding and
+    """`read(path)` for each path on `workers` threads (default: as many as torch computes with, at most 8:
+    OMP_NUM_THREADS limits both), in order: (what it returned, None), or (None, the message) for a file it
+    refused with ImageError. Pillow's decoding and
     resizing and OpenCV let other threads run meanwhile (benchmarks/cache_speed.py). Leaving early (an
     error, Ctrl-C) cancels the reads still queued."""
 
@@ -366,7 +367,7 @@ def read_all(read, paths: list, workers: int | None = None) -> Iterator[tuple[ob
         except ImageError as e:
             return None, str(e)
 
-    pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(workers or min(8, torch.get_num_threads()))
     try:
         yield from pool.map(attempt, paths)
     finally:
