@@ -132,3 +132,28 @@ def test_images_read_on_several_threads_come_back_in_order_with_the_bad_ones_nam
     assert torch.equal(one[0], four[0]) and len(four[0]) == 10
     assert [i for i, _ in four[2]] == [3, 8]
     assert "3.jpg: not a readable image" in four[2][0][1] and "missing.jpg: file not found" in four[2][1][1]
+
+
+def test_the_field_of_view_mask_is_scipy_ndimage_s_pixel_for_pixel():
+    # OpenCV computes it since scipy.ndimage was found slower; the masks (and cached images) must not change.
+    from scipy import ndimage
+
+    def reference(rgb):
+        intensity = rgb.max(axis=2).astype(np.float32)
+        mask = intensity > max(12.0, 0.1 * float(np.percentile(intensity, 99)))
+        mask = ndimage.binary_opening(mask, structure=np.ones((3, 3)), iterations=2)
+        labels, n = ndimage.label(mask)
+        if n == 0:
+            return mask
+        mask = labels == 1 + int(np.argmax(ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))))
+        return ndimage.binary_fill_holes(mask)
+
+    rng = np.random.default_rng(0)
+    images = [np.asarray(fundus(96, seed=s, wide_field=s % 2 == 0)[0]) for s in range(6)]
+    for _ in range(30):  # speckles: many regions, holes, regions of one size, regions at the frame's edge
+        a = (rng.random(tuple(rng.integers(8, 60, 2))) < rng.uniform(0.2, 0.8)).astype(np.uint8) * 200
+        images.append(np.dstack([np.kron(a, np.ones((2, 2), np.uint8))] * 3))
+    for rgb in images:
+        mask = field_of_view(rgb)
+        assert np.array_equal(mask, reference(rgb))
+        assert np.array_equal(preprocess.erode(mask, 3), ndimage.binary_erosion(mask, iterations=3))
