@@ -131,11 +131,11 @@ def test_too_big_is_refused(client):
     big = b"\xff\xd8\xff" + os.urandom(250_000)
     r = client.post("/v1/predict", files={"right": ("big.jpg", big, "image/jpeg")})
     assert r.status_code == 413
-    assert "upload limit" in r.json()["detail"]
+    assert "upload limit (raised with `eyescreen serve --max-upload-mb`)" in r.json()["detail"]
     huge = b"\xff\xd8\xff" + os.urandom(700_000)  # over the whole-request limit: refused before parsing
     r = client.post("/v1/predict", files={"right": ("huge.jpg", huge, "image/jpeg")})
     assert r.status_code == 413
-    assert "request too large" in r.json()["detail"]
+    assert "request too large" in r.json()["detail"] and "--max-upload-mb" in r.json()["detail"]
 
 
 def test_type_comes_from_content_not_name():

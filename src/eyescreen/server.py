@@ -63,7 +63,8 @@ class _TooLarge(Exception):
 
 
 async def _refuse(send, limit: int) -> None:
-    body = json.dumps({"detail": f"request too large: the limit is {limit / 2**20:.1f} MB"}).encode()
+    body = json.dumps({"detail": f"request too large: the limit is {limit / 2**20:.1f} MB "
+                                 "(raised with `eyescreen serve --max-upload-mb`)"}).encode()  # fmt: skip
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
     await send({"type": "http.response.body", "body": body})

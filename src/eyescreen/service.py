@@ -128,7 +128,8 @@ class Screener:
         if len(upload.data) > self.max_upload_bytes:
             raise UploadError(
                 f"{label}: {len(upload.data) / 2**20:.1f} MB is over the "
-                f"{self.max_upload_bytes / 2**20:.0f} MB upload limit",
+                f"{self.max_upload_bytes / 2**20:.0f} MB upload limit "
+                "(raised with `eyescreen serve --max-upload-mb`)",
                 413,
             )
         suffix = sniff(upload.data)
