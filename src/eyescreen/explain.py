@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .batch_output import BatchOutput, keep_problems, print_problems
 from .models import cam_target, takes_both_eyes
-from .preprocess import field_of_view, normalize
+from .preprocess import field_of_view, normalize, read_all
 
 METHODS = {
     "gradcam": "GradCAM",
@@ -326,8 +326,8 @@ def explain_items(
 
     Items are (name, path, true label or None); for a both-eye model, (patient, (right path | None,
     left path | None), true label or None), and each patient gets one side-by-side overlay (right eye,
-    then left) for the patient-level decision. `load(path, notes) -> uint8 (H, W, 3)` raises ImageError
-    for bad files and appends to `notes` a warning about a file it reads (a row's `warning`);
+    then left) for the patient-level decision. `load(path) -> (uint8 (H, W, 3), warnings)` raises
+    ImageError for bad files (files are read on threads, `read_all`; warnings go in a row's `warning`);
     `view(path)`, when given, is the picture the map is drawn over (the photograph before structure
     enhancement, which is what a clinician reads). The index is written a row at a time and
     flushed a chunk at a time; `resume` keeps the items an interrupted run of the same `checkpoint`,
@@ -387,19 +387,18 @@ def _stream(items, work: _Work, explain_chunk, fields, unit: str, progress, chec
 def _explain_images(chunk, work: _Work, failures) -> Iterator[dict]:
     """Overlays and maps of one chunk of single images; their index rows."""
     from .inference import predict_proba
-    from .preprocess import ImageError
 
     classes, norm = work.meta["classes"], work.meta["normalization"]
     device = next(work.model.parameters()).device
     readable, arrays, notes = [], [], []
-    for name, path, truth in chunk:
-        note: list[str] = []
-        try:
-            arrays.append(work.load(path, note))
+    for (name, path, truth), (result, error) in zip(chunk, read_all(work.load, [p for _, p, _ in chunk]),
+                                                    strict=True):  # fmt: skip
+        if error is None:
+            arrays.append(result[0])
             readable.append((name, path, truth))
-            notes.append("; ".join(note))
-        except ImageError as e:
-            failures.append((path, str(e)))
+            notes.append("; ".join(result[1]))
+        else:
+            failures.append((path, error))
     if not arrays:
         return
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -425,8 +424,6 @@ def _explain_images(chunk, work: _Work, failures) -> Iterator[dict]:
 
 def _explain_pairs(chunk, work: _Work, failures) -> Iterator[dict]:
     """Overlays and maps of one chunk of patients; their index rows. Unreadable eyes go to `failures`."""
-    from .preprocess import ImageError
-
     model, meta, load, view = work.model, work.meta, work.load, work.view
     classes, norm = meta["classes"], meta["normalization"]
     device = next(model.parameters()).device
@@ -434,15 +431,14 @@ def _explain_pairs(chunk, work: _Work, failures) -> Iterator[dict]:
     images = torch.zeros((len(chunk), 2, 3, size, size), dtype=torch.uint8)
     mask = torch.zeros((len(chunk), 2), dtype=torch.bool)
     notes: list[list[str]] = [[] for _ in chunk]
-    for i, (_, paths, _) in enumerate(chunk):
-        for j, path in enumerate(paths):
-            if path is None:
-                continue
-            try:
-                images[i, j] = torch.from_numpy(load(path, notes[i])).permute(2, 0, 1)
-                mask[i, j] = True
-            except ImageError as e:
-                failures.append((path, str(e)))
+    eyes = [(i, j, path) for i, (_, paths, _) in enumerate(chunk) for j, path in enumerate(paths) if path]
+    for (i, j, path), (result, error) in zip(eyes, read_all(load, [p for *_, p in eyes]), strict=True):
+        if error is None:
+            images[i, j] = torch.from_numpy(result[0]).permute(2, 0, 1)
+            mask[i, j] = True
+            notes[i] += result[1]
+        else:
+            failures.append((path, error))
     keep = mask.any(1)
     if not keep.any():
         return

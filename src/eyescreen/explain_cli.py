@@ -15,7 +15,7 @@ from .data import checkpoint_data, images_given, list_images, load_dataset, subs
 from .explain import explain_items
 from .inference import resolve_device
 from .models import takes_both_eyes
-from .preprocess import ImageCache, Preprocessing, cropped_fundus, preprocess_image
+from .preprocess import ImageCache, Preprocessing, cropped_fundus, preprocess_noted
 
 
 def _named_inputs(inputs: list[str]) -> list[tuple[str, Path, None]]:
@@ -81,22 +81,19 @@ def _explain_binocular(args, model, meta, prep) -> dict:
 
 
 def _loaders(args, prep: Preprocessing):
-    """`load(path, notes)`, the model's input, and `view(path)`, the picture its map is drawn over: the
-    photograph before structure enhancement, which is what a clinician reads (None where the two are the
-    same). A split's images come through the cache (`check-data` is where their warnings are); files given
-    by name are read as they are, with a note for one that may not be a colour fundus photograph."""
+    """`load(path) -> (image, warnings)`, the model's input, and `view(path)`, the picture its map is drawn
+    over: the photograph before structure enhancement, which is what a clinician reads (None where the two
+    are the same). A split's images come through the cache (`check-data` is where their warnings are);
+    files given by name are read as they are, with a note for one that may not be a colour fundus."""
     if args.subset:
         cache = ImageCache(prep, args.cache_dir)
 
-        def load(path, notes):
-            return cache.get(path)
+        def load(path):
+            return cache.get(path), []
 
         plain = ImageCache(dataclasses.replace(prep, enhance="none"), args.cache_dir).get
     else:
-
-        def load(path, notes):
-            return preprocess_image(path, prep, notes)
-
+        load = partial(preprocess_noted, prep=prep)
         plain = partial(cropped_fundus, image_size=prep.image_size)
     return load, (plain if prep.enhance != "none" else None)
 
