@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .batch_output import BatchOutput, keep_problems, print_problems
 from .models import cam_target, takes_both_eyes
-from .preprocess import field_of_view, normalize, read_all
+from .preprocess import field_of_view, load_pairs, normalize, read_all
 
 METHODS = {
     "gradcam": "GradCAM",
@@ -428,17 +428,8 @@ def _explain_pairs(chunk, work: _Work, failures) -> Iterator[dict]:
     classes, norm = meta["classes"], meta["normalization"]
     device = next(model.parameters()).device
     size = meta["preprocessing"]["image_size"]
-    images = torch.zeros((len(chunk), 2, 3, size, size), dtype=torch.uint8)
-    mask = torch.zeros((len(chunk), 2), dtype=torch.bool)
-    notes: list[list[str]] = [[] for _ in chunk]
-    eyes = [(i, j, path) for i, (_, paths, _) in enumerate(chunk) for j, path in enumerate(paths) if path]
-    for (i, j, path), (result, error) in zip(eyes, read_all(load, [p for *_, p in eyes]), strict=True):
-        if error is None:
-            images[i, j] = torch.from_numpy(result[0]).permute(2, 0, 1)
-            mask[i, j] = True
-            notes[i] += result[1]
-        else:
-            failures.append((path, error))
+    images, mask, notes, unread = load_pairs([paths for _, paths, _ in chunk], load, size)
+    failures += [eye for eyes in unread for eye in eyes]
     keep = mask.any(1)
     if not keep.any():
         return

@@ -24,7 +24,7 @@ from .fellow import blend, stored_weight
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
 from .models import takes_both_eyes
 from .pairs import DEFAULT_PATTERN, pair_files
-from .preprocess import Preprocessing, preprocess_noted, read_all
+from .preprocess import Preprocessing, load_pairs, preprocess_noted
 
 SIDES = ("right", "left")
 
@@ -77,20 +77,10 @@ def predict_pairs(
         bar = tqdm(total=len(pairs), desc="predicting patients", disable=not progress)
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
-            images = torch.zeros((len(chunk), 2, 3, prep.image_size, prep.image_size), dtype=torch.uint8)
-            mask = torch.zeros((len(chunk), 2), dtype=torch.bool)
-            errors, notes = [[] for _ in chunk], [[] for _ in chunk]
-            eyes = [(i, j, path) for i, pair in enumerate(chunk) for j, side in enumerate(SIDES)
-                    if (path := getattr(pair, side)) is not None]  # fmt: skip
-            for (i, j, _), (result, error) in zip(eyes, read_all(read, [p for *_, p in eyes]), strict=True):
-                if error is None:
-                    image, note = result
-                    images[i, j] = torch.from_numpy(image).permute(2, 0, 1)
-                    mask[i, j] = True
-                    notes[i] += note
-                else:
-                    errors[i].append(error)
-                    failed.append(error)
+            paths = [(pair.right, pair.left) for pair in chunk]  # in SIDES order
+            images, mask, notes, unread = load_pairs(paths, read, prep.image_size)
+            errors = [[message for _, message in eye_errors] for eye_errors in unread]
+            failed += [message for messages in errors for message in messages]
             usable = mask.any(1)
             eye_prob = np.full((len(chunk), 2, len(classes)), np.nan)
             patient_prob = np.full((len(chunk), len(classes)), np.nan)

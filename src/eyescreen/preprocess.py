@@ -215,13 +215,14 @@ def crop_to_field(
         )
     small = im.copy()
     small.thumbnail((MASK_SIDE, MASK_SIDE))  # find the mask on a small copy: same box, a fraction of the work
-    mask = field_of_view(np.asarray(small))
+    pixels = np.asarray(small)
+    mask = field_of_view(pixels)
     if mask.mean() < MIN_FIELD_FRACTION:
         raise ImageError(f"{source}: no fundus field of view found (image is almost entirely dark)")
     if notes is not None:
-        if doubt := fundus_doubt(np.asarray(small), mask):
+        if doubt := fundus_doubt(pixels, mask):
             notes.append(f"{source}: may not be a fundus photograph ({doubt}); check the file")
-        elif is_greyscale(np.asarray(small), mask):
+        elif is_greyscale(pixels, mask):
             notes.append(
                 f"{source}: greyscale, not a colour photograph (red-free, angiogram?): unless the model was "
                 "trained on such photographs, its output means little"
@@ -401,6 +402,25 @@ def load_stack(
         else:
             errors.append((i, error))
     return out[: len(ok)], ok, errors
+
+
+def load_pairs(pairs: list[tuple], read, size: int):
+    """Both eyes of each patient ((right path | None, left path | None) each) into uint8 [P, 2, 3, size,
+    size] with the mask of eyes read [P, 2], on threads (`read_all`); `read(path) -> (image, warnings)`.
+    Also per patient: its eyes' warnings, and (path, message) for each eye that could not be read."""
+    images = torch.zeros((len(pairs), 2, 3, size, size), dtype=torch.uint8)
+    mask = torch.zeros((len(pairs), 2), dtype=torch.bool)
+    notes: list[list[str]] = [[] for _ in pairs]
+    errors: list[list[tuple]] = [[] for _ in pairs]
+    eyes = [(i, j, path) for i, paths in enumerate(pairs) for j, path in enumerate(paths) if path is not None]
+    for (i, j, path), (result, error) in zip(eyes, read_all(read, [p for *_, p in eyes]), strict=True):
+        if error is None:
+            images[i, j] = torch.from_numpy(result[0]).permute(2, 0, 1)
+            mask[i, j] = True
+            notes[i] += result[1]
+        else:
+            errors[i].append((path, error))
+    return images, mask, notes, errors
 
 
 def normalize(batch: torch.Tensor, mean, std) -> torch.Tensor:
