@@ -57,7 +57,7 @@ def test_folder_per_class_layout(tmp_path):
 def test_class_folders_find_patients_in_file_names_and_splits_keep_them_whole(tmp_path):
     layout = {
         "normal": ["1_left", "1_right", "2_L", "3_od", "scan7"],
-        "dr": ["2_R", "3_OS", "4_left", "5_right"],
+        "dr": ["2_R", "3_OS", "4_left", "5_right", "1_left_2"],  # a second photograph of patient 1's left eye
     }
     for label, stems in layout.items():
         (tmp_path / label).mkdir()
@@ -74,7 +74,8 @@ def test_class_folders_find_patients_in_file_names_and_splits_keep_them_whole(tm
         by_key["normal/scan7.jpg"].group == "image:normal/scan7.jpg"
         and by_key["normal/scan7.jpg"].eye is None
     )
-    assert "from file names (12_left.jpg, 12_right.jpg: patient 12): 56 images; 1 others" in ds.summary()
+    assert by_key["dr/1_left_2.jpg"].group == by_key["normal/1_left.jpg"].group == "patient:1"
+    assert "from file names (12_left.jpg, 12_right.jpg: patient 12): 57 images; 1 others" in ds.summary()
     for seed in range(5):
         split = make_split(ds, seed=seed)
         for patient in ("1", "2", "3"):

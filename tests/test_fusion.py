@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,6 +199,55 @@ def test_predict_pairs_writes_one_row_per_patient(tmp_path, model_name):
     assert abs(sum(float(rows["A1"][f"prob_{c}"]) for c in ("blob", "normal")) - 1) < 1e-4
     assert "not a readable image" in rows["D4"]["error"] and rows["D4"]["predicted"] == ""
     assert "notes.jpg" in (tmp_path / "patients.unpaired.txt").read_text()
+    assert rows["A1"]["other_files"] == ""
+
+
+@pytest.mark.parametrize("model_name", ["tiny-cnn-binocular", "tiny-cnn"])
+def test_predict_pairs_takes_the_most_diseased_combination_of_several_photographs_of_an_eye(
+    tmp_path, model_name
+):
+    from eyescreen.config import preset
+    from eyescreen.predict_pairs import predict_pairs
+    from eyescreen.train import train
+    from synthetic import fundus, write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=24, classes=("normal", "blob"))
+    cfg = preset("quick", model=model_name, image_size=40, epochs=2, batch_size=4, precision="fp32")
+    best = train(cfg, manifest, tmp_path / "run", progress=False)
+    photos = {name: fundus(60, lesion, seed=seed)[0]
+              for name, lesion, seed in (("F6_left_1", None, 1), ("F6_left_2", "blob", 2), ("F6_right", None, 3),
+                                         ("F6_right_2", "blob", 4))}  # fmt: skip
+    clinic = tmp_path / "clinic"
+    clinic.mkdir()
+    for name, photo in photos.items():
+        photo.save(clinic / f"{name}.png")
+    (clinic / "F6_left_3.png").write_bytes(b"broken")  # the others still decide
+    out = tmp_path / "patients.csv"
+    predict_pairs([clinic], best, out, precision="fp32", progress=False)
+    (row,) = list(csv.DictReader(open(out)))
+    assert "F6_left_3.png" in row["error"] and "not a readable image" in row["error"] and row["predicted"]
+
+    # each right-left combination alone, as a patient with one photograph per side
+    alone = {}
+    for right in ("F6_right", "F6_right_2"):
+        for left in ("F6_left_1", "F6_left_2"):
+            folder = tmp_path / f"{right}-{left}"
+            folder.mkdir()
+            photos[right].save(folder / "P_right.png")
+            photos[left].save(folder / "P_left.png")
+            predict_pairs([folder], best, folder / "out.csv", precision="fp32", progress=False)
+            (alone[right, left],) = list(csv.DictReader(open(folder / "out.csv")))
+    disease = {combo: 1 - float(r["prob_normal"]) for combo, r in alone.items()}
+    right, left = max(disease, key=disease.get)
+    assert (Path(row["right_file"]).stem, Path(row["left_file"]).stem) == (right, left)
+    for column in ("prob_normal", "prob_blob", "left_prob_blob", "right_prob_blob"):
+        assert float(row[column]) == pytest.approx(float(alone[right, left][column]), abs=1e-5)
+    assert (row["predicted"], row["driven_by"]) == (
+        alone[right, left]["predicted"],
+        alone[right, left]["driven_by"],
+    )
+    others = {Path(p).name for p in row["other_files"].split("; ")}
+    assert others == {f"{name}.png" for name in photos if name not in (right, left)} | {"F6_left_3.png"}
 
 
 def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys):
@@ -234,6 +284,8 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys):
     fundus(60, seed=3)[0].save(folder / "Y_right.jpg")
     everyday_photo(folder / "Y_left.jpg")  # explained with its fellow, and flagged
     fundus(60, seed=4)[0].save(folder / "scan.jpg")  # no side in its name
+    for n in (1, 2):  # two photographs of one eye: one map per patient would have to guess between them
+        fundus(60, seed=4 + n)[0].save(folder / f"Z_left_{n}.jpg")
     assert (
         main(["explain", str(folder), "--checkpoint", best, "--out", str(tmp_path / "f"), "--no-progress"])
         == 0
@@ -241,9 +293,11 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys):
     assert {p.name for p in (tmp_path / "f" / "overlays").iterdir()} == {"X.png", "Y.png"}
     warned = {r["name"]: r["warning"] for r in csv.DictReader(open(tmp_path / "f" / "explanations.csv"))}
     assert warned["X"] == "" and "Y_left.jpg: may not be a fundus photograph" in warned["Y"]
-    assert (tmp_path / "f" / "unpaired.txt").read_text() == f"{folder / 'scan.jpg'}\n"
+    unpaired = (tmp_path / "f" / "unpaired.txt").read_text().splitlines()
+    assert sorted(unpaired) == [str(folder / name) for name in ("Z_left_1.jpg", "Z_left_2.jpg", "scan.jpg")]
     assert "not paired (no patient and side" in capsys.readouterr().err
-    (folder / "scan.jpg").unlink()
+    for name in ("scan.jpg", "Z_left_1.jpg", "Z_left_2.jpg"):
+        (folder / name).unlink()
 
     # faithfulness and anatomy on the split's patients: curves per patient, shares per eye
     faith = ["explain", "--evaluate", "--subset", "test", "--checkpoint", best, "--methods", "gradcam,eigencam",

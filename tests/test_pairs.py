@@ -7,7 +7,7 @@ from eyescreen.pairs import pair_files, pair_records, patient_label
 
 def test_files_pair_by_name_in_many_spellings_and_odd_ones_are_reported(tmp_path):
     names = ["12_left.jpg", "12_right.jpg", "p7-L.png", "p7-R.png", "a.b_OD.jpeg", "a.b_OS.jpeg",
-             "solo_right.jpg", "scan.jpg", "dup_left.jpg", "dup-L.jpg", "dup_right.jpg"]  # fmt: skip
+             "solo_right.jpg", "scan.jpg", "12_lefty.jpg", "IMG_0012.jpg"]  # fmt: skip
     for n in names:
         (tmp_path / n).write_bytes(b"x")
     pairs, unpaired = pair_files([tmp_path])
@@ -15,8 +15,23 @@ def test_files_pair_by_name_in_many_spellings_and_odd_ones_are_reported(tmp_path
     assert set(by_id) == {"12", "p7", "a.b", "solo"}
     assert by_id["p7"].left.name == "p7-L.png" and by_id["p7"].right.name == "p7-R.png"
     assert by_id["a.b"].right.name == "a.b_OD.jpeg"
-    assert by_id["solo"].left is None  # one eye: still a patient
-    assert {p.name for p in unpaired} == {"scan.jpg", "dup_left.jpg", "dup-L.jpg", "dup_right.jpg"}
+    assert by_id["solo"].left is None and by_id["solo"].photographs("left") == ()  # one eye: still a patient
+    assert not any(p.several_of_a_side for p in pairs)
+    assert {p.name for p in unpaired} == {"scan.jpg", "12_lefty.jpg", "IMG_0012.jpg"}
+
+
+def test_several_photographs_of_one_eye_stay_with_their_patient(tmp_path):
+    names = ["7_left_1.jpg", "7_left_2.jpg", "7_right.jpg", "8_L (2).png", "8_L.png", "9-OD3.jpg"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    pairs, unpaired = pair_files([tmp_path])
+    by_id = {p.patient: p for p in pairs}
+    assert set(by_id) == {"7", "8", "9"} and not unpaired
+    assert [p.name for p in by_id["7"].photographs("left")] == ["7_left_1.jpg", "7_left_2.jpg"]
+    assert [p.name for p in by_id["7"].photographs("right")] == ["7_right.jpg"]
+    assert by_id["7"].several_of_a_side and by_id["8"].several_of_a_side
+    assert {p.name for p in by_id["8"].photographs("left")} == {"8_L (2).png", "8_L.png"}
+    assert by_id["8"].right is None and not by_id["9"].several_of_a_side
 
 
 def test_dicom_files_named_by_uid_pair_by_patient_id_and_laterality(tmp_path):

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .batch_output import BatchOutput, keep_problems, print_problems
 from .models import cam_target, takes_both_eyes
-from .preprocess import field_of_view, load_pairs, normalize, read_all
+from .preprocess import field_of_view, load_views, normalize, read_all
 
 METHODS = {
     "gradcam": "GradCAM",
@@ -428,8 +428,10 @@ def _explain_pairs(chunk, work: _Work, failures) -> Iterator[dict]:
     classes, norm = meta["classes"], meta["normalization"]
     device = next(model.parameters()).device
     size = meta["preprocessing"]["image_size"]
-    images, mask, notes, unread = load_pairs([paths for _, paths, _ in chunk], load, size)
-    failures += [eye for eyes in unread for eye in eyes]
+    # one photograph per side here (explain_cli keeps patients with several apart): one view per patient
+    views = load_views([paths for _, paths, _ in chunk], load, size)
+    images, mask, notes = views.images, views.mask, views.notes
+    failures += [eye for eyes in views.errors for eye in eyes]
     keep = mask.any(1)
     if not keep.any():
         return

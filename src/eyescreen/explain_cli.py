@@ -68,7 +68,10 @@ def _explain_binocular(args, model, meta, prep) -> dict:
                  for p in pairs]  # fmt: skip
     else:
         pairs, unpaired = pair_files(args.inputs, DEFAULT_PATTERN)
-        items = [(p.patient, (p.right, p.left), None) for p in pairs]
+        # one map per patient, of one photograph per side: several of a side are not guessed between
+        several = [p for p in pairs if p.several_of_a_side]
+        unpaired += [path for p in several for side in ("right", "left") for path in p.photographs(side)]
+        items = [(p.patient, (p.right, p.left), None) for p in pairs if not p.several_of_a_side]
     # a few on the console, all in a file: a folder of another naming scheme leaves every file unpaired
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

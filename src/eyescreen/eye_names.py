@@ -8,8 +8,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-# <id><sep><side>.<ext>, e.g. 12_left.jpg, 12-L.png, 12_R.jpeg, patient7_right.tif (case-insensitive)
-DEFAULT_PATTERN = r"^(?P<id>.+?)[_\-. ](?P<side>left|right|l|r|os|od)$"
+# <id><sep><side>[<sep><n>].<ext>, e.g. 12_left.jpg, 12-L.png, 12_R.jpeg, patient7_right.tif (case-insensitive);
+# a number after the side tells several photographs of one eye apart (12_left_2.jpg, 12_L2.png, 12_left (2).jpg):
+# clinics often take two fields per eye, one centred on the disc and one on the macula
+DEFAULT_PATTERN = r"^(?P<id>.+?)[_\-. ](?P<side>left|right|l|r|os|od)(?:[_\-. ]?\(?\d{1,3}\)?)?$"
 SIDES = {"left": "left", "l": "left", "os": "left", "right": "right", "r": "right", "od": "right"}
 
 

@@ -12,19 +12,33 @@ from .eye_names import DEFAULT_PATTERN, SIDES, patient_and_side_of
 
 @dataclass(frozen=True)
 class Pair:
+    """A patient's eyes: the first photograph of each side, its label, and any further photographs of a
+    side (several fields of one eye, from files named 12_left_1.jpg, 12_left_2.jpg)."""
+
     patient: str
     right: Path | None
     left: Path | None
     right_label: str | None = None
     left_label: str | None = None
+    more_right: tuple[Path, ...] = ()
+    more_left: tuple[Path, ...] = ()
+
+    def photographs(self, side: str) -> tuple[Path, ...]:
+        first = getattr(self, side)
+        return () if first is None else (first, *getattr(self, f"more_{side}"))
+
+    @property
+    def several_of_a_side(self) -> bool:
+        return bool(self.more_right or self.more_left)
 
 
 def pair_files(paths: list[str | Path], pattern: str = DEFAULT_PATTERN) -> tuple[list[Pair], list[Path]]:
     """Group image files (or folders of them) into patients by name (DICOM: by its tags where its name says
     nothing); returns (pairs, unpaired files).
 
-    A file whose name does not match the pattern, or a patient with two files for the same side, is
-    reported as unpaired rather than guessed. A patient with only one side is a pair with one eye.
+    A file whose name does not match the pattern is reported as unpaired rather than guessed. A patient
+    with only one side is a pair with one eye; several photographs of a side are kept in name order, the
+    first as `right`/`left` and the others in `more_right`/`more_left`.
     """
     sides: dict[str, dict[str, list[Path]]] = {}
     unpaired: list[Path] = []
@@ -37,10 +51,9 @@ def pair_files(paths: list[str | Path], pattern: str = DEFAULT_PATTERN) -> tuple
         sides.setdefault(patient, {}).setdefault(side, []).append(path)
     pairs = []
     for patient, found in sorted(sides.items()):
-        if any(len(v) > 1 for v in found.values()):
-            unpaired += [p for v in found.values() for p in v]  # ambiguous: two photos of one side
-            continue
-        pairs.append(Pair(patient, found.get("right", [None])[0], found.get("left", [None])[0]))
+        right, left = sorted(found.get("right", [])), sorted(found.get("left", []))
+        pairs.append(Pair(patient, right[0] if right else None, left[0] if left else None,
+                          more_right=tuple(right[1:]), more_left=tuple(left[1:])))  # fmt: skip
     return pairs, unpaired
 
 

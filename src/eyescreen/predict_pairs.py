@@ -5,6 +5,11 @@ checkpoint each eye is predicted, blended with its fellow eye at the weight fitt
 (fellow.py; none in checkpoints calibrated before it), and the patient takes the probabilities of the eye
 with the higher disease score, 1 - P(normal) ("any disease in either eye"). Either way the row says
 which eye drove it.
+
+A patient with several photographs of a side (two fields per eye: 12_left_1.jpg, 12_left_2.jpg) is
+screened on every right-left combination of them, and takes the combination with the higher disease score,
+as it takes the eye with the higher score: its row names the photographs of that combination, and the
+others in `other_files`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from .fellow import blend, stored_weight
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
 from .models import takes_both_eyes
 from .pairs import DEFAULT_PATTERN, pair_files
-from .preprocess import Preprocessing, load_pairs, preprocess_noted
+from .preprocess import Preprocessing, load_views, preprocess_noted
 
 SIDES = ("right", "left")
 
@@ -59,7 +64,7 @@ def predict_pairs(
     )
     pairs, unpaired = pair_files(inputs, pattern)
     binocular = takes_both_eyes(meta["model"])
-    header = ["patient", "right_file", "left_file"]
+    header = ["patient", "right_file", "left_file", "other_files"]
     header += [f"{side}_prob_{c}" for side in SIDES for c in classes]
     header += ["predicted", "probability"] + [f"prob_{c}" for c in classes] + ["driven_by"]
     header += (["referable"] if referable else []) + ["error", "warning"]
@@ -77,18 +82,18 @@ def predict_pairs(
         bar = tqdm(total=len(pairs), desc="predicting patients", disable=not progress)
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
-            paths = [(pair.right, pair.left) for pair in chunk]  # in SIDES order
-            images, mask, notes, unread = load_pairs(paths, read, prep.image_size)
-            errors = [[message for _, message in eye_errors] for eye_errors in unread]
+            views = load_views([(pair.photographs("right"), pair.photographs("left")) for pair in chunk],
+                               read, prep.image_size)  # fmt: skip
+            errors = [[message for _, message in eye_errors] for eye_errors in views.errors]
             failed += [message for messages in errors for message in messages]
+            mask = views.mask
             usable = mask.any(1)
-            eye_prob = np.full((len(chunk), 2, len(classes)), np.nan)
-            patient_prob = np.full((len(chunk), len(classes)), np.nan)
-            driver = [""] * len(chunk)
+            eye_prob = np.full((len(mask), 2, len(classes)), np.nan)
+            patient_prob = np.full((len(mask), len(classes)), np.nan)
+            driver = [""] * len(mask)
             if usable.any():
-                e, p, d = patient_predictions(
-                    model, images[usable], mask[usable], binocular, norm, dev, prec, normal, fellow_weight
-                )
+                x, m = views.images[usable], mask[usable]
+                e, p, d = patient_predictions(model, x, m, binocular, norm, dev, prec, normal, fellow_weight)
                 eye_prob[usable.numpy()] = apply_temperature(
                     e.reshape(-1, len(classes)), eye_temperature
                 ).reshape(e.shape)
@@ -96,23 +101,24 @@ def predict_pairs(
                 for i, k in zip(np.flatnonzero(usable.numpy()), d, strict=True):
                     driver[i] = SIDES[k]
                 eye_prob[~mask.numpy()] = np.nan  # an absent eye has no prediction
-            for i, pair in enumerate(chunk):
-                row = [pair.patient, str(pair.right or ""), str(pair.left or "")]
-                row += ["" if np.isnan(v) else f"{v:.6f}" for v in eye_prob[i].ravel()]
-                if mask[i].any():
-                    k = int(decide(patient_prob[i], weights))
+            chosen = decisive_views(patient_prob, views.owner, len(chunk), normal)
+            for i, (pair, v) in enumerate(zip(chunk, chosen, strict=True)):
+                row = [pair.patient, *files_of(pair, views.paths[v])]
+                row += ["" if np.isnan(x) else f"{x:.6f}" for x in eye_prob[v].ravel()]
+                if mask[v].any():
+                    k = int(decide(patient_prob[v], weights))
                     row += (
-                        [classes[k], f"{patient_prob[i, k]:.6f}"]
-                        + [f"{v:.6f}" for v in patient_prob[i]]
-                        + [driver[i]]
+                        [classes[k], f"{patient_prob[v, k]:.6f}"]
+                        + [f"{x:.6f}" for x in patient_prob[v]]
+                        + [driver[v]]
                     )
                     if referable:
-                        row.append("yes" if 1 - patient_prob[i, normal] > referable["threshold"] else "no")
+                        row.append("yes" if 1 - patient_prob[v, normal] > referable["threshold"] else "no")
                     written += 1
                 else:
                     row += ["", ""] + [""] * len(classes) + [""] + ([""] if referable else [])
-                out.write(row + ["; ".join(errors[i]), "; ".join(notes[i])])
-                warnings.extend(notes[i])
+                out.write(row + ["; ".join(errors[i]), "; ".join(views.notes[i])])
+                warnings.extend(views.notes[i])
             out.flush()
             bar.update(len(chunk))
         bar.close()
@@ -161,3 +167,20 @@ def patient_predictions(
     disease = np.where(mask.numpy(), disease, -np.inf)
     driver = disease.argmax(1)
     return eyes, eyes[np.arange(len(eyes)), driver], driver
+
+
+def files_of(pair, view: tuple) -> list[str]:
+    """right_file, left_file (the view's photographs; a side with none read names its first photograph)
+    and other_files (the patient's other photographs)."""
+    named = [path or next(iter(pair.photographs(side)), "") for path, side in zip(view, SIDES, strict=True)]
+    others = [str(path) for side in SIDES for path in pair.photographs(side) if path not in named]
+    return [str(named[0]), str(named[1]), "; ".join(others)]
+
+
+def decisive_views(patient_prob: np.ndarray, owner: np.ndarray, patients: int, normal) -> list[int]:
+    """For each patient, the view (a right-left combination of its photographs) with the highest disease
+    score, 1 - P(normal) (with no normal class, the highest probability); a patient whose views hold no
+    eye read keeps its one view."""
+    score = 1 - patient_prob[:, normal] if normal is not None else patient_prob.max(1)
+    score = np.where(np.isnan(score), -np.inf, score)
+    return [int(np.flatnonzero(owner == i)[score[owner == i].argmax()]) for i in range(patients)]

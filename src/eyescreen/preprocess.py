@@ -10,6 +10,7 @@ is decoded only as large as the model needs, and many files are read on threads 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -404,23 +405,53 @@ def load_stack(
     return out[: len(ok)], ok, errors
 
 
-def load_pairs(pairs: list[tuple], read, size: int):
-    """Both eyes of each patient ((right path | None, left path | None) each) into uint8 [P, 2, 3, size,
-    size] with the mask of eyes read [P, 2], on threads (`read_all`); `read(path) -> (image, warnings)`.
-    Also per patient: its eyes' warnings, and (path, message) for each eye that could not be read."""
-    images = torch.zeros((len(pairs), 2, 3, size, size), dtype=torch.uint8)
-    mask = torch.zeros((len(pairs), 2), dtype=torch.bool)
-    notes: list[list[str]] = [[] for _ in pairs]
-    errors: list[list[tuple]] = [[] for _ in pairs]
-    eyes = [(i, j, path) for i, paths in enumerate(pairs) for j, path in enumerate(paths) if path is not None]
-    for (i, j, path), (result, error) in zip(eyes, read_all(read, [p for *_, p in eyes]), strict=True):
-        if error is None:
-            images[i, j] = torch.from_numpy(result[0]).permute(2, 0, 1)
-            mask[i, j] = True
-            notes[i] += result[1]
-        else:
-            errors[i].append((path, error))
-    return images, mask, notes, errors
+@dataclass
+class Views:
+    """Each patient's photographs as views of both eyes (`load_views`): every right-left combination of
+    the photographs read, one view for a patient with at most one photograph of each side."""
+
+    images: torch.Tensor  # uint8 [V, 2, 3, S, S], right then left
+    mask: torch.Tensor  # bool [V, 2]: the eye's photograph was read
+    owner: np.ndarray  # [V]: the patient of each view
+    paths: list[tuple]  # [V]: (right path | None, left path | None)
+    notes: list[list[str]]  # per patient: the warnings of its photographs
+    errors: list[list[tuple]]  # per patient: (path, message) of each photograph that could not be read
+
+
+def load_views(patients: list[tuple], read, size: int) -> Views:
+    """Both eyes of each patient (right, left: each a path, None, or several paths of one eye) on threads
+    (`read_all`), each photograph read once; `read(path) -> (image, warnings)`. A photograph that cannot be
+    read leaves the views: a patient with none read has one view with no eye in it."""
+    sides = [tuple(_photographs(side) for side in eyes) for eyes in patients]
+    unique = list(dict.fromkeys(path for eyes in sides for photos in eyes for path in photos))
+    found = dict(zip(unique, read_all(read, unique), strict=True))
+    notes: list[list[str]] = [[] for _ in patients]
+    errors: list[list[tuple]] = [[] for _ in patients]
+    owner, paths = [], []
+    for i, eyes in enumerate(sides):
+        readable = []
+        for photos in eyes:
+            read_here = [path for path in photos if found[path][1] is None]
+            notes[i] += [note for path in read_here for note in found[path][0][1]]
+            errors[i] += [(path, found[path][1]) for path in photos if found[path][1] is not None]
+            readable.append(read_here or [None])
+        views = list(itertools.product(*readable))
+        owner += [i] * len(views)
+        paths += views
+    images = torch.zeros((len(paths), 2, 3, size, size), dtype=torch.uint8)
+    mask = torch.zeros((len(paths), 2), dtype=torch.bool)
+    for v, view in enumerate(paths):
+        for j, path in enumerate(view):
+            if path is not None:
+                images[v, j] = torch.from_numpy(found[path][0][0]).permute(2, 0, 1)
+                mask[v, j] = True
+    return Views(images, mask, np.array(owner, dtype=int), paths, notes, errors)
+
+
+def _photographs(side) -> tuple:
+    if side is None:
+        return ()
+    return tuple(side) if isinstance(side, list | tuple) else (side,)
 
 
 def normalize(batch: torch.Tensor, mean, std) -> torch.Tensor:
