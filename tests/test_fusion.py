@@ -223,7 +223,7 @@ def test_predict_pairs_takes_the_most_diseased_combination_of_several_photograph
         photo.save(clinic / f"{name}.png")
     (clinic / "F6_left_3.png").write_bytes(b"broken")  # the others still decide
     out = tmp_path / "patients.csv"
-    predict_pairs([clinic], best, out, precision="fp32", progress=False)
+    assert predict_pairs([clinic], best, out, precision="fp32", progress=False)["several"] == 1
     (row,) = list(csv.DictReader(open(out)))
     assert "F6_left_3.png" in row["error"] and "not a readable image" in row["error"] and row["predicted"]
 

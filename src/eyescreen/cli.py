@@ -269,6 +269,10 @@ def _predict(args) -> int:
               f"{len(result['failed'])} unreadable -> {result['csv']}")  # fmt: skip
         _print_preview(result["csv"], ["patient", "predicted", "prob_*", "driven_by", "referable", "error"])
         print("\n".join(result["legend"]))
+        if result["several"]:
+            print(f"{result['several']} patient(s) with several photographs of an eye: each screened on every "
+                  "right-left combination, decided by the one with the higher disease score (its photographs "
+                  "in right_file and left_file, the others in other_files)")  # fmt: skip
         return 0 if result["patients"] or result["resumed"] else 1
     from .predict import predict
 

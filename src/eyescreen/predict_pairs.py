@@ -135,6 +135,7 @@ def predict_pairs(
         "patients": written,
         "resumed": output.kept,
         "unpaired": unpaired,
+        "several": sum(pair.several_of_a_side for pair in pairs),
         "failed": failed,
         "warnings": warnings,
         "legend": describe_outputs(calibration),
