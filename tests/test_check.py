@@ -7,7 +7,7 @@ from PIL import Image
 from eyescreen.check import check_data
 from eyescreen.cli import main
 from eyescreen.data import DataError
-from synthetic import everyday_photo, write_dataset
+from synthetic import everyday_photo, fundus, write_dataset
 
 
 def messy_manifest(root):
@@ -18,6 +18,7 @@ def messy_manifest(root):
     everyday_photo(root / "images/holiday.jpg")
     Image.open(root / "images/1_left.jpg").convert("L").save(root / "images/red_free.jpg")
     (root / "images/empty.jpg").write_bytes(b"")
+    fundus(64, seed=11)[0].save(root / "images/2_left_2.jpg")
     Image.new("RGB", (64, 64)).save(root / "images/black.png")
     rows += [
         ["images/copy.jpg", "99", "left", "normal"],  # the same photo as patient 0's, under patient 99
@@ -26,7 +27,8 @@ def messy_manifest(root):
         ["images/black.png", "96", "left", "normal"],
         ["images/holiday.jpg", "95", "left", "normal"],
         ["images/red_free.jpg", "94", "left", "normal"],
-        rows[1],  # a duplicated row
+        ["images/2_left_2.jpg", "2", "OS", "normal"],  # a second photograph of patient 2's left eye
+        rows[1],  # a duplicated row (the same photograph: not a second one)
     ]
     with open(manifest, "w", newline="") as f:
         csv.writer(f).writerows(rows)
@@ -46,6 +48,7 @@ def test_check_data_finds_each_problem(tmp_path):
     assert len(doubts) == 2 and "holiday.jpg: may not be a fundus photograph" in doubts[0]
     assert "red_free.jpg: greyscale, not a colour photograph" in doubts[1]
     assert rep["patients_with_one_eye"] == 6
+    assert rep["patients_with_several_photographs_of_an_eye"] == 1
     assert rep["image_size"]["width"][0] == 64
 
 
@@ -55,6 +58,7 @@ def test_check_data_cli_exit_code_and_split_conflict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "identical images under different patients: 1" in out and "unreadable files: 2" in out
     assert "may not be colour fundus photographs (heuristic; look at them): 2" in out
+    assert "patients with several photographs of an eye: 1 (a single-eye model trains" in out
     assert "labels that differ only in case (two classes to training): 1\n  - Normal, normal" in out
     clean = write_dataset(tmp_path / "clean", patients=6)
     assert main(["check-data", str(clean), "--no-progress"]) == 0

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import SPLITS, read_dataset, read_split
+from .eye_names import SIDES
 from .preprocess import MASK_SIDE, ImageError, crop_to_field, read_all, read_image, stored_size
 
 
@@ -66,6 +67,14 @@ def check_data(
             eyes[r.group].add(r.eye)
     report["patients"] = len({r.group for r in dataset.records})
     report["patients_with_one_eye"] = sum(1 for e in eyes.values() if len(e) == 1)
+    photographs = defaultdict(set)  # of one eye: two fields (disc- and macula-centred) are common
+    for r in dataset.records:
+        side = SIDES.get((r.eye or "").lower())
+        if r.group.startswith("patient:") and side:
+            photographs[r.group, side].add(r.path)
+    report["patients_with_several_photographs_of_an_eye"] = len(
+        {group for (group, _), paths in photographs.items() if len(paths) > 1}
+    )
     if not source.is_file():  # class folders: patients come from file names, where they say so
         report["images_without_a_patient_in_the_name"] = dataset.images_without_patient()
     if split_file:
@@ -107,6 +116,10 @@ def format_report(rep: dict) -> str:
         w, h = rep["image_size"]["width"], rep["image_size"]["height"]
         lines.append(f"image size (min/median/max): width {w[0]}/{w[1]}/{w[2]}, height {h[0]}/{h[1]}/{h[2]}")
     lines.append(f"patients with one eye: {rep['patients_with_one_eye']}")
+    if rep.get("patients_with_several_photographs_of_an_eye"):
+        lines.append(f"patients with several photographs of an eye: {rep['patients_with_several_photographs_of_an_eye']} "
+                     "(a single-eye model trains and is scored on each photograph; a both-eye model and the "
+                     "fellow-eye blend take one photograph per side; `predict --pairs` screens every combination)")  # fmt: skip
     if rep.get("images_without_a_patient_in_the_name"):
         lines.append(f"images without a patient in the name (each its own patient; name them like 12_left.jpg "
                      f"so that a split keeps both eyes together): {rep['images_without_a_patient_in_the_name']}")  # fmt: skip
