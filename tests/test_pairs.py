@@ -103,3 +103,20 @@ def test_class_folders_of_dicom_files_keep_a_patients_eyes_together_by_their_tag
         "dr/1.2.2.dcm": ("patient:P1", "left"),
         "dr/1.2.3.dcm": ("patient:P2", "right"),
     }
+
+
+@pytest.mark.parametrize(
+    "pattern, says",
+    [
+        (r"^(?P<id>.+)_(", "is not a regular expression: missing )"),
+        (r"^(.+)_(left|right)$", "no group named id or side"),
+    ],
+)
+def test_a_pair_pattern_that_cannot_work_is_refused_before_any_file_is_read(tmp_path, capsys, pattern, says):
+    from eyescreen.cli import main
+
+    with pytest.raises(ValueError, match=says.replace(")", r"\)")):
+        pair_files([tmp_path], pattern=pattern)
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", str(tmp_path), "--pairs", "--checkpoint", str(tmp_path), "--pair-pattern", pattern])
+    assert exit.value.code == 2 and f"--pair-pattern: pair pattern {pattern!r}" in capsys.readouterr().err

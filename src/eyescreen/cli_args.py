@@ -88,6 +88,16 @@ def port(value: str) -> int:
     return n
 
 
+def pair_pattern(value: str) -> str:
+    """A naming pattern for `--pairs`, checked before any file is read."""
+    from .eye_names import checked_pattern
+
+    try:
+        return checked_pattern(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def checkpoint_file(value: str) -> str:
     """A run folder stands for the best checkpoint in it, as `train` and `ensemble` write it."""
     from .checkpoint import checkpoint_in
@@ -211,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--pairs", action="store_true", help="pair left/right files by name and write one row per patient"
     )
     p.add_argument(
-        "--pair-pattern", help="regular expression with groups 'id' and 'side' matched on file stems"
+        "--pair-pattern",
+        type=pair_pattern,
+        help="regular expression with groups 'id' and 'side' matched on file stems",
     )
     p.add_argument("--batch-size", type=count, default=32, help="images read and predicted at a time")
     p.add_argument(

@@ -39,6 +39,21 @@ def _dicom_patient_and_side(path: Path) -> tuple[str, str] | None:
     return (patient, side) if patient and side else None
 
 
+def checked_pattern(pattern: str) -> str:
+    """A user's naming pattern, or a ValueError saying what is wrong with it (before any file is read)."""
+    try:
+        groups = re.compile(pattern).groupindex
+    except re.error as e:
+        raise ValueError(f"pair pattern {pattern!r} is not a regular expression: {e}") from None
+    missing = [name for name in ("id", "side") if name not in groups]
+    if missing:
+        raise ValueError(
+            f"pair pattern {pattern!r} has no group named {' or '.join(missing)}: write them as (?P<id>...) and "
+            "(?P<side>...), e.g. " + DEFAULT_PATTERN
+        )
+    return pattern
+
+
 def patient_and_side(stem: str, pattern: str = DEFAULT_PATTERN) -> tuple[str, str] | None:
     """(patient id, "left" | "right") from a file name without its suffix, or None if it names no side."""
     match = re.match(pattern, stem, re.IGNORECASE)

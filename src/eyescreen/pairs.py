@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import Record, list_images
-from .eye_names import DEFAULT_PATTERN, SIDES, patient_and_side_of
+from .eye_names import DEFAULT_PATTERN, SIDES, checked_pattern, patient_and_side_of
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ def pair_files(paths: list[str | Path], pattern: str = DEFAULT_PATTERN) -> tuple
     with only one side is a pair with one eye; several photographs of a side are kept in name order, the
     first as `right`/`left` and the others in `more_right`/`more_left`.
     """
+    checked_pattern(pattern)
     sides: dict[str, dict[str, list[Path]]] = {}
     unpaired: list[Path] = []
     for path in list_images(list(paths)):
