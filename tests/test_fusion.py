@@ -298,6 +298,18 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys):
     assert "not paired (no patient and side" in capsys.readouterr().err
     for name in ("scan.jpg", "Z_left_1.jpg", "Z_left_2.jpg"):
         (folder / name).unlink()
+    named = tmp_path / "named"  # a naming scheme of the user's own
+    named.mkdir()
+    for side, seed in (("R", 7), ("L", 8)):
+        fundus(60, seed=seed)[0].save(named / f"eye({side})__77.jpg")
+    own = ["--pair-pattern", r"^eye\((?P<side>[LR])\)__(?P<id>\d+)$"]
+    assert (
+        main(
+            ["explain", str(named), "--checkpoint", best, "--out", str(tmp_path / "n"), "--no-progress", *own]
+        )
+        == 0
+    )
+    assert [p.name for p in (tmp_path / "n" / "overlays").iterdir()] == ["77.png"]
 
     # faithfulness and anatomy on the split's patients: curves per patient, shares per eye
     faith = ["explain", "--evaluate", "--subset", "test", "--checkpoint", best, "--methods", "gradcam,eigencam",

@@ -248,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", default="predicted", help="'predicted' or a class name to explain")
     p.add_argument(
+        "--pair-pattern",
+        type=pair_pattern,
+        help="a both-eye model's files: regular expression with groups 'id' and 'side' matched on file stems",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="keep what an interrupted run into --out explained (same checkpoint, method, target); do the rest",

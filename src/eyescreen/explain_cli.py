@@ -67,7 +67,7 @@ def _explain_binocular(args, model, meta, prep) -> dict:
                                                               task.normal_class, task.two_diseases))
                  for p in pairs]  # fmt: skip
     else:
-        pairs, unpaired = pair_files(args.inputs, DEFAULT_PATTERN)
+        pairs, unpaired = pair_files(args.inputs, args.pair_pattern or DEFAULT_PATTERN)
         # one map per patient, of one photograph per side: several of a side are not guessed between
         several = [p for p in pairs if p.several_of_a_side]
         unpaired += [path for p in several for side in ("right", "left") for path in p.photographs(side)]
