@@ -204,7 +204,7 @@ def test_predict_pairs_writes_one_row_per_patient(tmp_path, model_name):
 
 @pytest.mark.parametrize("model_name", ["tiny-cnn-binocular", "tiny-cnn"])
 def test_predict_pairs_takes_the_most_diseased_combination_of_several_photographs_of_an_eye(
-    tmp_path, model_name
+    tmp_path, model_name, monkeypatch
 ):
     from eyescreen.config import preset
     from eyescreen.predict_pairs import predict_pairs
@@ -223,7 +223,15 @@ def test_predict_pairs_takes_the_most_diseased_combination_of_several_photograph
         photo.save(clinic / f"{name}.png")
     (clinic / "F6_left_3.png").write_bytes(b"broken")  # the others still decide
     out = tmp_path / "patients.csv"
+    import eyescreen.predict_pairs as module
+    from eyescreen.inference import predict_proba
+
+    shown = []  # the photographs a single-eye model is shown: each once, not once per combination
+    monkeypatch.setattr(module, "predict_proba", lambda model, images, *a: shown.append(len(images)) or
+                        predict_proba(model, images, *a))  # fmt: skip
     assert predict_pairs([clinic], best, out, precision="fp32", progress=False)["several"] == 1
+    assert shown == ([] if model_name.endswith("binocular") else [4])
+    monkeypatch.undo()
     (row,) = list(csv.DictReader(open(out)))
     assert "F6_left_3.png" in row["error"] and "not a readable image" in row["error"] and row["predicted"]
 

@@ -92,8 +92,13 @@ def predict_pairs(
             patient_prob = np.full((len(mask), len(classes)), np.nan)
             driver = [""] * len(mask)
             if usable.any():
-                x, m = views.images[usable], mask[usable]
-                e, p, d = patient_predictions(model, x, m, binocular, norm, dev, prec, normal, fellow_weight)
+                if binocular:
+                    x, m = views.images[usable], mask[usable]
+                    e, p, d = patient_predictions(model, x, m, binocular, norm, dev, prec, normal)
+                else:  # each photograph once, however many views it is in
+                    photo_prob = predict_proba(model, views.photos, norm["mean"], norm["std"], dev, prec)
+                    seen = views.index[usable].clamp(min=0).numpy()
+                    e, p, d = eye_patients(photo_prob[seen], mask[usable], normal, fellow_weight)
                 eye_prob[usable.numpy()] = apply_temperature(
                     e.reshape(-1, len(classes)), eye_temperature
                 ).reshape(e.shape)
@@ -157,7 +162,12 @@ def patient_predictions(
         patient = torch.softmax(logits.float(), -1).cpu().numpy()
         return eyes, patient, weights.float().argmax(1).cpu().numpy()
     flat = predict_proba(model, images.flatten(0, 1), norm["mean"], norm["std"], device, precision)
-    eyes = flat.reshape(len(images), 2, -1)
+    return eye_patients(flat.reshape(len(images), 2, -1), mask, normal, fellow_weight)
+
+
+def eye_patients(eyes: np.ndarray, mask, normal, fellow_weight=0.0):
+    """A single-eye model's patients from its eye probabilities [B, 2, K] (an absent eye's are ignored):
+    each eye blended with its fellow where both are present, and the eye with the higher disease score."""
     if fellow_weight:
         both = mask.all(1).numpy()
         right, left = eyes[:, 0], eyes[:, 1]

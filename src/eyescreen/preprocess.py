@@ -408,14 +408,27 @@ def load_stack(
 @dataclass
 class Views:
     """Each patient's photographs as views of both eyes (`load_views`): every right-left combination of
-    the photographs read, one view for a patient with at most one photograph of each side."""
+    the photographs read, one view for a patient with at most one photograph of each side. Each photograph
+    is held once (`photos`); a view points at its two (`index`)."""
 
-    images: torch.Tensor  # uint8 [V, 2, 3, S, S], right then left
-    mask: torch.Tensor  # bool [V, 2]: the eye's photograph was read
+    photos: torch.Tensor  # uint8 [U, 3, S, S]: each photograph read, once
+    index: torch.Tensor  # long [V, 2]: each view's right and left photograph in `photos`, -1 where none
     owner: np.ndarray  # [V]: the patient of each view
     paths: list[tuple]  # [V]: (right path | None, left path | None)
     notes: list[list[str]]  # per patient: the warnings of its photographs
     errors: list[list[tuple]]  # per patient: (path, message) of each photograph that could not be read
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """bool [V, 2]: the view has that eye."""
+        return self.index >= 0
+
+    @property
+    def images(self) -> torch.Tensor:
+        """uint8 [V, 2, 3, S, S], right then left, zeros for an absent eye."""
+        images = self.photos[self.index.clamp(min=0)]
+        images[~self.mask] = 0
+        return images
 
 
 def load_views(patients: list[tuple], read, size: int) -> Views:
@@ -425,27 +438,26 @@ def load_views(patients: list[tuple], read, size: int) -> Views:
     sides = [tuple(_photographs(side) for side in eyes) for eyes in patients]
     unique = list(dict.fromkeys(path for eyes in sides for photos in eyes for path in photos))
     found = dict(zip(unique, read_all(read, unique), strict=True))
+    readable = [path for path in unique if found[path][1] is None]
+    position = {path: k for k, path in enumerate(readable)}
+    photos = torch.zeros((len(readable), 3, size, size), dtype=torch.uint8)
+    for k, path in enumerate(readable):
+        photos[k] = torch.from_numpy(found[path][0][0]).permute(2, 0, 1)
     notes: list[list[str]] = [[] for _ in patients]
     errors: list[list[tuple]] = [[] for _ in patients]
     owner, paths = [], []
     for i, eyes in enumerate(sides):
-        readable = []
-        for photos in eyes:
-            read_here = [path for path in photos if found[path][1] is None]
+        usable = []
+        for side in eyes:
+            read_here = [path for path in side if path in position]
             notes[i] += [note for path in read_here for note in found[path][0][1]]
-            errors[i] += [(path, found[path][1]) for path in photos if found[path][1] is not None]
-            readable.append(read_here or [None])
-        views = list(itertools.product(*readable))
+            errors[i] += [(path, found[path][1]) for path in side if path not in position]
+            usable.append(read_here or [None])
+        views = list(itertools.product(*usable))
         owner += [i] * len(views)
         paths += views
-    images = torch.zeros((len(paths), 2, 3, size, size), dtype=torch.uint8)
-    mask = torch.zeros((len(paths), 2), dtype=torch.bool)
-    for v, view in enumerate(paths):
-        for j, path in enumerate(view):
-            if path is not None:
-                images[v, j] = torch.from_numpy(found[path][0][0]).permute(2, 0, 1)
-                mask[v, j] = True
-    return Views(images, mask, np.array(owner, dtype=int), paths, notes, errors)
+    index = torch.tensor([[position.get(path, -1) for path in view] for view in paths], dtype=torch.long)
+    return Views(photos, index.view(-1, 2), np.array(owner, dtype=int), paths, notes, errors)
 
 
 def _photographs(side) -> tuple:
