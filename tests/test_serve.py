@@ -179,10 +179,46 @@ def test_concurrent_requests_do_not_interfere(screener, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_screener_refuses_two_right_eyes(screener):
+def test_screener_refuses_more_photographs_of_an_eye_than_it_combines(screener):
     data = jpeg_bytes("1111_right.jpg")
-    with pytest.raises(UploadError, match="at most one"):
-        screener.screen([Upload("right", "a.jpg", data), Upload("right", "b.jpg", data)])
+    with pytest.raises(UploadError, match="at most 4 photographs of one eye"):
+        screener.screen([Upload("right", f"{k}.jpg", data) for k in range(5)])
+
+
+def screened_with_several_fields(c, screener):
+    """Two photographs of the right eye and one of the left, against each combination sent alone."""
+    names = {"a.jpg": "1111_right.jpg", "b.jpg": "1168_right.jpg", "l.jpg": "1111_left.jpg"}
+    files = [("right", ("a.jpg", jpeg_bytes(names["a.jpg"]), "image/jpeg")),
+             ("right", ("b.jpg", jpeg_bytes(names["b.jpg"]), "image/jpeg")),
+             ("left", ("l.jpg", jpeg_bytes(names["l.jpg"]), "image/jpeg"))]  # fmt: skip
+    r = c.post("/v1/predict", params={"explain": "true"}, files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    swapped = c.post("/v1/predict", files=[files[1], files[0], files[2]]).json()  # the order does not decide
+    assert swapped["eyes"]["right"]["filename"] == body["eyes"]["right"]["filename"]
+    alone = {}
+    for right in ("a.jpg", "b.jpg"):
+        pair = {"right": (right, jpeg_bytes(names[right]), "image/jpeg"), "left": files[2][1]}
+        alone[right] = c.post("/v1/predict", files=pair).json()
+    disease = {right: 1 - a["patient"]["probabilities"]["normal"] for right, a in alone.items()}
+    decisive = max(disease, key=disease.get)
+    assert body["eyes"]["right"]["filename"] == decisive
+    assert body["patient"]["probabilities"] == pytest.approx(
+        alone[decisive]["patient"]["probabilities"], abs=1e-5
+    )
+    assert body["patient"]["driven_by"] == alone[decisive]["patient"]["driven_by"]
+    (other,) = body["eyes"]["right"]["other_photographs"]
+    assert other["filename"] == ({"a.jpg", "b.jpg"} - {decisive}).pop() and other["overlay_png"]
+    assert body["eyes"]["left"]["other_photographs"] == []
+    return body, other, alone
+
+
+def test_several_photographs_of_an_eye_are_screened_in_every_combination(client, screener):
+    body, other, alone = screened_with_several_fields(client, screener)
+    # a single-eye model: each photograph's own decision, as when it is sent alone beside the left eye
+    assert other["probabilities"] == pytest.approx(alone[other["filename"]]["eyes"]["right"]["probabilities"],
+                                                   abs=1e-5)  # fmt: skip
+    assert other["explained_class"] == other["predicted"]
 
 
 def test_serve_without_checkpoint_trains_the_demo_model_once(tmp_path, monkeypatch, capsys):
@@ -324,3 +360,5 @@ def test_a_both_eye_checkpoint_screens_a_patient_with_one_or_two_eyes(tmp_path):
             assert all(eye["overlay_png"] for eye in body["eyes"].values())  # a heatmap for each eye sent
             total = sum(body["patient"]["probabilities"].values())
             assert total == pytest.approx(1.0, abs=1e-5)
+        body, other, _ = screened_with_several_fields(c, screener)
+        assert other["explained_class"] == body["patient"]["predicted"]  # the patient decision, in its pair

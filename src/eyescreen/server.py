@@ -1,7 +1,8 @@
 """`eyescreen serve`: a FastAPI app with a screening page and a JSON API, run under uvicorn.
 
 GET /            the page (drop one or two eyes, see probabilities, referable flag, Grad-CAM overlays)
-POST /v1/predict multipart `right` and/or `left` image, `explain=true` for overlays (base64 PNG)
+POST /v1/predict multipart `right` and/or `left` image (several of an eye: the part repeated), `explain=true`
+                 for overlays (base64 PNG)
 GET /health      liveness and which model is loaded
 GET /docs, /openapi.json   the API description (FastAPI)
 """
@@ -17,9 +18,10 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse
 
 from .checkpoint import BEST
-from .service import MAX_UPLOAD_BYTES, Screener, Upload, UploadError
+from .service import MAX_PER_SIDE, MAX_UPLOAD_BYTES, Screener, Upload, UploadError
 
-# Multipart overhead on top of two images; anything larger is refused before it is parsed.
+# A request holds two photographs' worth (twice the per-file limit), however many it sends (several fields
+# per eye), plus multipart overhead; anything larger is refused before it is parsed.
 _BODY_SLACK = 256 * 1024
 
 
@@ -92,19 +94,24 @@ def create_app(screener: Screener, max_pending: int = 64):
 
     @app.post("/v1/predict")
     async def predict(
-        right: Annotated[UploadFile | None, File(description="photograph of the right eye")] = None,
-        left: Annotated[UploadFile | None, File(description="photograph of the left eye")] = None,
+        right: Annotated[
+            list[UploadFile] | None, File(description=f"photograph of the right eye (up to {MAX_PER_SIDE})")
+        ] = None,
+        left: Annotated[
+            list[UploadFile] | None, File(description=f"photograph of the left eye (up to {MAX_PER_SIDE})")
+        ] = None,
         explain: Annotated[bool, Query(description="add Grad-CAM overlays as base64 PNG")] = False,
     ) -> dict:
         """Per-eye and patient results: predicted class, class probabilities, referable flag at the
-        checkpoint's operating point (null when the checkpoint is not calibrated)."""
+        checkpoint's operating point (null when the checkpoint is not calibrated). Several photographs of
+        an eye (two fields): the patient takes the right-left combination with the higher disease score;
+        `eyes.<side>` is that combination's photograph, the others are in `eyes.<side>.other_photographs`."""
         uploads = []
-        for side, part in (("right", right), ("left", left)):
-            if part is None:
-                continue
-            data = await part.read(screener.max_upload_bytes + 1)
-            uploads.append(Upload(side, part.filename or "", data))
-            await part.close()
+        for side, parts in (("right", right), ("left", left)):
+            for part in parts or []:
+                data = await part.read(screener.max_upload_bytes + 1)
+                uploads.append(Upload(side, part.filename or "", data))
+                await part.close()
         if pending.locked():
             raise HTTPException(503, "server busy: too many requests waiting, try again shortly")
         async with pending:

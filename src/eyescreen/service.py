@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import itertools
 import queue
 import tempfile
 from dataclasses import dataclass
@@ -25,13 +26,14 @@ from .checkpoint import load_model
 from .ensemble import model_name
 from .explain import compute_cams, compute_pair_cams, overlay_rgb
 from .fellow import stored_weight
-from .inference import resolve_device, resolve_precision
+from .inference import predict_proba, resolve_device, resolve_precision
 from .model_card import card_lines, describe_checkpoint
 from .models import takes_both_eyes
-from .predict_pairs import SIDES, patient_predictions
-from .preprocess import ImageError, Preprocessing, cropped_fundus, enhance
+from .predict_pairs import SIDES, decisive_views, eye_patients, patient_predictions
+from .preprocess import ImageError, Preprocessing, Views, cropped_fundus, enhance
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_PER_SIDE = 4  # photographs of one eye in one request: two fields per eye is a common protocol
 
 # Decided from the first bytes of the content, never from the file name the client sent.
 _SIGNATURES = (
@@ -142,8 +144,8 @@ class Screener:
         warnings (a photograph that may not show a fundus)."""
         shown, model_inputs, warnings = [], [], []
         with tempfile.TemporaryDirectory(prefix="eyescreen-upload-") as private:
-            for upload in uploads:
-                path = Path(private) / f"{upload.side}{self.check(upload)}"
+            for k, upload in enumerate(uploads):
+                path = Path(private) / f"{k}-{upload.side}{self.check(upload)}"
                 path.write_bytes(upload.data)
                 label = f"{upload.side} eye ({upload.filename or 'unnamed'})"
                 notes: list[str] = []
@@ -157,52 +159,70 @@ class Screener:
         return shown, model_inputs, warnings
 
     def screen(self, uploads: list[Upload], explain: bool = False, method: str = "gradcam") -> dict:
+        """One patient: one or more photographs of either eye or both. With several of a side (two fields
+        per eye), every right-left combination is screened and the patient takes the one with the higher
+        disease score, as `predict --pairs` does; each other photograph is reported beside it."""
         if not uploads:
             raise UploadError("no image: send a 'right' and/or a 'left' eye photograph", 400)
         sides = [u.side for u in uploads]
-        if len(set(sides)) != len(sides) or not set(sides) <= set(SIDES):
-            raise UploadError("send at most one 'right' and one 'left' eye photograph", 400)
+        if not set(sides) <= set(SIDES):
+            raise UploadError("send each photograph as 'right' or 'left'", 400)
+        for side in SIDES:
+            if sides.count(side) > MAX_PER_SIDE:
+                raise UploadError(
+                    f"at most {MAX_PER_SIDE} photographs of one eye ({sides.count(side)} {side})", 400
+                )
         shown, inputs, warnings = self._read(uploads)
-        size = self.prep.image_size
-        images = torch.zeros((1, 2, 3, size, size), dtype=torch.uint8)
-        mask = torch.zeros((1, 2), dtype=torch.bool)
-        for side, array in zip(sides, inputs, strict=True):
-            images[0, SIDES.index(side)] = torch.from_numpy(array).permute(2, 0, 1)
-            mask[0, SIDES.index(side)] = True
+        per_side = [[k for k, s in enumerate(sides) if s == side] or [-1] for side in SIDES]
+        index = torch.tensor(list(itertools.product(*per_side)), dtype=torch.long)
+        photos = torch.stack([torch.from_numpy(array).permute(2, 0, 1) for array in inputs])
+        views = Views(photos, index, np.zeros(len(index), dtype=int), [], [], [])
         model = self._models.get()
         try:
-            eyes, patient, driver = patient_predictions(
-                model, images, mask, self.binocular, self.norm, self.device, self.precision, self.normal,
-                self.fellow_weight,
-            )  # fmt: skip
-            eyes = apply_temperature(eyes.reshape(-1, len(self.classes)), self.eye_temperature).reshape(
-                eyes.shape
-            )
-            patient = apply_temperature(patient, self.temperature)
-            maps = self._maps(model, images, mask, eyes[0], patient[0], method) if explain else {}
+            eyes, patient, driver = self._predict(model, views)
+            v = decisive_views(patient, views.owner, 1, self.normal)[0]
+            # each photograph as seen beside the decisive photograph of the other side
+            seen_in = {int(k): (u, j) for u, row in enumerate(index) for j, k in enumerate(row)
+                       if k >= 0 and (row[1 - j] == index[v, 1 - j])}  # fmt: skip
+            decided = self._decision(patient[v], self.weights, self.referable)
+            maps = self._maps(model, views, eyes, seen_in, decided, method) if explain else {}
         finally:
             self._models.put(model)
-        result = {
-            **self.describe(),
-            "eyes": {},
-            "patient": self._decision(patient[0], self.weights, self.referable),
-            "warnings": warnings,
-        }
-        result["patient"]["driven_by"] = SIDES[int(driver[0])]
-        for upload, view in zip(uploads, shown, strict=True):
-            side = upload.side
-            entry = self._decision(eyes[0, SIDES.index(side)], self.eye_weights, self.eye_referable)
-            entry["filename"] = upload.filename
+        result = {**self.describe(), "eyes": {}, "patient": decided, "warnings": warnings}
+        result["patient"]["driven_by"] = SIDES[int(driver[v])]
+        for k in sorted(seen_in, key=lambda k: (k not in index[v].tolist(), k)):  # the decisive ones first
+            u, j = seen_in[k]
+            entry = self._decision(eyes[u, j], self.eye_weights, self.eye_referable)
+            entry["filename"] = uploads[k].filename
             if explain:
-                entry["image_png"] = png_base64(view)
-                entry["overlay_png"] = png_base64(overlay_rgb(view, maps[side]))
-                entry["explained_class"] = (
-                    entry["predicted"] if not self.binocular else result["patient"]["predicted"]
-                )
-            result["eyes"][side] = entry
+                entry["image_png"] = png_base64(shown[k])
+                entry["overlay_png"] = png_base64(overlay_rgb(shown[k], maps[k]))
+                entry["explained_class"] = entry["predicted"] if not self.binocular else decided["predicted"]
+            if SIDES[j] in result["eyes"]:
+                result["eyes"][SIDES[j]]["other_photographs"].append(entry)
+            else:
+                result["eyes"][SIDES[j]] = {**entry, "other_photographs": []}
         if explain:
             result["explanation"] = {"method": method}
         return result
+
+    def _predict(self, model, views: Views):
+        """Calibrated eye [V, 2, K] and patient [V, K] probabilities, and the driving eye, of every view;
+        a single-eye model sees each photograph once."""
+        if self.binocular:
+            eyes, patient, driver = patient_predictions(
+                model, views.images, views.mask, True, self.norm, self.device, self.precision, self.normal
+            )
+        else:
+            photo_prob = predict_proba(model, views.photos, self.norm["mean"], self.norm["std"], self.device,
+                                       self.precision)  # fmt: skip
+            seen = views.index.clamp(min=0).numpy()
+            eyes, patient, driver = eye_patients(
+                photo_prob[seen], views.mask, self.normal, self.fellow_weight
+            )
+        k = len(self.classes)
+        eyes = apply_temperature(eyes.reshape(-1, k), self.eye_temperature).reshape(eyes.shape)
+        return eyes, apply_temperature(patient, self.temperature), driver
 
     def _decision(self, prob: np.ndarray, weights, referable) -> dict:
         """The class the decision rule names, the probabilities, and the referable flag."""
@@ -217,14 +237,17 @@ class Screener:
             out["referable"] = bool(1.0 - prob[self.normal] > referable["threshold"])
         return out
 
-    def _maps(self, model, images, mask, eye_prob, patient_prob, method) -> dict[str, np.ndarray]:
-        """Grad-CAM per present eye: of each eye's own decision (single-eye model) or of the patient
-        decision (both-eye model, whose fusion sees both eyes at once)."""
+    def _maps(self, model, views: Views, eyes, seen_in: dict, decided: dict, method) -> dict[int, np.ndarray]:
+        """Grad-CAM per photograph: of its own decision (single-eye model), or of the patient decision in
+        the view that holds it (both-eye model, whose fusion sees both eyes at once)."""
         if self.binocular:
-            cams = compute_pair_cams(model, images, mask, self.norm["mean"], self.norm["std"], method,
-                                     targets=[int(decide(patient_prob, self.weights))])[0]  # fmt: skip
-            return {side: cams[j] for j, side in enumerate(SIDES) if mask[0, j]}
-        present = [j for j in range(2) if mask[0, j]]
-        cams = compute_cams(model, images[0, present], self.norm["mean"], self.norm["std"], method,
-                            targets=[int(decide(eye_prob[j], self.eye_weights)) for j in present])  # fmt: skip
-        return {SIDES[j]: cam for j, cam in zip(present, cams, strict=True)}
+            used = sorted({u for u, _ in seen_in.values()})
+            target = self.classes.index(decided["predicted"])
+            cams = compute_pair_cams(model, views.images[used], views.mask[used], self.norm["mean"],
+                                     self.norm["std"], method, targets=[target] * len(used))  # fmt: skip
+            return {k: cams[used.index(u)][j] for k, (u, j) in seen_in.items()}
+        order = sorted(seen_in)
+        targets = [int(decide(eyes[seen_in[k]], self.eye_weights)) for k in order]
+        cams = compute_cams(model, views.photos[order], self.norm["mean"], self.norm["std"], method,
+                            targets=targets)  # fmt: skip
+        return dict(zip(order, cams, strict=True))
