@@ -338,6 +338,21 @@ def test_page_in_a_real_browser(live_server, screener, tmp_path, monkeypatch):
             page.click("#screen")
             page.wait_for_selector("#error", state="visible")
             assert "not a supported image type" in page.locator("#error").inner_text()
+
+            # two fields of the right eye: both screened, the other one shown under the decisive one
+            second = tmp_path / "right_2.jpg"
+            second.write_bytes(jpeg_bytes("1168_right.jpg"))
+            page.click("#clear")
+            page.set_input_files("#file-right", [str(right), str(second)])
+            assert page.locator("#drop-right .thumbs img").count() == 2
+            page.click("#screen")
+            page.wait_for_selector("#eye-right-other-1 img.heatmap", state="visible", timeout=60_000)
+            card = page.locator("#eye-right").inner_text()
+            assert "2 photographs of this eye" in card and "other photographs of the right eye" in card
+            main_name = page.locator("#eye-right > p.note").first.inner_text()
+            other_name = page.locator("#eye-right-other-1 p.note").first.inner_text()
+            assert {main_name, other_name} == {"right.jpg", "right_2.jpg"}
+            page.screenshot(path=os.path.join(shots, "serve-page-two-fields.png"), full_page=True)
         finally:
             browser.close()
 
