@@ -29,7 +29,7 @@ from .fellow import blend, stored_weight
 from .inference import autocast, predict_proba, prepare_batch, resolve_device, resolve_precision
 from .models import takes_both_eyes
 from .pairs import DEFAULT_PATTERN, pair_files
-from .preprocess import Preprocessing, load_views, preprocess_noted
+from .preprocess import Preprocessing, Views, load_views, preprocess_noted
 
 SIDES = ("right", "left")
 
@@ -92,13 +92,9 @@ def predict_pairs(
             patient_prob = np.full((len(mask), len(classes)), np.nan)
             driver = [""] * len(mask)
             if usable.any():
-                if binocular:
-                    x, m = views.images[usable], mask[usable]
-                    e, p, d = patient_predictions(model, x, m, binocular, norm, dev, prec, normal)
-                else:  # each photograph once, however many views it is in
-                    photo_prob = predict_proba(model, views.photos, norm["mean"], norm["std"], dev, prec)
-                    seen = views.index[usable].clamp(min=0).numpy()
-                    e, p, d = eye_patients(photo_prob[seen], mask[usable], normal, fellow_weight)
+                e, p, d = predict_views(
+                    model, views.select(usable), binocular, norm, dev, prec, normal, fellow_weight
+                )
                 eye_prob[usable.numpy()] = apply_temperature(
                     e.reshape(-1, len(classes)), eye_temperature
                 ).reshape(e.shape)
@@ -147,22 +143,22 @@ def predict_pairs(
     }
 
 
-def patient_predictions(
-    model, images, mask, binocular: bool, norm, device, precision, normal, fellow_weight=0.0
-):
-    """Eye probabilities [B, 2, K], patient probabilities [B, K] and the driving eye per patient.
-    `fellow_weight`: single-eye models only, each eye's blend with its fellow where both are present."""
-    if binocular:
-        with torch.inference_mode():
-            x = prepare_batch(images, device, norm["mean"], norm["std"], channels_last=False)
-            with autocast(device, precision):
-                eye_logits, logits = model(x, mask.to(device))
-                weights = model.eye_weights(x, mask.to(device))
-        eyes = torch.softmax(eye_logits.float(), -1).cpu().numpy()
-        patient = torch.softmax(logits.float(), -1).cpu().numpy()
-        return eyes, patient, weights.float().argmax(1).cpu().numpy()
-    flat = predict_proba(model, images.flatten(0, 1), norm["mean"], norm["std"], device, precision)
-    return eye_patients(flat.reshape(len(images), 2, -1), mask, normal, fellow_weight)
+def predict_views(model, views: Views, binocular: bool, norm, device, precision, normal, fellow_weight=0.0):
+    """Eye probabilities [V, 2, K], patient probabilities [V, K] and the driving eye of every view (each
+    with an eye at least). A single-eye model sees each photograph once, however many views hold it, and
+    blends each eye with its fellow at `fellow_weight` where both are present."""
+    if not binocular:
+        photo_prob = predict_proba(model, views.photos, norm["mean"], norm["std"], device, precision)
+        return eye_patients(photo_prob[views.index.clamp(min=0).numpy()], views.mask, normal, fellow_weight)
+    with torch.inference_mode():
+        x = prepare_batch(views.images, device, norm["mean"], norm["std"], channels_last=False)
+        mask = views.mask.to(device)
+        with autocast(device, precision):
+            eye_logits, logits = model(x, mask)
+            weights = model.eye_weights(x, mask)
+    eyes = torch.softmax(eye_logits.float(), -1).cpu().numpy()
+    patient = torch.softmax(logits.float(), -1).cpu().numpy()
+    return eyes, patient, weights.float().argmax(1).cpu().numpy()
 
 
 def eye_patients(eyes: np.ndarray, mask, normal, fellow_weight=0.0):

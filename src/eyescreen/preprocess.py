@@ -430,6 +430,11 @@ class Views:
         images[~self.mask] = 0
         return images
 
+    def select(self, keep) -> Views:
+        """The views `keep` (a boolean mask) picks; the photographs and the per-patient lists as they are."""
+        paths = [path for path, k in zip(self.paths, keep.tolist(), strict=True) if k] if self.paths else []
+        return Views(self.photos, self.index[keep], self.owner[keep.numpy()], paths, self.notes, self.errors)
+
 
 def load_views(patients: list[tuple], read, size: int) -> Views:
     """Both eyes of each patient (right, left: each a path, None, or several paths of one eye) on threads

@@ -26,10 +26,10 @@ from .checkpoint import load_model
 from .ensemble import model_name
 from .explain import compute_cams, compute_pair_cams, overlay_rgb
 from .fellow import stored_weight
-from .inference import predict_proba, resolve_device, resolve_precision
+from .inference import resolve_device, resolve_precision
 from .model_card import card_lines, describe_checkpoint
 from .models import takes_both_eyes
-from .predict_pairs import SIDES, decisive_views, eye_patients, patient_predictions
+from .predict_pairs import SIDES, decisive_views, predict_views
 from .preprocess import ImageError, Preprocessing, Views, cropped_fundus, enhance
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -207,19 +207,9 @@ class Screener:
         return result
 
     def _predict(self, model, views: Views):
-        """Calibrated eye [V, 2, K] and patient [V, K] probabilities, and the driving eye, of every view;
-        a single-eye model sees each photograph once."""
-        if self.binocular:
-            eyes, patient, driver = patient_predictions(
-                model, views.images, views.mask, True, self.norm, self.device, self.precision, self.normal
-            )
-        else:
-            photo_prob = predict_proba(model, views.photos, self.norm["mean"], self.norm["std"], self.device,
-                                       self.precision)  # fmt: skip
-            seen = views.index.clamp(min=0).numpy()
-            eyes, patient, driver = eye_patients(
-                photo_prob[seen], views.mask, self.normal, self.fellow_weight
-            )
+        """Calibrated eye [V, 2, K] and patient [V, K] probabilities, and the driving eye, of every view."""
+        eyes, patient, driver = predict_views(model, views, self.binocular, self.norm, self.device,
+                                              self.precision, self.normal, self.fellow_weight)  # fmt: skip
         k = len(self.classes)
         eyes = apply_temperature(eyes.reshape(-1, k), self.eye_temperature).reshape(eyes.shape)
         return eyes, apply_temperature(patient, self.temperature), driver
