@@ -59,6 +59,7 @@ def test_check_data_cli_exit_code_and_split_conflict(tmp_path, capsys):
     assert "identical images under different patients: 1" in out and "unreadable files: 2" in out
     assert "may not be colour fundus photographs (heuristic; look at them): 2" in out
     assert "patients with several photographs of an eye: 1 (a single-eye model trains" in out
+    assert "more than one visit takes" not in out  # two photographs of an eye are a clinic's usual
     assert "labels that differ only in case (two classes to training): 1\n  - Normal, normal" in out
     clean = write_dataset(tmp_path / "clean", patients=6)
     assert main(["check-data", str(clean), "--no-progress"]) == 0
@@ -88,3 +89,16 @@ def test_check_data_on_class_folders_counts_images_with_no_patient_in_their_name
     assert len(rep["same_image_two_patients"]) == 1  # the copy is caught as another patient's photograph
     assert main(["check-data", str(root), "--no-progress"]) == 1
     assert "images without a patient in the name (each its own patient" in capsys.readouterr().out
+
+
+def test_a_naming_scheme_that_makes_one_patient_of_many_photographs_is_pointed_out(tmp_path, capsys):
+    for n, label in enumerate(("normal", "dr")):
+        (tmp_path / label).mkdir()
+        for k in range(6):  # "img" read as a patient: img_R_1.jpg is patient img's right eye, photograph 1
+            fundus(64, seed=10 * n + k)[0].save(tmp_path / label / f"img_R_{k}.jpg")
+        fundus(64, seed=30 + n)[0].save(tmp_path / label / f"7{label}_left.jpg")
+    rep = check_data(tmp_path, progress=False)
+    assert rep["most_photographs_of_an_eye"] == {"patient": "img", "eye": "right", "photographs": 12}
+    assert main(["check-data", str(tmp_path), "--no-progress"]) == 0  # a note, not a problem
+    out = capsys.readouterr().out
+    assert "patient img has 12 photographs of the right eye, more than one visit takes" in out
