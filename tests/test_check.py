@@ -98,7 +98,10 @@ def test_a_naming_scheme_that_makes_one_patient_of_many_photographs_is_pointed_o
             fundus(64, seed=10 * n + k)[0].save(tmp_path / label / f"img_R_{k}.jpg")
         fundus(64, seed=30 + n)[0].save(tmp_path / label / f"7{label}_left.jpg")
     rep = check_data(tmp_path, progress=False)
-    assert rep["most_photographs_of_an_eye"] == {"patient": "img", "eye": "right", "photographs": 12}
+    assert rep["many_of_an_eye"].startswith("patient img has 12 photographs of the right eye")
     assert main(["check-data", str(tmp_path), "--no-progress"]) == 0  # a note, not a problem
     out = capsys.readouterr().out
     assert "patient img has 12 photographs of the right eye, more than one visit takes" in out
+    from eyescreen.data import load_dataset
+
+    assert "  warning: patient img has 12 photographs" in load_dataset(tmp_path).summary()  # train prints it

@@ -10,10 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import SPLITS, read_dataset, read_split
-from .eye_names import SIDES
 from .preprocess import MASK_SIDE, ImageError, crop_to_field, read_all, read_image, stored_size
-
-MANY_OF_AN_EYE = 8  # photographs of one eye of one patient: beyond this, a file-name scheme read wrongly?
 
 
 def check_data(
@@ -69,21 +66,9 @@ def check_data(
             eyes[r.group].add(r.eye)
     report["patients"] = len({r.group for r in dataset.records})
     report["patients_with_one_eye"] = sum(1 for e in eyes.values() if len(e) == 1)
-    photographs = defaultdict(set)  # of one eye: two fields (disc- and macula-centred) are common
-    for r in dataset.records:
-        side = SIDES.get((r.eye or "").lower())
-        if r.group.startswith("patient:") and side:
-            photographs[r.group, side].add(r.path)
-    report["patients_with_several_photographs_of_an_eye"] = len(
-        {group for (group, _), paths in photographs.items() if len(paths) > 1}
-    )
-    if photographs:
-        (group, side), paths = max(photographs.items(), key=lambda item: len(item[1]))
-        report["most_photographs_of_an_eye"] = {
-            "patient": group.split(":", 1)[1],
-            "eye": side,
-            "photographs": len(paths),
-        }
+    per_eye = dataset.photographs_per_eye()  # two fields (disc- and macula-centred) are common
+    report["patients_with_several_photographs_of_an_eye"] = len({p for (p, _), n in per_eye.items() if n > 1})
+    report["many_of_an_eye"] = dataset.many_of_an_eye()
     if not source.is_file():  # class folders: patients come from file names, where they say so
         report["images_without_a_patient_in_the_name"] = dataset.images_without_patient()
     if split_file:
@@ -129,11 +114,8 @@ def format_report(rep: dict) -> str:
         lines.append(f"patients with several photographs of an eye: {rep['patients_with_several_photographs_of_an_eye']} "
                      "(a single-eye model trains and is scored on each photograph; a both-eye model and the "
                      "fellow-eye blend take one photograph per side; `predict --pairs` screens every combination)")  # fmt: skip
-    most = rep.get("most_photographs_of_an_eye", {})
-    if most.get("photographs", 0) > MANY_OF_AN_EYE:
-        lines.append(f"  - patient {most['patient']} has {most['photographs']} photographs of the {most['eye']} eye, more than "
-                     "one visit takes: if it is not one patient (a naming scheme read as one), name the files "
-                     "<patient>_<side>.jpg or give a manifest with patient_id, or its photographs all go to one split")  # fmt: skip
+    if rep.get("many_of_an_eye"):
+        lines.append(f"  - {rep['many_of_an_eye']}")
     if rep.get("images_without_a_patient_in_the_name"):
         lines.append(f"images without a patient in the name (each its own patient; name them like 12_left.jpg "
                      f"so that a split keeps both eyes together): {rep['images_without_a_patient_in_the_name']}")  # fmt: skip

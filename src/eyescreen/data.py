@@ -19,6 +19,7 @@ import numpy as np
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
 SPLITS = ("train", "val", "test")
 MIN_VAL_PER_CLASS = 10  # validation images of a class below which its sensitivity moves in steps of >10%
+MANY_OF_AN_EYE = 8  # photographs of one eye of one patient beyond which a file-name scheme was read wrongly?
 
 
 class DataError(ValueError):
@@ -51,6 +52,27 @@ class Dataset:
         """Images that are their own patient: no patient_id in the manifest, no patient in the file name."""
         return sum(r.group.startswith("image:") for r in self.records)
 
+    def photographs_per_eye(self) -> Counter:
+        """(patient, side) -> the number of distinct photographs of that eye, for patients known by id."""
+        from .eye_names import SIDES
+
+        photographs = {(r.group.split(":", 1)[1], SIDES.get((r.eye or "").lower()), r.path) for r in self.records
+                       if r.group.startswith("patient:") and SIDES.get((r.eye or "").lower())}  # fmt: skip
+        return Counter((patient, side) for patient, side, _ in photographs)
+
+    def many_of_an_eye(self) -> str | None:
+        """A warning where one patient has more photographs of an eye than one visit takes: a file-name
+        scheme read as one patient would put them all in one split."""
+        counts = self.photographs_per_eye()
+        if not counts:
+            return None
+        (patient, side), n = counts.most_common(1)[0]
+        if n <= MANY_OF_AN_EYE:
+            return None
+        return (f"patient {patient} has {n} photographs of the {side} eye, more than one visit takes: if it is not "
+                "one patient (a naming scheme read as one), name the files <patient>_<side>.jpg or give a manifest "
+                "with patient_id, or its photographs all go to one split")  # fmt: skip
+
     def summary(self) -> str:
         counts = Counter(r.label for r in self.records)
         groups = len({r.group for r in self.records})
@@ -61,6 +83,8 @@ class Dataset:
             alone = self.images_without_patient()
             lines.append(f"  patients from file names (12_left.jpg, 12_right.jpg: patient 12): "
                          f"{len(self.records) - alone} images; {alone} others, each its own patient")  # fmt: skip
+        many = self.many_of_an_eye()
+        lines += [f"  warning: {many}"] if many else []
         return "\n".join(lines)
 
 
