@@ -19,8 +19,9 @@ import onnxruntime as ort
 import torch
 
 from eyescreen.checkpoint import load_model, save_model
+from eyescreen.cpu_precision import cpu_supports_bf16
 from eyescreen.export import export_onnx
-from eyescreen.inference import autocast, cpu_supports_bf16
+from eyescreen.inference import autocast
 from eyescreen.models import create_model
 
 

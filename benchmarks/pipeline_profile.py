@@ -24,9 +24,10 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torchvision.transforms import v2
 
 from eyescreen import augment
+from eyescreen.cpu_precision import cpu_precision
 from eyescreen.data import load_dataset
 from eyescreen.demo import sample_manifest
-from eyescreen.inference import autocast, cpu_supports_bf16, prepare_batch
+from eyescreen.inference import autocast, prepare_batch
 from eyescreen.models import create_model
 from eyescreen.preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack
 
@@ -118,7 +119,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--data", default=str(sample_manifest()))
     args = parser.parse_args()
-    precision = "bf16" if cpu_supports_bf16() else "fp32"
+    precision = cpu_precision()  # as `--precision auto` trains
     ds = load_dataset(args.data)
     images, ok, _ = load_stack(
         [r.path for r in ds.records], ImageCache(Preprocessing(args.image_size)), False

@@ -1,11 +1,13 @@
 """Training and inference speed on this machine: a naive loop vs eyescreen's trainer, in one run.
 
 naive:     decode + resize the JPEG every time (PIL, torchvision transforms), fp32, NCHW
-eyescreen: uint8 images preprocessed once (the cache), channels_last, bf16 autocast where supported
+eyescreen: uint8 images preprocessed once (the cache), channels_last, the precision `--precision auto` picks
+           (bf16 autocast where the CPU has it and it measured faster, cpu_precision.py)
 
     python benchmarks/speed.py [--steps 8] [--data MANIFEST] [--compile]
 
-Also prints the cached pipeline in fp32, which splits the ratio into data path and arithmetic, and
+Also prints the cached pipeline in the other precision (fp32 where auto picked bf16, bf16 where the CPU has it
+and auto picked fp32), which splits the ratio into data path and arithmetic, and
 with --compile the same trainer under torch.compile (compile time reported apart).
 
 Prints images/s for a ResNet-18 training step at 224 px (batch 32), ms/image for inference at batch 1
@@ -23,10 +25,11 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from eyescreen.cpu_precision import cpu_precision, cpu_supports_bf16
 from eyescreen.data import load_dataset
 from eyescreen.demo import sample_manifest
 from eyescreen.explain import compute_cams
-from eyescreen.inference import autocast, cpu_supports_bf16, predict_proba, prepare_batch
+from eyescreen.inference import autocast, predict_proba, prepare_batch
 from eyescreen.models import create_model
 from eyescreen.preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack
 
@@ -82,7 +85,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(sample_manifest()))
     parser.add_argument("--compile", action="store_true", help="also time the trainer under torch.compile")
     args = parser.parse_args()
-    precision = "bf16" if cpu_supports_bf16() else "fp32"
+    precision = cpu_precision()  # what `--precision auto` runs on this CPU (measured where it has bf16)
     ds = load_dataset(args.data)
     paths = [r.path for r in ds.records]
     labels = torch.as_tensor(ds.labels()) % 4
@@ -97,8 +100,11 @@ def main() -> None:
     print(
         f"training  eyescreen (cached uint8, channels_last, {precision}): {fast:6.1f} img/s   ratio {fast / naive:.2f}x"
     )
-    fp32 = train_rate(fast_batches(images, labels_ok, True), "fp32", True, args.steps)
-    print(f"training  cached uint8, channels_last, fp32: {fp32:6.1f} img/s   vs naive {fp32 / naive:.2f}x")
+    other = {"bf16": "fp32", "fp32": "bf16" if cpu_supports_bf16() else None}[precision]
+    if other:  # the precision auto did not choose, for the ratio that chose it
+        rate = train_rate(fast_batches(images, labels_ok, True), other, True, args.steps)
+        print(f"training  cached uint8, channels_last, {other}: {rate:6.1f} img/s   vs naive {rate / naive:.2f}x"
+              f"   vs eyescreen {rate / fast:.2f}x")  # fmt: skip
     if args.compile:
         compiled = train_rate(
             fast_batches(images, labels_ok, True), precision, True, args.steps, compile=True

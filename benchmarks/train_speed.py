@@ -8,6 +8,8 @@ Variants (the GPU default recipe, graham-findings-256, unless --set changes it):
     every-epoch   checkpoints and resume state written after every epoch (`--save-every 0`)
     spaced        written at most every 30 s (`--save-every 30`, the default on a GPU)
     compiled      as `spaced`, under `torch.compile` (`--compile`; its compile time is in the first epoch)
+    fp32, bf16    the precision fixed (`--precision`): on a CPU with native bf16, what `auto` measures
+                  with a few steps (cpu_precision.py), here over whole epochs of the real trainer
 
 For each: the median of the epochs' own clocks (metrics.csv `seconds`, the first epoch left out: warm-up
 and compilation) and the wall time of the whole command; then each variant's ratio to the first one
@@ -30,6 +32,8 @@ VARIANTS = {
     "every-epoch": ["--save-every", "0"],
     "spaced": ["--save-every", "30"],
     "compiled": ["--save-every", "30", "--compile"],
+    "fp32": ["--precision", "fp32"],  # on a CPU: which precision `--precision auto` should pick here
+    "bf16": ["--precision", "bf16"],
 }
 
 

@@ -461,9 +461,11 @@ def test_time_left_follows_the_pace_of_the_last_epochs():
 
 
 def test_training_says_its_precision_and_the_time_left(synthetic_manifest, tmp_path, monkeypatch, capsys):
+    import eyescreen.cpu_precision
     import eyescreen.inference
 
-    monkeypatch.setattr(eyescreen.inference, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(eyescreen.inference, "cpu_precision", lambda: "fp32")
+    monkeypatch.setattr(eyescreen.cpu_precision, "cpu_supports_bf16", lambda: False)
     train(tiny_config(precision="auto"), synthetic_manifest, tmp_path / "run", progress=False)
     out = capsys.readouterr().out
     assert "training on cpu, fp32 (this CPU has no native bf16" in out

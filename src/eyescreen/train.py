@@ -39,6 +39,7 @@ from .checkpoint import (
     weights_of,
 )
 from .config import TrainConfig
+from .cpu_precision import cpu_note
 from .data import (
     Dataset,
     load_dataset,
@@ -282,8 +283,7 @@ def train(
     precision = resolve_precision(cfg.precision, device)
     channels_last = cfg.channels_last
     say(f"training on {device.type}, {precision}" + (
-        " (this CPU has no native bf16: training is about 3.5 times slower than with it, README \"Speed on a CPU\")"
-        if cfg.precision == "auto" and device.type == "cpu" and precision == "fp32" else ""
+        cpu_note() if cfg.precision == "auto" and device.type == "cpu" else ""
     ))  # fmt: skip
     model, model_spec = task.build(cfg.model)
     if cfg.init and not resume:
