@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.2, help="of the NT-Xent loss")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 where the hardware supports it, else fp32")  # fmt: skip
+                   help="auto: bf16 where the hardware has it (on a CPU: and it measured faster), else fp32")  # fmt: skip
     _device(p)
     p.add_argument("--holdout-split", default="",
                    help="split file of the fine-tuning run (train's split.csv): its validation and test "

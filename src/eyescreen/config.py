@@ -50,7 +50,9 @@ class TrainConfig:
     val_fraction: float = setting(0.1, "share of patients held out for validation")
     test_fraction: float = setting(0.1, "share of patients held out for test")
     seed: int = setting(0, "random seed of the split, the initial weights and the batches")
-    precision: str = setting("auto", "auto: bf16 where the hardware supports it, else fp32")
+    precision: str = setting(
+        "auto", "auto: bf16 where the hardware has it (on a CPU: and it measured faster), else fp32"
+    )
     channels_last: bool = setting(True, "channels-last memory layout (faster convolutions)")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     pooling: str = setting("attention", "both-eye models: how the two eyes' features are combined")

@@ -80,3 +80,12 @@ def sum_across(ctx: Context, *values: float) -> list[float]:
 def barrier(ctx: Context) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+def from_main(ctx: Context, value):
+    """The main process's `value` on every process (a choice each would otherwise make on its own)."""
+    if not ctx.enabled:
+        return value
+    box = [value if ctx.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

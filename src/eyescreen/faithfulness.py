@@ -33,7 +33,7 @@ def _target_prob(
     out = []
     with autocast(
         device, resolve_precision("auto", device)
-    ):  # bf16 where native: the curves need many passes
+    ):  # bf16 where native and faster: the curves need many passes
         for start in range(0, len(x), batch_size):
             part = x[start : start + batch_size]
             logits = model(part) if mask is None else model(part, mask[start : start + batch_size])[1]

@@ -280,7 +280,8 @@ def train(
     if cfg.batch_size % ctx.world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {ctx.world} processes")
     local_batch = cfg.batch_size // ctx.world  # the global batch stays cfg.batch_size
-    precision = resolve_precision(cfg.precision, device)
+    # on a CPU, auto may time both precisions: the main process does, and every process follows it
+    precision = distributed.from_main(ctx, resolve_precision(cfg.precision, device) if ctx.main else None)
     channels_last = cfg.channels_last
     say(f"training on {device.type}, {precision}" + (
         cpu_note() if cfg.precision == "auto" and device.type == "cpu" else ""
