@@ -19,6 +19,11 @@ def messy_manifest(root):
     Image.open(root / "images/1_left.jpg").convert("L").save(root / "images/red_free.jpg")
     (root / "images/empty.jpg").write_bytes(b"")
     fundus(64, seed=11)[0].save(root / "images/2_left_2.jpg")
+    Image.open(root / "images/1_right.jpg").save(
+        root / "images/exported.png"
+    )  # the same photograph, other bytes
+    photo = Image.open(root / "images/3_left.jpg")
+    photo.resize((photo.width * 2, photo.height * 2)).save(root / "images/3_left_big.jpg", quality=80)
     Image.new("RGB", (64, 64)).save(root / "images/black.png")
     rows += [
         ["images/copy.jpg", "99", "left", "normal"],  # the same photo as patient 0's, under patient 99
@@ -28,6 +33,8 @@ def messy_manifest(root):
         ["images/holiday.jpg", "95", "left", "normal"],
         ["images/red_free.jpg", "94", "left", "normal"],
         ["images/2_left_2.jpg", "2", "OS", "normal"],  # a second photograph of patient 2's left eye
+        ["images/exported.png", "93", "right", "normal"],  # patient 1's right eye again, under patient 93
+        ["images/3_left_big.jpg", "3", "left", "normal"],  # re-saved larger, same patient: a note
         rows[1],  # a duplicated row (the same photograph: not a second one)
     ]
     with open(manifest, "w", newline="") as f:
@@ -47,8 +54,15 @@ def test_check_data_finds_each_problem(tmp_path):
     doubts = sorted(rep["maybe_not_fundus"])
     assert len(doubts) == 2 and "holiday.jpg: may not be a fundus photograph" in doubts[0]
     assert "red_free.jpg: greyscale, not a colour photograph" in doubts[1]
-    assert rep["patients_with_one_eye"] == 6
-    assert rep["patients_with_several_photographs_of_an_eye"] == 1
+    assert rep["patients_with_one_eye"] == 7
+    assert sorted(map(sorted, rep["resaved_images"])) == [
+        ["images/1_right.jpg", "images/exported.png"],
+        ["images/3_left.jpg", "images/3_left_big.jpg"],
+    ]
+    assert rep["resaved_two_patients"] == [
+        ["images/1_right.jpg (patient:1)", "images/exported.png (patient:93)"]
+    ]
+    assert rep["patients_with_several_photographs_of_an_eye"] == 2
     assert rep["image_size"]["width"][0] == 64
 
 
@@ -58,7 +72,11 @@ def test_check_data_cli_exit_code_and_split_conflict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "identical images under different patients: 1" in out and "unreadable files: 2" in out
     assert "may not be colour fundus photographs (heuristic; look at them): 2" in out
-    assert "patients with several photographs of an eye: 1 (a single-eye model trains" in out
+    assert (
+        "the same photograph saved twice under different patients: 1\n  - images/1_right.jpg (patient:1)"
+        in out
+    )
+    assert "patients with several photographs of an eye: 2 (a single-eye model trains" in out
     assert "more than one visit takes" not in out  # two photographs of an eye are a clinic's usual
     assert "labels that differ only in case (two classes to training): 1\n  - Normal, normal" in out
     clean = write_dataset(tmp_path / "clean", patients=6)
@@ -105,3 +123,19 @@ def test_a_naming_scheme_that_makes_one_patient_of_many_photographs_is_pointed_o
     from eyescreen.data import load_dataset
 
     assert "  warning: patient img has 12 photographs" in load_dataset(tmp_path).summary()  # train prints it
+
+
+def test_near_identical_pairs_are_found_in_every_chunk_of_the_distance_matrix(monkeypatch):
+    import numpy as np
+
+    from eyescreen import near_duplicates
+
+    rng = np.random.default_rng(0)
+    thumbs = rng.integers(0, 256, (50, 768)).astype(np.uint8)
+    thumbs[37] = np.clip(thumbs[3].astype(int) + rng.integers(-1, 2, 768), 0, 255)  # within a level
+    thumbs[49] = thumbs[20]
+    thumbs[48] = np.clip(thumbs[20].astype(int) + 3, 0, 255)  # 3 levels off: another photograph
+    monkeypatch.setattr(near_duplicates, "CHUNK", 7)  # pairs across chunk boundaries
+    found = near_duplicates.distances_within(thumbs)
+    assert [(i, j) for i, j, _ in found] == [(3, 37), (20, 49)]
+    assert near_duplicates.groups(50, found + [(37, 45, 0.0)]) == [[3, 37, 45], [20, 49]]

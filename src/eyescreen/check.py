@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import SPLITS, read_dataset, read_split
+from .near_duplicates import distances_within, groups, thumbnail
 from .preprocess import MASK_SIDE, ImageError, crop_to_field, read_all, read_image, stored_size
 
 
@@ -32,13 +33,15 @@ def check_data(
     report["duplicate_rows"] = sorted(k for k, n in keys.items() if n > 1)
 
     by_hash: dict[str, list] = defaultdict(list)
-    sizes, unreadable, no_field, doubtful = [], [], [], []
+    sizes, unreadable, no_field, doubtful, thumbs = [], [], [], [], []
     looks = read_all(_look, [r.path for r in raw])  # on threads, in order
-    for r, ((digest, size, notes, error), _) in tqdm(
+    for r, ((digest, size, thumb, notes, error), _) in tqdm(
         zip(raw, looks, strict=True), total=len(raw), desc="checking images", disable=not progress
     ):  # _look names every problem itself
         if digest is not None:
             by_hash[digest].append(r)
+        if thumb is not None:
+            thumbs.append((r, digest, thumb))
         if size is not None:
             sizes.append(size)
         doubtful += notes
@@ -54,6 +57,7 @@ def check_data(
         for group in by_hash.values()
         if len({r.group for r in group}) > 1
     ]
+    report.update(_resaved(thumbs))
     if sizes:
         w, h = np.array(sizes).T
         report["image_size"] = {
@@ -79,20 +83,37 @@ def check_data(
     return report
 
 
-def _look(path: Path) -> tuple[str | None, tuple[int, int] | None, list[str], str | None]:
-    """One file as check-data sees it: content hash, stored size, warnings, and why it cannot be used (or
-    None). Decoded only as large as the field-of-view search looks, which makes a camera's photograph
+def _look(path: Path) -> tuple[str | None, tuple[int, int] | None, np.ndarray | None, list[str], str | None]:
+    """One file as check-data sees it: content hash, stored size, thumbnail (near_duplicates), warnings, and
+    why it cannot be used (or None). Decoded only as large as the field-of-view search looks, which makes a camera's photograph
     several times faster; the size reported is the stored one."""
     if not path.is_file():
-        return None, None, [], f"{path}: file not found"
+        return None, None, None, [], f"{path}: file not found"
     digest, size, notes = hashlib.sha256(path.read_bytes()).hexdigest(), None, []
     try:
         im = read_image(path, at_least=MASK_SIDE)
         size = stored_size(path)
         crop_to_field(im, path, notes)
     except ImageError as e:
-        return digest, size, notes, str(e)
-    return digest, size, notes, None
+        return digest, size, None, notes, str(e)
+    return digest, size, thumbnail(im), notes, None
+
+
+def _resaved(thumbs: list) -> dict:
+    """Groups of files that hold the same photograph under different bytes (near_duplicates): under
+    different names, and those among them under different patients. Byte-identical files are the
+    content hash's to report."""
+    if not thumbs:
+        return {"resaved_images": [], "resaved_two_patients": []}
+    pairs = distances_within(np.stack([t for *_, t in thumbs]))
+    pairs = [(i, j, d) for i, j, d in pairs if thumbs[i][1] != thumbs[j][1]]
+    found = [[thumbs[k][0] for k in group] for group in groups(len(thumbs), pairs)]
+    return {
+        "resaved_images": [[r.key for r in group] for group in found],
+        "resaved_two_patients": [
+            [f"{r.key} ({r.group})" for r in group] for group in found if len({r.group for r in group}) > 1
+        ],  # fmt: skip
+    }
 
 
 def format_report(rep: dict) -> str:
@@ -127,6 +148,11 @@ def format_report(rep: dict) -> str:
         ("may not be colour fundus photographs (heuristic; look at them)", "maybe_not_fundus"),
         ("identical images under different names", "duplicate_images"),
         ("identical images under different patients", "same_image_two_patients"),
+        (
+            "the same photograph saved twice (near-identical pixels, other bytes) under different names",
+            "resaved_images",
+        ),
+        ("the same photograph saved twice under different patients", "resaved_two_patients"),
     ):
         items = rep[key]
         lines.append(f"{title}: {len(items) if items else 'none'}")
@@ -143,5 +169,6 @@ def problems(rep: dict) -> int:
         "unreadable",
         "no_field_of_view",
         "same_image_two_patients",
+        "resaved_two_patients",
     )
     return sum(len(rep[k]) for k in keys)
