@@ -157,3 +157,34 @@ def test_the_field_of_view_mask_is_scipy_ndimage_s_pixel_for_pixel():
         mask = field_of_view(rgb)
         assert np.array_equal(mask, reference(rgb))
         assert np.array_equal(preprocess.erode(mask, 3), ndimage.binary_erosion(mask, iterations=3))
+
+
+def test_views_combine_each_patients_photographs_each_read_once(tmp_path):
+    from eyescreen.preprocess import load_views
+
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((8, 8, 3), ord(name), np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "bad.png").write_bytes(b"x")
+    reads = []
+
+    def read(path):
+        reads.append(path.name)
+        if path.name == "bad.png":
+            raise ImageError(f"{path}: broken")
+        return np.array(Image.open(path)), [f"{path.name} noted"]
+
+    p = {n: tmp_path / f"{n}.png" for n in ("a", "b", "c", "bad")}
+    views = load_views([((p["a"], p["b"]), p["c"]), (None, p["bad"]), ([p["bad"]], None)], read, 8)
+    assert sorted(reads) == ["a.png", "b.png", "bad.png", "c.png"]  # each photograph once
+    assert views.paths == [(p["a"], p["c"]), (p["b"], p["c"]), (None, None), (None, None)]
+    assert views.owner.tolist() == [0, 0, 1, 2]
+    assert views.mask.tolist() == [[True, True], [True, True], [False, False], [False, False]]
+    assert views.images[1, 0, 0, 0, 0] == ord("b") and views.images[1, 1, 0, 0, 0] == ord("c")
+    assert not views.images[2:].any()  # no eye read: zeros
+    assert (
+        views.notes[0] == ["a.png noted", "b.png noted", "c.png noted"] and views.errors[1][0][0] == p["bad"]
+    )
+    kept = views.select(views.mask.any(1))
+    assert kept.owner.tolist() == [0, 0] and kept.paths == views.paths[:2]
+    nothing = load_views([(p["bad"], None)], read, 8)  # not one photograph read in the chunk
+    assert nothing.images.shape == (1, 2, 3, 8, 8) and not nothing.mask.any()

@@ -85,8 +85,8 @@ def check_data(
 
 def _look(path: Path) -> tuple[str | None, tuple[int, int] | None, np.ndarray | None, list[str], str | None]:
     """One file as check-data sees it: content hash, stored size, thumbnail (near_duplicates), warnings, and
-    why it cannot be used (or None). Decoded only as large as the field-of-view search looks, which makes a camera's photograph
-    several times faster; the size reported is the stored one."""
+    why it cannot be used (or None). Decoded only as large as the field-of-view search looks, which makes a
+    camera's photograph several times faster; the size reported is the stored one."""
     if not path.is_file():
         return None, None, None, [], f"{path}: file not found"
     digest, size, notes = hashlib.sha256(path.read_bytes()).hexdigest(), None, []

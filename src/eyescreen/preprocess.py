@@ -426,6 +426,8 @@ class Views:
     @property
     def images(self) -> torch.Tensor:
         """uint8 [V, 2, 3, S, S], right then left, zeros for an absent eye."""
+        if not len(self.photos):  # none read: nothing to gather from
+            return torch.zeros((len(self.index), 2, *self.photos.shape[1:]), dtype=torch.uint8)
         images = self.photos[self.index.clamp(min=0)]
         images[~self.mask] = 0
         return images
