@@ -139,3 +139,27 @@ def test_near_identical_pairs_are_found_in_every_chunk_of_the_distance_matrix(mo
     found = near_duplicates.distances_within(thumbs)
     assert [(i, j) for i, j, _ in found] == [(3, 37), (20, 49)]
     assert near_duplicates.groups(50, found + [(37, 45, 0.0)]) == [[3, 37, 45], [20, 49]]
+
+
+def test_with_a_split_the_copies_that_land_in_two_splits_are_named(tmp_path, capsys):
+    from eyescreen.data import load_dataset, make_split, write_split
+
+    manifest = messy_manifest(tmp_path)
+    dataset = load_dataset(manifest)
+    split = make_split(dataset)
+    # patient 1 in train and its re-saved copy (patient 93) in test; patient 0 in val and its byte copy
+    # (patient 99) in train; patient 3 and its larger re-save (one patient) stay in one split by patient
+    where = {"patient:1": "train", "patient:93": "test", "patient:0": "val", "patient:99": "train"}
+    for r in dataset.records:
+        split[r.key] = where.get(r.group, split[r.key])
+    write_split(split, dataset, tmp_path / "split.csv")
+    rep = check_data(manifest, split_file=tmp_path / "split.csv", progress=False)
+    assert rep["copies_across_splits"] == [
+        ["images/0_left.jpg (val)", "images/copy.jpg (train)"],
+        ["images/1_right.jpg (train)", "images/exported.png (test)"],
+    ]
+    assert main(["check-data", str(manifest), "--split", str(tmp_path / "split.csv"), "--no-progress"]) == 1
+    assert "the same photograph in two splits (the later split's numbers would not be clean): 2" in (
+        capsys.readouterr().out
+    )
+    assert "copies_across_splits" not in check_data(manifest, progress=False)  # no split, no line

@@ -57,7 +57,11 @@ def check_data(
         for group in by_hash.values()
         if len({r.group for r in group}) > 1
     ]
-    report.update(_resaved(thumbs))
+    resaved = _resaved(thumbs)
+    report["resaved_images"] = [[r.key for r in group] for group in resaved]
+    report["resaved_two_patients"] = [[f"{r.key} ({r.group})" for r in group] for group in resaved
+                                      if len({r.group for r in group}) > 1]  # fmt: skip
+    copies = [group for group in by_hash.values() if len({r.key for r in group}) > 1] + resaved
     if sizes:
         w, h = np.array(sizes).T
         report["image_size"] = {
@@ -80,6 +84,11 @@ def check_data(
         report["per_split"] = {
             s: dict(Counter(r.label for r in dataset.records if split[r.key] == s)) for s in SPLITS
         }
+        report["copies_across_splits"] = [
+            [f"{key} ({split[key]})" for key in dict.fromkeys(r.key for r in group) if key in split]
+            for group in copies
+            if len({split[r.key] for r in group if r.key in split}) > 1
+        ]
     return report
 
 
@@ -99,21 +108,14 @@ def _look(path: Path) -> tuple[str | None, tuple[int, int] | None, np.ndarray | 
     return digest, size, thumbnail(im), notes, None
 
 
-def _resaved(thumbs: list) -> dict:
-    """Groups of files that hold the same photograph under different bytes (near_duplicates): under
-    different names, and those among them under different patients. Byte-identical files are the
-    content hash's to report."""
+def _resaved(thumbs: list) -> list[list]:
+    """Groups of records whose files hold the same photograph under different bytes (near_duplicates).
+    Byte-identical files are the content hash's to report."""
     if not thumbs:
-        return {"resaved_images": [], "resaved_two_patients": []}
+        return []
     pairs = distances_within(np.stack([t for *_, t in thumbs]))
     pairs = [(i, j, d) for i, j, d in pairs if thumbs[i][1] != thumbs[j][1]]
-    found = [[thumbs[k][0] for k in group] for group in groups(len(thumbs), pairs)]
-    return {
-        "resaved_images": [[r.key for r in group] for group in found],
-        "resaved_two_patients": [
-            [f"{r.key} ({r.group})" for r in group] for group in found if len({r.group for r in group}) > 1
-        ],  # fmt: skip
-    }
+    return [[thumbs[k][0] for k in group] for group in groups(len(thumbs), pairs)]
 
 
 def format_report(rep: dict) -> str:
@@ -153,7 +155,13 @@ def format_report(rep: dict) -> str:
             "resaved_images",
         ),
         ("the same photograph saved twice under different patients", "resaved_two_patients"),
+        (
+            "the same photograph in two splits (the later split's numbers would not be clean)",
+            "copies_across_splits",
+        ),
     ):
+        if key not in rep:  # copies across splits: only with --split
+            continue
         items = rep[key]
         lines.append(f"{title}: {len(items) if items else 'none'}")
         lines += [f"  - {', '.join(i) if isinstance(i, list) else i}" for i in items[:20]]
@@ -170,5 +178,6 @@ def problems(rep: dict) -> int:
         "no_field_of_view",
         "same_image_two_patients",
         "resaved_two_patients",
+        "copies_across_splits",
     )
-    return sum(len(rep[k]) for k in keys)
+    return sum(len(rep.get(k, [])) for k in keys)
