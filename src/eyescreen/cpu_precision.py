@@ -1,9 +1,10 @@
 """Which precision is faster on this CPU, measured once and remembered.
 
 A CPU that reports native bf16 instructions is not always faster in bf16: on AMD Zen 4 bf16 autocast
-trains ResNet-18 about 2.5 times faster than fp32, but on an Intel Xeon under KVM with AVX-512 bf16 and
-no AMX, fp32 with channels_last was 1.3 to 1.6 times faster than bf16 (benchmarks/precision_speed.py,
-RESULTS "Speed on the 2-core CPU"). So `--precision auto` times a few training steps of ResNet-18 in
+trained ResNet-18 2.1 to 2.6 times faster than fp32, but on an Intel Xeon under KVM with AVX-512 bf16
+and no AMX, fp32 with channels_last was 1.2 to 1.6 times faster than bf16, and the real trainer 1.48
+times (benchmarks/precision_speed.py and train_speed.py; RESULTS "Native bf16 that is slower than
+fp32"). So `--precision auto` times a few training steps of ResNet-18 in
 both, as cudnn.benchmark times its kernels, and keeps the answer per CPU, torch version and thread
 count in `cpu-precision.json` in the cache folder (delete it to measure again).
 """
