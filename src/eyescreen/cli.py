@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -331,7 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "no_progress") and not sys.stderr.isatty():
         args.no_progress = True  # a log file or a pipe: a bar's carriage returns make one long line of it
     try:
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()  # a reader gone away shows here, in the handler below, not at exit
+        return code
+    except BrokenPipeError:
+        # `eyescreen check-data DATA | head`: stop quietly, as other command-line tools do (files written
+        # are whole); nothing more is printed to the closed pipe, not even at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for such a command
     except (DataError, ImageError, CheckpointError, FileExistsError, ValueError) as e:
         print(f"eyescreen {args.command}: error: {e}", file=sys.stderr)
         return 2
