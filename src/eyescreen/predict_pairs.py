@@ -95,10 +95,9 @@ def predict_pairs(
                 e, p, d = predict_views(
                     model, views.select(usable), binocular, norm, dev, prec, normal, fellow_weight
                 )
-                eye_prob[usable.numpy()] = apply_temperature(
-                    e.reshape(-1, len(classes)), eye_temperature
-                ).reshape(e.shape)
-                patient_prob[usable.numpy()] = apply_temperature(p, temperature)
+                eye_prob[usable.numpy()], patient_prob[usable.numpy()] = calibrated(
+                    e, p, eye_temperature, temperature
+                )
                 for i, k in zip(np.flatnonzero(usable.numpy()), d, strict=True):
                     driver[i] = SIDES[k]
                 eye_prob[~mask.numpy()] = np.nan  # an absent eye has no prediction
@@ -159,6 +158,12 @@ def predict_views(model, views: Views, binocular: bool, norm, device, precision,
     eyes = torch.softmax(eye_logits.float(), -1).cpu().numpy()
     patient = torch.softmax(logits.float(), -1).cpu().numpy()
     return eyes, patient, weights.float().argmax(1).cpu().numpy()
+
+
+def calibrated(eyes: np.ndarray, patients: np.ndarray, eye_temperature: float, temperature: float):
+    """predict_views' eye [V, 2, K] and patient [V, K] probabilities, each scaled by its own temperature."""
+    flat = apply_temperature(eyes.reshape(-1, eyes.shape[-1]), eye_temperature)
+    return flat.reshape(eyes.shape), apply_temperature(patients, temperature)
 
 
 def eye_patients(eyes: np.ndarray, mask, normal, fellow_weight=0.0):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .calibrate import apply_temperature, class_weights, decide, eye_calibration
+from .calibrate import class_weights, decide, eye_calibration
 from .checkpoint import load_model
 from .ensemble import model_name
 from .explain import compute_cams, compute_pair_cams, overlay_rgb
@@ -29,7 +29,7 @@ from .fellow import stored_weight
 from .inference import resolve_device, resolve_precision
 from .model_card import card_lines, describe_checkpoint
 from .models import takes_both_eyes
-from .predict_pairs import SIDES, decisive_views, predict_views
+from .predict_pairs import SIDES, calibrated, decisive_views, predict_views
 from .preprocess import ImageError, Preprocessing, Views, cropped_fundus, enhance
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -210,9 +210,7 @@ class Screener:
         """Calibrated eye [V, 2, K] and patient [V, K] probabilities, and the driving eye, of every view."""
         eyes, patient, driver = predict_views(model, views, self.binocular, self.norm, self.device,
                                               self.precision, self.normal, self.fellow_weight)  # fmt: skip
-        k = len(self.classes)
-        eyes = apply_temperature(eyes.reshape(-1, k), self.eye_temperature).reshape(eyes.shape)
-        return eyes, apply_temperature(patient, self.temperature), driver
+        return (*calibrated(eyes, patient, self.eye_temperature, self.temperature), driver)
 
     def _decision(self, prob: np.ndarray, weights, referable) -> dict:
         """The class the decision rule names, the probabilities, and the referable flag."""
