@@ -83,6 +83,10 @@ class TrainConfig:
     # Glaucoma is judged at the disc, which a random crop mostly misses.
     crop_on_disc: float = setting(0.0, "share of those crops drawn to hold the optic disc (found by "
                                   "anatomy.locate); 0 = all anywhere")  # fmt: skip
+    teacher: str = setting("", "distil: also train towards this trained model's probabilities (a run folder "
+                           "or checkpoint of the same data and classes; an `eyescreen ensemble` too)")  # fmt: skip
+    distill_weight: float = setting(1.0, "weight of the cross-entropy to the teacher's probabilities beside "
+                                    "the class loss")  # fmt: skip
 
     def validate(self) -> TrainConfig:
         for name, allowed in CHOICES.items():
@@ -107,6 +111,10 @@ class TrainConfig:
             raise ValueError("mixup must be zero (off) or more: the alpha of Beta(alpha, alpha)")
         if self.findings_weight < 0:
             raise ValueError("findings_weight must be zero or more")
+        if self.distill_weight < 0:
+            raise ValueError("distill_weight must be zero or more")
+        if self.teacher and self.mixup:
+            raise ValueError("--teacher gives each photograph its own target; it cannot be used with --mixup")
         if not 0 <= self.warmup_epochs < max(self.epochs, 1):
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs}): "

@@ -78,10 +78,10 @@ def same_data(meta: dict, data: str | Path) -> bool:
     return recorded == here
 
 
-def check_held_out(path: str | Path, data: str | Path, split: dict[str, str]) -> None:
-    """Refuse a start from a checkpoint trained on the same data with another split: the images it
-    trained on that this run holds out would make the validation and test numbers look better than
-    they are."""
+def check_held_out(path: str | Path, data: str | Path, split: dict[str, str], use: str = "fine-tune") -> None:
+    """Refuse a start from (or a teacher in) a checkpoint trained on the same data with another split:
+    the images it trained on that this run holds out would make the validation and test numbers look
+    better than they are. `use` names what the run would do with it, for the message."""
     meta = read_meta(path)
     if meta.get("kind") == "pretrained" or not same_data(meta, data):
         return  # pre-training has its own --holdout-split; other data shares no images
@@ -90,5 +90,5 @@ def check_held_out(path: str | Path, data: str | Path, split: dict[str, str]) ->
     if leaked:
         raise ValueError(
             f"{path}: trained on {len(leaked)} images of this data that this run holds out for validation "
-            f"or test (e.g. {leaked[0]}); fine-tune on its own split: --split {Path(path).parent / 'split.csv'}"
+            f"or test (e.g. {leaked[0]}); {use} on its own split: --split {Path(path).parent / 'split.csv'}"
         )

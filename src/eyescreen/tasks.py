@@ -33,6 +33,7 @@ class Samples:
     paths: tuple = ()  # image file per eye (single-eye tasks)
     eye_names: tuple[tuple[str, str], ...] = ()  # patients: image key of the right and left eye ("": absent)
     discs: torch.Tensor | None = None  # [N, 3] optic disc row, col, diameter per eye, for crops on the disc
+    soft: torch.Tensor | None = None  # [N, C] a teacher's probabilities per eye (distill.py)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -100,11 +101,14 @@ class SingleEye:
         x = prepare_batch(x, device, mean, std, channels_last)
         return x, None, s.targets[idx].to(device)
 
-    def loss(self, net, x, mask, y, loss_fn, log_prior, adjust: bool, mix=None):
-        """`mix` = (lam, perm): x is lam * images + (1 - lam) * images[perm] (see `mixup`)."""
+    def loss(self, net, x, mask, y, loss_fn, log_prior, adjust: bool, mix=None, teacher=None):
+        """`mix` = (lam, perm): x is lam * images + (1 - lam) * images[perm] (see `mixup`); `teacher`:
+        the batch's distillation term (`distill.teacher_term`), never with mix."""
         logits = net(x).float()
         shifted = logits + log_prior if adjust else logits
         loss = mixed(lambda t: loss_fn(shifted, t), y, mix)
+        if teacher is not None:
+            loss = loss + teacher(logits, y >= 0)
         return loss, int((logits.argmax(1) == y).sum()), len(y)
 
     def probabilities(self, model, s: Samples, mean, std, device, precision, channels_last):
@@ -130,7 +134,7 @@ class SingleEyeWithFindings(SingleEye):
     def trainable(self, model: nn.Module) -> nn.Module:
         return WithFindings(model, len(self.findings.vocabulary))
 
-    def loss(self, net, x, mask, t, loss_fn, log_prior, adjust: bool, mix=None):
+    def loss(self, net, x, mask, t, loss_fn, log_prior, adjust: bool, mix=None, teacher=None):
         logits, finding_logits = net(x)
         logits, y = logits.float(), t[:, 0]
         shifted = logits + log_prior if adjust else logits
@@ -141,7 +145,10 @@ class SingleEyeWithFindings(SingleEye):
             return loss + loss_fn(shifted[has], t[has, 0]) if has.any() else loss
 
         has = y >= 0
-        return mixed(criterion, t, mix), int((logits.argmax(1)[has] == y[has]).sum()), int(has.sum())
+        loss = mixed(criterion, t, mix)
+        if teacher is not None:
+            loss = loss + teacher(logits, has)
+        return loss, int((logits.argmax(1)[has] == y[has]).sum()), int(has.sum())
 
 
 class BothEyes(SingleEye):

@@ -51,6 +51,7 @@ from .data import (
     thin_validation,
     write_split,
 )
+from .distill import teacher_probabilities, teacher_term
 from .evaluate import both_eyes_validation, calibrate_on_validation, paths_predictor, validation_eyes
 from .findings import training_findings
 from .inference import autocast, resolve_device, resolve_precision
@@ -186,6 +187,10 @@ def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
             raise ValueError("--mixup blends single eyes; it cannot be used with a both-eye model")
         if cfg.crop_on_disc:
             raise ValueError("--crop-on-disc crops single eyes; it cannot be used with a both-eye model")
+        if cfg.teacher:
+            raise ValueError(
+                "--teacher distils into a single-eye model; it cannot be used with a both-eye model"
+            )
     findings = training_findings(dataset, split, cfg.findings) if cfg.findings else None
     if findings is not None:
         say(findings.summary())
@@ -254,6 +259,11 @@ def train(
 
         cfg = replace(cfg, init=checkpoint_in(cfg.init, (BEST, PRETRAINED)))  # a run or pretrain folder
         check_held_out(cfg.init, data, split)
+    if cfg.teacher:  # its probabilities on this run's validation or test eyes would leak what they are
+        from .initial_weights import check_held_out
+
+        cfg = replace(cfg, teacher=checkpoint_in(cfg.teacher))
+        check_held_out(cfg.teacher, data, split, "distil")
     if ctx.main:
         write_split(split, dataset, out / "split.csv")
     say("split by patient:\n" + split_counts(dataset, split))
@@ -286,6 +296,11 @@ def train(
     say(f"training on {device.type}, {precision}" + (
         cpu_note() if cfg.precision == "auto" and device.type == "cpu" else ""
     ))  # fmt: skip
+    if cfg.teacher:
+        train_set.soft, line = teacher_probabilities(
+            cfg.teacher, train_set.paths, dataset.classes, device, precision, cache_dir, show
+        )
+        say(line)
     model, model_spec = task.build(cfg.model)
     if cfg.init and not resume:
         from .initial_weights import load_initial_weights
@@ -382,9 +397,12 @@ def train(
                 mix = None
                 if cfg.mixup:
                     x, mix = mixup(x, cfg.mixup)
+                extra = {}
+                if train_set.soft is not None:
+                    extra["teacher"] = teacher_term(train_set.soft[idx].to(device), cfg.distill_weight)
                 with autocast(device, precision):
                     loss, n_correct, n_scored = task.loss(
-                        net, x, mask, y, loss_fn, log_prior, cfg.logit_adjust != 0, mix
+                        net, x, mask, y, loss_fn, log_prior, cfg.logit_adjust != 0, mix, **extra
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
