@@ -27,7 +27,8 @@ def teacher_probabilities(
 
     `path` is a checkpoint or a run folder; the teacher must have been trained on `classes`, in order."""
     checkpoint = checkpoint_in(path)
-    model, meta = load_model(checkpoint, device)
+    with torch.random.fork_rng(devices=[]):  # building the teacher draws initial weights: the student's
+        model, meta = load_model(checkpoint, device)  # own, and its batches, must not depend on it
     if list(meta["classes"]) != list(classes):
         raise CheckpointError(f"{checkpoint}: the teacher's classes ({', '.join(meta['classes'])}) are not this "
                               f"run's ({', '.join(classes)}), in that order")  # fmt: skip
