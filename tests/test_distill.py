@@ -111,3 +111,20 @@ def test_teachers_that_cannot_teach_are_refused(teacher, synthetic_manifest, tmp
     assert main([*args, "--out", str(tmp_path / "e"), *split, "--teacher", str(both_eyes)]) == 2
     assert "a both-eye model cannot teach a single-eye one" in capsys.readouterr().err
     assert not (tmp_path / "e" / "best.safetensors").exists()
+
+
+def test_an_ensemble_teaches_with_its_averaged_probabilities(teacher, synthetic_manifest, tmp_path):
+    split = teacher.parent / "split.csv"
+    other = train(preset("quick", **SMALL, seed=2), synthetic_manifest, tmp_path / "other", split_file=split,
+                  progress=False)  # fmt: skip
+    assert main(["ensemble", str(teacher), str(other), "--out", str(tmp_path / "ens"), "--no-calibrate"]) == 0
+    data = load_dataset(synthetic_manifest)
+    paths = tuple(r.path for r in data.records[:5])
+    cpu = torch.device("cpu")
+    soft, line = teacher_probabilities(str(tmp_path / "ens"), paths, data.classes, cpu, "fp32")
+    members = [teacher_probabilities(str(run), paths, data.classes, cpu, "fp32")[0] for run in (teacher, other)]
+    expected = torch.softmax((members[0].log() + members[1].log()) / 2, 1)  # the mean of their logits
+    assert torch.allclose(soft, expected, atol=1e-5) and "(ensemble" in line
+    student = train(preset("quick", **SMALL, teacher=str(tmp_path / "ens")), synthetic_manifest,
+                    tmp_path / "student", split_file=split, progress=False)  # fmt: skip
+    assert read_meta(student)["config"]["teacher"] == str(tmp_path / "ens" / "best.safetensors")
