@@ -18,7 +18,9 @@ SMALL = dict(model="tiny-cnn", image_size=40, epochs=1, batch_size=8, precision=
 
 @pytest.fixture(scope="module")
 def teacher(synthetic_manifest, tmp_path_factory):
-    return train(preset("quick", **SMALL), synthetic_manifest, tmp_path_factory.mktemp("t") / "t", progress=False)
+    return train(
+        preset("quick", **SMALL), synthetic_manifest, tmp_path_factory.mktemp("t") / "t", progress=False
+    )
 
 
 def test_the_soft_target_loss_is_lowest_at_the_teachers_probabilities():
@@ -97,7 +99,9 @@ def test_teachers_that_cannot_teach_are_refused(teacher, synthetic_manifest, tmp
     assert main([*args, "--out", str(tmp_path / "b"), *split, *classes, "--teacher", str(teacher)]) == 2
     assert "the teacher's classes" in capsys.readouterr().err
 
-    assert main([*args, "--out", str(tmp_path / "c"), *split, "--teacher", str(teacher), "--mixup", "0.2"]) == 2
+    assert (
+        main([*args, "--out", str(tmp_path / "c"), *split, "--teacher", str(teacher), "--mixup", "0.2"]) == 2
+    )
     assert "cannot be used with --mixup" in capsys.readouterr().err
 
     both = ["--model", "tiny-cnn-binocular"]
@@ -122,7 +126,9 @@ def test_an_ensemble_teaches_with_its_averaged_probabilities(teacher, synthetic_
     paths = tuple(r.path for r in data.records[:5])
     cpu = torch.device("cpu")
     soft, line = teacher_probabilities(str(tmp_path / "ens"), paths, data.classes, cpu, "fp32")
-    members = [teacher_probabilities(str(run), paths, data.classes, cpu, "fp32")[0] for run in (teacher, other)]
+    members = [
+        teacher_probabilities(str(run), paths, data.classes, cpu, "fp32")[0] for run in (teacher, other)
+    ]
     expected = torch.softmax((members[0].log() + members[1].log()) / 2, 1)  # the mean of their logits
     assert torch.allclose(soft, expected, atol=1e-5) and "(ensemble" in line
     student = train(preset("quick", **SMALL, teacher=str(tmp_path / "ens")), synthetic_manifest,
