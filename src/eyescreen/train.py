@@ -259,7 +259,7 @@ def train(
 
         cfg = replace(cfg, init=checkpoint_in(cfg.init, (BEST, PRETRAINED)))  # a run or pretrain folder
         check_held_out(cfg.init, data, split)
-    if cfg.teacher:  # its probabilities on this run's validation or test eyes would leak what they are
+    if cfg.teacher:  # a teacher that learnt this run's validation or test eyes would pass on what it learnt
         from .initial_weights import check_held_out
 
         cfg = replace(cfg, teacher=checkpoint_in(cfg.teacher))
