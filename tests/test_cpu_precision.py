@@ -55,6 +55,21 @@ def test_the_probe_times_a_training_step_in_both_precisions():
     assert set(seconds) == {"fp32", "bf16"} and all(s > 0 for s in seconds.values())
 
 
+def test_the_probe_leaves_the_callers_random_state_and_grad_mode_alone():
+    """`auto` is first resolved where the caller is: after a run has seeded its initial weights, or inside
+    inference (explain --evaluate's curves), where a training step could not run."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    with torch.inference_mode():
+        assert set(cp.probe(steps=1, size=32, batch=2)) == {"fp32", "bf16"}
+        assert torch.is_inference_mode_enabled()
+    with torch.no_grad():
+        cp.probe(steps=1, size=32, batch=2)
+        assert not torch.is_grad_enabled()
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_auto_resolves_through_the_measurement_and_an_explicit_choice_is_kept(monkeypatch):
     monkeypatch.setattr(inference, "cpu_precision", lambda: "bf16")
     assert inference.resolve_precision("auto", torch.device("cpu")) == "bf16"

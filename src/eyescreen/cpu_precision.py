@@ -70,6 +70,13 @@ def probe(steps: int = 3, size: int = 112, batch: int = 16) -> dict[str, float]:
     """Seconds per ResNet-18 training step (channels_last, as the trainer runs) in fp32 and bf16: the
     fastest of `steps` after one warm-up, the two precisions taking turns so that a passing load on
     the machine touches both."""
+    # A caller's random state is its own (the seed of a run's initial weights), and so is its grad mode:
+    # `auto` may first be resolved inside inference (explain --evaluate's curves).
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+        return _timed_steps(steps, size, batch)
+
+
+def _timed_steps(steps: int, size: int, batch: int) -> dict[str, float]:
     import torchvision
 
     torch.manual_seed(0)
