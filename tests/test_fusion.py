@@ -258,7 +258,7 @@ def test_predict_pairs_takes_the_most_diseased_combination_of_several_photograph
     assert others == {f"{name}.png" for name in photos if name not in (right, left)} | {"F6_left_3.png"}
 
 
-def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys):
+def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys, monkeypatch):
     from eyescreen.cli import main
     from eyescreen.config import preset
     from eyescreen.train import train
@@ -337,6 +337,22 @@ def test_explain_a_both_eye_checkpoint_side_by_side(tmp_path, capsys):
     assert shares and sum(r["n"] for r in shares) <= 4 and all(r["patients"] <= 2 for r in shares)
     assert main(anatomy + ["--limit", "2", "--no-progress"]) == 0
     assert (tmp_path / "anat" / "anatomy.md").read_text() == first  # the same sample on every run
+    import eyescreen.explain_cli
+    import eyescreen.tasks
+
+    read, load = [], eyescreen.tasks._load
+    with monkeypatch.context() as m:
+        m.setattr(
+            eyescreen.tasks, "_load", lambda paths, *a, **k: read.append(len(paths)) or load(paths, *a, **k)
+        )
+        assert main(anatomy + ["--limit", "2", "--no-progress"]) == 0
+    assert 0 < sum(read) <= 4  # the sample is drawn before any photograph is read: only its own are
+    assert main(anatomy + ["--no-progress"]) == 0
+    whole = (tmp_path / "anat" / "anatomy.md").read_text()
+    with monkeypatch.context() as m:
+        m.setattr(eyescreen.explain_cli, "PATIENT_CHUNK", 1)  # one patient read at a time: the same table
+        assert main(anatomy + ["--no-progress"]) == 0
+    assert (tmp_path / "anat" / "anatomy.md").read_text() == whole and "eyes of " in whole
     # an eye of the split whose side is not known cannot be paired: said in the report, not dropped silently
     rows = [line.split(",") for line in (tmp_path / "run" / "split.csv").read_text().splitlines()[1:]]
     split = {row[0]: row[-1] for row in rows}

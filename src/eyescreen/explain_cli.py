@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .batch_output import keep_problems
 from .checkpoint import load_model
-from .data import checkpoint_data, images_given, list_images, load_dataset, subset
+from .data import Dataset, checkpoint_data, images_given, list_images, load_dataset, subset
 from .explain import explain_items
 from .inference import resolve_device
 from .models import takes_both_eyes
@@ -151,30 +151,39 @@ def _write_shares(per_eye, labels, patients, meta, out: Path, method: str) -> st
     return text
 
 
-def _patient_sample(args, meta, cache: ImageCache, default_limit: int | None):
-    """A both-eye model's patients of `--subset`, paired as in its training, or a fixed random sample of
-    `--limit` of them; with the image file of each eye key (for the photograph under the map)."""
+def _patient_records(args, meta, default_limit: int | None):
+    """A both-eye model's patients of `--subset` (or a fixed random sample of `--limit` of them, drawn
+    before any photograph is read), as records grouped by patient; and the split's records that cannot be
+    paired, as messages for the report's first lines."""
     import numpy as np
 
     from .pairs import pair_records
-    from .tasks import BothEyes
 
     dataset = load_dataset(checkpoint_data(meta, args.data), meta["classes"])
     part = subset(dataset, meta["split"], args.subset)
-    samples = BothEyes.of_checkpoint(meta).load(part, cache, args.subset, not args.no_progress, report=False)
-    _, apart = pair_records(part.records)  # said in the report's first lines, with the unreadable files
+    pairs, apart = pair_records(part.records)
     unpaired = tuple(f"{r.path}: not paired (no patient id and side, or a second photograph of one side)"
                      for r in apart)  # fmt: skip
-    samples = dataclasses.replace(samples, skipped=unpaired + tuple(samples.skipped))
+    chosen = [f"patient:{p.patient}" for p in pairs]
     limit = args.limit if args.limit is not None else default_limit
-    if limit is not None and limit < len(samples):
-        keep = sorted(np.random.default_rng(0).permutation(len(samples))[:limit])  # the same on every run
-        samples = dataclasses.replace(
-            samples, inputs=samples.inputs[keep], targets=samples.targets[keep], labels=samples.labels[keep],
-            mask=samples.mask[keep], names=tuple(samples.names[i] for i in keep),
-            groups=tuple(samples.groups[i] for i in keep), eye_names=tuple(samples.eye_names[i] for i in keep),
-        )  # fmt: skip
-    return samples, {r.key: r.path for r in part.records}
+    if limit is not None and limit < len(chosen):
+        chosen = [chosen[i] for i in sorted(np.random.default_rng(0).permutation(len(chosen))[:limit])]
+    by_patient = {group: [] for group in chosen}  # in pair order: sorted by patient
+    for r in part.records:
+        if r.group in by_patient:
+            by_patient[r.group].append(r)
+    return list(by_patient.values()), unpaired
+
+
+def _load_patients(meta, patients: list[list], cache: ImageCache, args, show: bool):
+    """Samples of the patients' records, as the both-eye model was trained on them, and the image file of
+    each eye key (for the photograph under the map)."""
+    from .tasks import BothEyes
+
+    records = [r for group in patients for r in group]
+    part = Dataset(records=records, classes=meta["classes"], source=Path(args.checkpoint))
+    samples = BothEyes.of_checkpoint(meta).load(part, cache, args.subset, show, report=False)
+    return samples, {r.key: r.path for r in records}
 
 
 def _pair_shares(model, meta, samples, path_of: dict, cache: ImageCache, args):
@@ -205,10 +214,11 @@ def run_faithfulness(args) -> str:
     norm = meta["normalization"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if takes_both_eyes(meta["model"]):  # patients: about as many eyes as the single-eye default of 200
-        samples, path_of = _patient_sample(args, meta, cache, default_limit=100)
+        patients, unpaired = _patient_records(args, meta, default_limit=100)
+        samples, path_of = _load_patients(meta, patients, cache, args, not args.no_progress)
         rows = faithfulness_table(model, samples.inputs, norm["mean"], norm["std"], methods,
                                   batch_size=args.batch_size, mask=samples.mask, progress=not args.no_progress)  # fmt: skip
-        unreadable = list(samples.skipped)
+        unreadable = [*unpaired, *samples.skipped]
         table = table_markdown(rows, len(samples), meta["model"]["name"], eyes=int(samples.mask.sum()))
         per_eye, labels, patients = _pair_shares(model, meta, samples, path_of, cache, args)
     else:
@@ -257,13 +267,27 @@ def run_anatomy(args, chunk: int = 128) -> str:
     return _write_anatomy(args, meta, per_eye, labels, patients, unreadable, f"{len(kept)} eyes")
 
 
+PATIENT_CHUNK = 64  # patients read at a time by `explain --anatomy` of a both-eye model: memory stays flat
+
+
 def _pair_anatomy(args, model, meta, cache: ImageCache) -> str:
     """`explain --anatomy` for a both-eye model: every present eye of the split's patients (or `--limit`
     patients), its map for the patient's decision."""
-    samples, path_of = _patient_sample(args, meta, cache, default_limit=None)
-    per_eye, labels, patients = _pair_shares(model, meta, samples, path_of, cache, args)
-    scope = f"{int(samples.mask.sum())} eyes of {len(samples)} patients"
-    return _write_anatomy(args, meta, per_eye, labels, patients, list(samples.skipped), scope)
+    patients, unpaired = _patient_records(args, meta, default_limit=None)
+    per_eye, labels, ids, unreadable, eyes, kept = [], [], [], list(unpaired), 0, 0
+    starts = range(0, len(patients), PATIENT_CHUNK)
+    for start in tqdm(
+        starts, desc=f"maps of {len(patients)} patients", unit="chunk", disable=args.no_progress
+    ):
+        samples, path_of = _load_patients(
+            meta, patients[start : start + PATIENT_CHUNK], cache, args, show=False
+        )
+        unreadable += samples.skipped
+        if len(samples):
+            shares, classes, who = _pair_shares(model, meta, samples, path_of, cache, args)
+            per_eye, labels, ids = per_eye + shares, labels + classes, ids + who
+            eyes, kept = eyes + int(samples.mask.sum()), kept + len(samples)
+    return _write_anatomy(args, meta, per_eye, labels, ids, unreadable, f"{eyes} eyes of {kept} patients")
 
 
 def _write_anatomy(args, meta, per_eye, labels, patients, unreadable: list[str], scope: str) -> str:
