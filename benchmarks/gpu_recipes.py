@@ -71,6 +71,12 @@ RUNS = [
         "bino-f256-e120-s1",
         ["--image-size", "256", "--seed", "1", "--epochs", "120", "--model", "resnet18-binocular"],
     ),
+    # born again: the default's seed 1 taught by its own finished run (this call's or an earlier one's on
+    # this machine), as `graham-findings` at 128 px on the CPU (RESULTS "Distillation")
+    (
+        "kd-f256-e120-s1",
+        ["--image-size", "256", "--seed", "1", "--epochs", "120", "--teacher", "@f256-e120-s1"],
+    ),
 ]
 PRESET = "graham-findings"
 FINISH_GRACE = 60  # seconds past the deadline for a run that has logged its last epoch
@@ -142,6 +148,12 @@ def epochs_logged(run: Path) -> int:
         return 0
 
 
+def teacher_of(args: list[str]) -> str | None:
+    """The run of this queue named by `--teacher @NAME` (its folder beside this run's), else None."""
+    given = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--teacher"]
+    return given[-1][1:] if given and given[-1].startswith("@") else None
+
+
 def start(name: str, args: list[str], opts, threads: int) -> subprocess.Popen:
     out = opts.out / name
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
@@ -157,15 +169,38 @@ def start(name: str, args: list[str], opts, threads: int) -> subprocess.Popen:
     )
 
 
+def trained_before(name: str, opts) -> bool:
+    """Has run `name` of the queue logged all its epochs in opts.out (an earlier call on this machine)?"""
+    known = dict(RUNS)
+    return name in known and epochs_logged(opts.out / name) >= int(option(known[name] + opts.set, "--epochs"))
+
+
 class Run:
+    """One training run; a run taught by another of the queue (`--teacher @NAME`) waits for it to finish,
+    unless it finished in an earlier call on this machine."""
+
     def __init__(self, name: str, args: list[str], opts, threads: int):
-        self.name, self.dir = name, opts.out / name
+        self.name, self.dir, self.opts, self.threads = name, opts.out / name, opts, threads
+        self.args = [str(opts.out / a[1:]) if a.startswith("@") else a for a in args]  # @NAME: its folder
         self.epochs = int(option(args, "--epochs"))
-        self.proc = start(name, args, opts, threads)
-        self.state = "running"
+        self.teacher = teacher_of(args)
+        self.proc = None
+        self.state = f"waiting for {self.teacher}" if self.teacher else "running"
+        if not self.teacher:
+            self.proc = start(name, self.args, opts, threads)
         self.marks: list[tuple[float, int]] = []  # (time, epochs logged) since the last change of load
 
+    def begin(self) -> None:
+        """Start a waiting run, its teacher finished."""
+        self.proc, self.state, self.marks = (
+            start(self.name, self.args, self.opts, self.threads),
+            "running",
+            [],
+        )
+
     def poll(self, now: float) -> None:
+        if self.proc is None:
+            return
         done = epochs_logged(self.dir)
         if not self.marks or self.marks[-1][1] != done:
             self.marks.append((now, done))
@@ -197,12 +232,29 @@ def train_all(opts) -> list[Run]:
     t_start = time.time()
     deadline = t_start + opts.deadline
     runs = [Run(n, a, opts, threads) for n, a in chosen]
+    by_name = {r.name: r for r in runs}
+    for r in runs:
+        if r.teacher and r.teacher not in by_name:  # a teacher trained in an earlier call on this machine
+            if trained_before(r.teacher, opts):
+                r.begin()
+            else:
+                r.state = f"not started: its teacher {r.teacher} has not finished here (add it: --only {r.teacher} {r.name})"
     while True:
         now = time.time()
         for r in runs:
             r.poll(now)
+        for r in runs:
+            if r.state.startswith("waiting"):
+                teacher = by_name[r.teacher]
+                if teacher.state == "finished":
+                    r.begin()
+                    for other in runs:
+                        other.marks = []  # the pace changes with the load: measure it afresh
+                elif not teacher.state.startswith(("running", "waiting")):
+                    r.state = f"not started: its teacher {r.teacher} {teacher.state}"
         alive = [r for r in runs if r.state == "running"]
-        if not alive:
+        waiting = [r for r in runs if r.state.startswith("waiting")]
+        if not alive and not waiting:
             break
         if now > deadline:
             for r in alive:
@@ -215,6 +267,8 @@ def train_all(opts) -> list[Run]:
                     r.poll(time.time())
                 if r.state == "running":
                     r.stop("deadline")
+            for r in waiting:
+                r.state = f"not started: the deadline came before its teacher {r.teacher} finished"
             break
         late = [r for r in alive if (end := r.projected_end()) is not None and end > deadline]
         if late and len(alive) > 1:  # the last one left runs until the deadline

@@ -137,3 +137,39 @@ def test_a_both_eye_run_is_summarised_per_eye_like_the_others(gpu_recipes, tmp_p
     runs = [SimpleNamespace(name=n, state="finished", dir=tmp_path / n, epochs=3) for n in ("single", "both")]
     rows = gpu_recipes.summarise(runs, SimpleNamespace(out=tmp_path))
     assert [r["val_macro_auc"] for r in rows] == [0.81, 0.83]
+
+
+def test_a_taught_run_starts_when_its_teacher_has_finished(gpu_recipes, monkeypatch, tmp_path):
+    started = []
+
+    def start(name, args, opts, threads):
+        started.append((name, args))
+        return _fake_training(2, then_sleep=0.5 if name == "teacher" else 0.1)(name, args, opts, threads)
+
+    monkeypatch.setattr(gpu_recipes, "start", start)
+    teach = ["--epochs", "2", "--teacher", "@teacher"]
+    monkeypatch.setattr(gpu_recipes, "RUNS", [("teacher", ["--epochs", "2"]), ("student", teach)])
+    opts = SimpleNamespace(only=None, set=[], out=tmp_path, deadline=30.0)
+    runs = gpu_recipes.train_all(opts)
+    assert [r.state for r in runs] == ["finished", "finished"]
+    assert [name for name, _ in started] == ["teacher", "student"]  # not side by side: after it
+    assert started[1][1] == ["--epochs", "2", "--teacher", str(tmp_path / "teacher")]
+
+    # a later call on the same machine: the teacher trained before, the student alone starts at once
+    started.clear()
+    (tmp_path / "student" / "metrics.csv").unlink()
+    runs = gpu_recipes.train_all(SimpleNamespace(only=["student"], set=[], out=tmp_path, deadline=30.0))
+    assert [r.state for r in runs] == ["finished"] and [n for n, _ in started] == ["student"]
+
+    # without it, or when it fails, the student says why it did not start
+    other = tmp_path / "other"
+    runs = gpu_recipes.train_all(SimpleNamespace(only=["student"], set=[], out=other, deadline=30.0))
+    assert runs[0].state.startswith("not started: its teacher teacher has not finished here")
+
+    def failing(name, args, opts, threads):
+        (opts.out / name).mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+
+    monkeypatch.setattr(gpu_recipes, "start", failing)
+    runs = gpu_recipes.train_all(SimpleNamespace(only=None, set=[], out=tmp_path / "failing", deadline=30.0))
+    assert [r.state for r in runs] == ["failed (exit 3)", "not started: its teacher teacher failed (exit 3)"]
