@@ -72,7 +72,7 @@ RUNS = [
         ["--image-size", "256", "--seed", "1", "--epochs", "120", "--model", "resnet18-binocular"],
     ),
     # born again: the default's seed 1 taught by its own finished run (this call's or an earlier one's on
-    # this machine), as `graham-findings` at 128 px on the CPU (RESULTS "Distillation")
+    # this machine); last: born again at 128 px on the CPU it was level on test (RESULTS "Knowledge distillation")
     (
         "kd-f256-e120-s1",
         ["--image-size", "256", "--seed", "1", "--epochs", "120", "--teacher", "@f256-e120-s1"],

@@ -285,7 +285,9 @@ def _pair_anatomy(args, model, meta, cache: ImageCache) -> str:
         unreadable += samples.skipped
         if len(samples):
             shares, classes, who = _pair_shares(model, meta, samples, path_of, cache, args)
-            per_eye, labels, ids = per_eye + shares, labels + classes, ids + who
+            per_eye += shares
+            labels += classes
+            ids += who
             eyes, kept = eyes + int(samples.mask.sum()), kept + len(samples)
     return _write_anatomy(args, meta, per_eye, labels, ids, unreadable, f"{eyes} eyes of {kept} patients")
 
