@@ -108,11 +108,19 @@ def test_randomising_the_weights_decorrelates_the_maps(lesion_model):
 
     x, y, _ = lesion_images(8, seed=6)
     before = [p.detach().clone() for p in lesion_model.parameters()]
+    torch.manual_seed(11)
+    expected = torch.rand(2)
+    torch.manual_seed(11)
     rows = randomisation_check(
         lesion_model, x[y == 1], MEAN, STD, "gradcam", targets=[1] * int((y == 1).sum())
     )
+    assert torch.equal(torch.rand(2), expected)  # the caller's random state is left alone
     assert [r["randomised_down_to"] for r in rows] == ["6", "2", "0"]  # output layer first, then inwards
     assert rows[-1]["spearman"] < 0.5
+    again = randomisation_check(
+        lesion_model, x[y == 1], MEAN, STD, "gradcam", targets=[1] * int((y == 1).sum())
+    )
+    assert again == rows  # the same random weights on every run
     assert all(torch.equal(a, b) for a, b in zip(before, lesion_model.parameters(), strict=True))  # untouched
 
 

@@ -176,17 +176,20 @@ def randomisation_check(
     reference = explanation_maps(model, images, mean, std, method, targets, mask)
     present = slice(None) if mask is None else mask.cpu().numpy()
     randomised = copy.deepcopy(model)
-    torch.manual_seed(seed)
+    device = next(model.parameters()).device
     rows = []
-    for name, block in _cascade(randomised):
-        for m in block.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-        maps = explanation_maps(randomised, images, mean, std, method, targets, mask)
-        rhos = [_rank_correlation(a, b) for a, b in zip(reference[present], maps[present], strict=True)]
-        rows.append(
-            {"randomised_down_to": name, "spearman": float(np.nanmean(rhos)) if rhos else float("nan")}
-        )
+    # the same random weights on every run, and the caller's random state left as it was
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for name, block in _cascade(randomised):
+            for m in block.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+            maps = explanation_maps(randomised, images, mean, std, method, targets, mask)
+            rhos = [_rank_correlation(a, b) for a, b in zip(reference[present], maps[present], strict=True)]
+            rows.append(
+                {"randomised_down_to": name, "spearman": float(np.nanmean(rhos)) if rhos else float("nan")}
+            )
     return rows
 
 
