@@ -134,3 +134,22 @@ def test_an_ensemble_teaches_with_its_averaged_probabilities(teacher, synthetic_
     student = train(preset("quick", **SMALL, teacher=str(tmp_path / "ens")), synthetic_manifest,
                     tmp_path / "student", split_file=split, progress=False)  # fmt: skip
     assert read_meta(student)["config"]["teacher"] == str(tmp_path / "ens" / "best.safetensors")
+
+
+def test_a_taught_run_resumes_to_the_weights_of_an_uninterrupted_one(
+    teacher, synthetic_manifest, tmp_path, monkeypatch
+):
+    """On --resume the teacher's probabilities are computed again, from the checkpoint the run recorded."""
+    from safetensors.torch import load_file
+
+    import eyescreen.train as train_module
+    from interrupt import interrupted_after_saves
+
+    split = teacher.parent / "split.csv"
+    cfg = preset("quick", **dict(SMALL, epochs=3), teacher=str(teacher.parent), distill_weight=2.0)
+    train(cfg, synthetic_manifest, tmp_path / "full", split_file=split, progress=False)
+    with interrupted_after_saves(monkeypatch, train_module, saves=2):
+        train(cfg, synthetic_manifest, tmp_path / "cut", split_file=split, progress=False)
+    train(None, synthetic_manifest, tmp_path / "cut", resume=True, progress=False)
+    full, resumed = (load_file(tmp_path / run / "last.safetensors") for run in ("full", "cut"))
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
