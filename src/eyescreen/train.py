@@ -55,6 +55,7 @@ from .distill import teacher_probabilities, teacher_term
 from .evaluate import both_eyes_validation, calibrate_on_validation, paths_predictor, validation_eyes
 from .findings import training_findings
 from .inference import autocast, resolve_device, resolve_precision
+from .initial_weights import check_held_out
 from .metrics import headline_metrics
 from .models import is_binocular
 from .pace import time_left
@@ -255,13 +256,9 @@ def train(
         else make_split(dataset, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     )
     if cfg.init and not resume:
-        from .initial_weights import check_held_out
-
         cfg = replace(cfg, init=checkpoint_in(cfg.init, (BEST, PRETRAINED)))  # a run or pretrain folder
         check_held_out(cfg.init, data, split)
     if cfg.teacher:  # a teacher that learnt this run's validation or test eyes would pass on what it learnt
-        from .initial_weights import check_held_out
-
         cfg = replace(cfg, teacher=checkpoint_in(cfg.teacher))
         check_held_out(cfg.teacher, data, split, "distil")
     if ctx.main:
