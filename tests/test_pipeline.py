@@ -28,7 +28,7 @@ def tiny_config(**kw):
     return preset("quick", **(values | kw))
 
 
-def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
+def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys, monkeypatch):
     best = train(tiny_config(epochs=1), synthetic_manifest, tmp_path / "run", progress=False)
     for name in (
         "best.safetensors",
@@ -193,6 +193,12 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
                       "gradcam", "--out", str(tmp_path / "faith"), "--no-progress"])  # fmt: skip
         rc = main(["explain", "--anatomy", "--subset", "test", "--checkpoint", str(best),
                    "--out", str(tmp_path / "anatomy"), "--no-progress"])  # fmt: skip
+        import eyescreen.explain_cli
+
+        with monkeypatch.context() as m:
+            m.setattr(eyescreen.explain_cli, "EYE_CHUNK", 3)  # read three eyes at a time: the same table
+            main(["explain", "--anatomy", "--subset", "test", "--checkpoint", str(best),
+                  "--out", str(tmp_path / "anatomy-3"), "--no-progress"])  # fmt: skip
     finally:  # the synthetic data set is shared by the session's tests
         damaged.write_bytes(photograph)
     rows = json.loads((tmp_path / "faith" / "faithfulness.json").read_text())
@@ -209,6 +215,7 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys):
     text = (tmp_path / "anatomy" / "anatomy.md").read_text()
     assert "resampling patients" in text and "1 left out:" in text and damaged.name in text
     assert f"{n_test - 1} eyes of the test split" in text
+    assert (tmp_path / "anatomy-3" / "anatomy.md").read_text() == text
     both = ["explain", "--anatomy", "--evaluate", "--subset", "test", "--checkpoint", str(best)]
     assert main(both) != 0
 

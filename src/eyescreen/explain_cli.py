@@ -241,7 +241,12 @@ def run_faithfulness(args) -> str:
     return text + f"\nwritten to {out / 'faithfulness.md'} and {out / 'anatomy.png'}"
 
 
-def run_anatomy(args, chunk: int = 128) -> str:
+# `explain --anatomy` reads a split this many eyes (single-eye models) or patients (both-eye models) at a
+# time: memory stays flat on large splits
+EYE_CHUNK, PATIENT_CHUNK = 128, 64
+
+
+def run_anatomy(args) -> str:
     """`explain --anatomy --subset S`: where the maps fall (disc, macula, rest) per true class, over every
     eye of the split (or `--limit` of them), with patient-level intervals; no deletion curves, so cheap."""
     from .preprocess import load_stack
@@ -254,9 +259,9 @@ def run_anatomy(args, chunk: int = 128) -> str:
         return _pair_anatomy(args, model, meta, cache)
     records = _subset_sample(args, meta, default_limit=None)
     kept, per_eye, unreadable = [], [], []
-    starts = range(0, len(records), chunk)  # chunks keep memory flat on large splits
+    starts = range(0, len(records), EYE_CHUNK)
     for start in tqdm(starts, desc=f"maps of {len(records)} eyes", unit="chunk", disable=args.no_progress):
-        part = records[start : start + chunk]
+        part = records[start : start + EYE_CHUNK]
         images, ok, errors = load_stack([r.path for r in part], cache, progress=False)
         unreadable += [message for _, message in errors]  # each message names its file
         part = [part[i] for i in ok]
@@ -265,9 +270,6 @@ def run_anatomy(args, chunk: int = 128) -> str:
             per_eye += _eye_shares(model, meta, [r.path for r in part], images, cache, args)
     labels, patients = [r.label for r in kept], [r.group for r in kept]
     return _write_anatomy(args, meta, per_eye, labels, patients, unreadable, f"{len(kept)} eyes")
-
-
-PATIENT_CHUNK = 64  # patients read at a time by `explain --anatomy` of a both-eye model: memory stays flat
 
 
 def _pair_anatomy(args, model, meta, cache: ImageCache) -> str:
