@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 SIDE = 16
 LIMIT = 1.0  # grey levels, root mean square over the thumbnail
@@ -39,17 +41,12 @@ def distances_within(thumbs: np.ndarray, limit: float = LIMIT) -> list[tuple[int
 
 def groups(n: int, pairs: list[tuple[int, int, float]]) -> list[list[int]]:
     """Connected groups (two or more members) of `n` items joined by `pairs`, each in index order."""
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j, _ in pairs:
-        parent[root(i)] = root(j)
+    if not pairs:
+        return []
+    i, j, _ = zip(*pairs, strict=True)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
     members: dict[int, list[int]] = {}
-    for i in range(n):
-        members.setdefault(root(i), []).append(i)
+    for k, label in enumerate(labels):
+        members.setdefault(label, []).append(k)
     return [m for m in members.values() if len(m) > 1]
