@@ -184,19 +184,17 @@ class Run:
         self.args = [str(opts.out / a[1:]) if a.startswith("@") else a for a in args]  # @NAME: its folder
         self.epochs = int(option(args, "--epochs"))
         self.teacher = teacher_of(args)
-        self.proc = None
-        self.state = f"waiting for {self.teacher}" if self.teacher else "running"
-        if not self.teacher:
-            self.proc = start(name, self.args, opts, threads)
+        self.proc: subprocess.Popen | None = None
         self.marks: list[tuple[float, int]] = []  # (time, epochs logged) since the last change of load
+        if self.teacher:
+            self.state = f"waiting for {self.teacher}"
+        else:
+            self.begin()
 
     def begin(self) -> None:
-        """Start a waiting run, its teacher finished."""
-        self.proc, self.state, self.marks = (
-            start(self.name, self.args, self.opts, self.threads),
-            "running",
-            [],
-        )
+        """Start the run (a taught one once its teacher has finished)."""
+        self.proc = start(self.name, self.args, self.opts, self.threads)
+        self.state, self.marks = "running", []
 
     def poll(self, now: float) -> None:
         if self.proc is None:
