@@ -154,7 +154,7 @@ def _write_shares(per_eye, labels, patients, meta, out: Path, method: str) -> st
 def _patient_records(args, meta, default_limit: int | None):
     """A both-eye model's patients of `--subset` (or a fixed random sample of `--limit` of them, drawn
     before any photograph is read), as records grouped by patient; and the split's records that cannot be
-    paired, as messages for the report's first lines."""
+    paired, as messages for the report's first lines; and the split's part of the data they come from."""
     import numpy as np
 
     from .pairs import pair_records
@@ -172,16 +172,16 @@ def _patient_records(args, meta, default_limit: int | None):
     for r in part.records:
         if r.group in by_patient:
             by_patient[r.group].append(r)
-    return list(by_patient.values()), unpaired
+    return list(by_patient.values()), unpaired, part
 
 
-def _load_patients(meta, patients: list[list], cache: ImageCache, args, show: bool):
+def _load_patients(meta, part: Dataset, patients: list[list], cache: ImageCache, args, show: bool):
     """Samples of the patients' records, as the both-eye model was trained on them, and the image file of
     each eye key (for the photograph under the map)."""
     from .tasks import BothEyes
 
     records = [r for group in patients for r in group]
-    part = Dataset(records=records, classes=meta["classes"], source=Path(args.checkpoint))
+    part = dataclasses.replace(part, records=records)
     samples = BothEyes.of_checkpoint(meta).load(part, cache, args.subset, show, report=False)
     return samples, {r.key: r.path for r in records}
 
@@ -214,8 +214,8 @@ def run_faithfulness(args) -> str:
     norm = meta["normalization"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if takes_both_eyes(meta["model"]):  # patients: about as many eyes as the single-eye default of 200
-        patients, unpaired = _patient_records(args, meta, default_limit=100)
-        samples, path_of = _load_patients(meta, patients, cache, args, not args.no_progress)
+        patients, unpaired, part = _patient_records(args, meta, default_limit=100)
+        samples, path_of = _load_patients(meta, part, patients, cache, args, not args.no_progress)
         rows = faithfulness_table(model, samples.inputs, norm["mean"], norm["std"], methods,
                                   batch_size=args.batch_size, mask=samples.mask, progress=not args.no_progress)  # fmt: skip
         unreadable = [*unpaired, *samples.skipped]
@@ -275,14 +275,14 @@ def run_anatomy(args) -> str:
 def _pair_anatomy(args, model, meta, cache: ImageCache) -> str:
     """`explain --anatomy` for a both-eye model: every present eye of the split's patients (or `--limit`
     patients), its map for the patient's decision."""
-    patients, unpaired = _patient_records(args, meta, default_limit=None)
+    patients, unpaired, part = _patient_records(args, meta, default_limit=None)
     per_eye, labels, ids, unreadable, eyes, kept = [], [], [], list(unpaired), 0, 0
     starts = range(0, len(patients), PATIENT_CHUNK)
     for start in tqdm(
         starts, desc=f"maps of {len(patients)} patients", unit="chunk", disable=args.no_progress
     ):
         samples, path_of = _load_patients(
-            meta, patients[start : start + PATIENT_CHUNK], cache, args, show=False
+            meta, part, patients[start : start + PATIENT_CHUNK], cache, args, show=False
         )
         unreadable += samples.skipped
         if len(samples):
