@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from eyescreen.data import read_dataset
-from eyescreen.near_duplicates import LIMIT, distances_within, thumbnail
-from eyescreen.preprocess import MASK_SIDE, read_all, read_image
+from eyescreen.near_duplicates import LIMIT, distances_within, read_thumbnail
+from eyescreen.preprocess import read_all
 
 ODIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "odir5k-256" / "manifest.csv"
 
@@ -30,7 +30,7 @@ def main() -> None:
     opts = ap.parse_args()
     raw, _ = read_dataset(opts.data, None)
     read = [(r, result) for r, (result, error) in
-            zip(raw, read_all(lambda p: thumbnail(read_image(p, at_least=MASK_SIDE)), [r.path for r in raw]),
+            zip(raw, read_all(read_thumbnail, [r.path for r in raw]),
                 strict=True) if error is None]  # fmt: skip
     thumbs = np.stack([t for _, t in read])
     start = time.perf_counter()

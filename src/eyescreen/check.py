@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import SPLITS, read_dataset, read_split
+from .data import SPLITS, copies_apart, read_dataset, read_split
 from .near_duplicates import distances_within, groups, thumbnail
 from .preprocess import MASK_SIDE, ImageError, crop_to_field, read_all, read_image, stored_size
 
@@ -84,11 +84,7 @@ def check_data(
         report["per_split"] = {
             s: dict(Counter(r.label for r in dataset.records if split[r.key] == s)) for s in SPLITS
         }
-        report["copies_across_splits"] = [
-            [f"{key} ({split[key]})" for key in dict.fromkeys(r.key for r in group) if key in split]
-            for group in copies
-            if len({split[r.key] for r in group if r.key in split}) > 1
-        ]
+        report["copies_across_splits"] = copies_apart(split, copies)
     return report
 
 

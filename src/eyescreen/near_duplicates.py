@@ -13,6 +13,9 @@ import numpy as np
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from tqdm import tqdm
+
+from .preprocess import MASK_SIDE, read_all, read_image
 
 SIDE = 16
 LIMIT = 1.0  # grey levels, root mean square over the thumbnail
@@ -22,6 +25,28 @@ CHUNK = 1024  # rows of the distance matrix at a time: memory stays at CHUNK x N
 def thumbnail(im: Image.Image) -> np.ndarray:
     """uint8 [SIDE * SIDE * 3] of an RGB photograph, the whole frame."""
     return np.asarray(im.convert("RGB").resize((SIDE, SIDE), Image.BILINEAR), dtype=np.uint8).ravel()
+
+
+def read_thumbnail(path) -> np.ndarray:
+    """The thumbnail of a file, read as check-data reads it (decoded no larger than its field-of-view search)."""
+    return thumbnail(read_image(path, at_least=MASK_SIDE))
+
+
+def copies_among(paths: list, progress: bool = False) -> list[list[int]]:
+    """Groups of indices into `paths` whose files hold one photograph: byte copies or re-saves. Files that
+    cannot be read are left out here: whoever reads them next names them. About 0.5 ms a 256-px photograph
+    on two threads (ODIR-5K's 4,035 four-class photographs: 2 s)."""
+    kept, thumbs = [], []
+    looks = read_all(read_thumbnail, paths)
+    for k, (thumb, _) in enumerate(
+        tqdm(looks, total=len(paths), desc="looking for copies", disable=not progress)
+    ):
+        if thumb is not None:
+            kept.append(k)
+            thumbs.append(thumb)
+    if not thumbs:
+        return []
+    return [[kept[m] for m in group] for group in groups(len(thumbs), distances_within(np.stack(thumbs)))]
 
 
 def distances_within(thumbs: np.ndarray, limit: float = LIMIT) -> list[tuple[int, int, float]]:

@@ -42,6 +42,8 @@ from .config import TrainConfig
 from .cpu_precision import cpu_note
 from .data import (
     Dataset,
+    copies_apart,
+    keep_copies_together,
     load_dataset,
     make_split,
     manifest_fingerprint,
@@ -58,6 +60,7 @@ from .inference import autocast, resolve_device, resolve_precision
 from .initial_weights import check_held_out
 from .metrics import headline_metrics
 from .models import is_binocular
+from .near_duplicates import copies_among
 from .pace import time_left
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
 from .stopping import StopRequest
@@ -206,6 +209,39 @@ def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
     return SingleEye(dataset.classes)
 
 
+def choose_split(
+    dataset: Dataset, cfg: TrainConfig, split_file, resume: bool, ctx, say, progress: bool
+) -> dict:
+    """The run's split: the file given (or the resumed run's), else a new one by patient in which patients
+    sharing a photograph (one saved under two ids) are kept together. A file given is read as it is, with a
+    warning where it parts such copies."""
+    if resume:
+        return read_split(split_file, dataset)
+    paths = [r.path for r in dataset.records]
+    copies = distributed.from_main(ctx, copies_among(paths, progress and ctx.main) if ctx.main else None)
+    if split_file:
+        split = read_split(split_file, dataset)
+        if apart := copies_apart(split, [[dataset.records[k] for k in group] for group in copies]):
+            say(f"warning: {split_file} puts one photograph in two splits under different patients "
+                f"({len(apart)}: {_first('; '.join(' = '.join(a) for a in apart[:3]), len(apart), 3)}): the "
+                "numbers of the later split would not be clean; without --split, train keeps such patients "
+                "in one split")  # fmt: skip
+        return split
+    split = make_split(dataset, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    split, linked = keep_copies_together(dataset, split, copies)
+    if linked:
+        sets = "; ".join(
+            f"{' and '.join(g.split(':', 1)[1] for g in names)} ({where})" for names, where in linked[:5]
+        )
+        say(f"one photograph under several patient ids ({len(linked)}), each set of patients kept in one split: "
+            f"{_first(sets, len(linked), 5)}")  # fmt: skip
+    return split
+
+
+def _first(listed: str, total: int, shown: int) -> str:
+    return listed + (f"; and {total - shown} more" if total > shown else "")
+
+
 def train(
     cfg: TrainConfig | None,
     data: str | Path,
@@ -250,11 +286,7 @@ def train(
     else:
         say(f"no class named {cfg.normal_class!r} among {', '.join(dataset.classes)}: no screening operating "
             "point ('referable = any disease'); name the class that is not referable with --normal-class")  # fmt: skip
-    split = (
-        read_split(split_file, dataset)
-        if split_file
-        else make_split(dataset, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    )
+    split = choose_split(dataset, cfg, split_file, resume, ctx, say, progress)
     if cfg.init and not resume:
         cfg = replace(cfg, init=checkpoint_in(cfg.init, (BEST, PRETRAINED)))  # a run or pretrain folder
         check_held_out(cfg.init, data, split)
