@@ -118,6 +118,36 @@ def test_holdout_split_leaves_out_every_photograph_of_validation_and_test_patien
         holdout_patients(synthetic_manifest)
 
 
+def test_copies_of_held_out_photographs_under_other_ids_or_names_are_left_out_too(tmp_path, capsys):
+    import csv
+
+    from PIL import Image
+
+    from eyescreen.data import load_dataset, make_split, write_split
+    from synthetic import write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=12)
+    dataset = load_dataset(manifest)
+    split = make_split(dataset, 0.2, 0.2, seed=0)
+    write_split(split, dataset, tmp_path / "split.csv")
+    held = [r for r in dataset.records if split[r.key] != "train"]
+    trained = [r for r in dataset.records if split[r.key] == "train"]
+    # a held-out eye under another patient id (PNG), another in a folder of unlabelled photographs; a
+    # training eye's copy stays
+    Image.open(held[0].path).save(tmp_path / "data" / "images" / "77_left.png")
+    with open(manifest, "a", newline="") as f:
+        csv.writer(f).writerow(["images/77_left.png", 77, "left", ""])
+    (tmp_path / "loose").mkdir()
+    Image.open(held[1].path).save(tmp_path / "loose" / "a.jpg", quality=95)
+    Image.open(trained[0].path).save(tmp_path / "loose" / "b.jpg", quality=95)
+    cfg = PretrainConfig(model="tiny-cnn", image_size=40, epochs=1, batch_size=16, precision="fp32",
+                         holdout_split=str(tmp_path / "split.csv"))  # fmt: skip
+    weights = pretrain(cfg, [manifest, tmp_path / "loose"], tmp_path / "ssl", progress=False)
+    settings = read_meta(weights)["pretrain"]
+    assert settings["images"] == len(trained) + 1 and settings["holdout_copies"] == 2
+    assert "with 2 copies of their photographs under other ids or names" in capsys.readouterr().out
+
+
 def test_sigterm_during_pretraining_finishes_and_writes_the_epoch(synthetic_manifest, tmp_path, monkeypatch):
     import os
     import signal

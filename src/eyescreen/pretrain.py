@@ -26,6 +26,7 @@ from .checkpoint import PRETRAINED, load_state, save_model, save_state
 from .data import list_images, read_class_folders, read_manifest
 from .inference import autocast, resolve_device, resolve_precision
 from .models import create_model
+from .near_duplicates import without_copies_of
 from .pace import time_left
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack, normalize
 from .stopping import StopRequest
@@ -52,15 +53,24 @@ class PretrainConfig:
 def image_paths(sources: list[str | Path], holdout: frozenset[str] = frozenset()) -> list[Path]:
     """Every image of the manifests (with or without a label), class folders and plain folders, but
     those of the `holdout` patients."""
+    return _paths(sources, holdout)[0]
+
+
+def _paths(sources: list[str | Path], holdout: frozenset[str]) -> tuple[list[Path], list[Path]]:
+    """The images to pre-train on and the `holdout` patients' photographs found among the sources."""
     paths: list[Path] = []
+    held: list[Path] = []
     for source in map(Path, sources):
         if source.is_file() and source.suffix.lower() == ".csv":
-            paths += [r.path for r in read_manifest(source) if r.group not in holdout]
+            records = read_manifest(source)
         elif source.is_dir() and any(p.is_dir() for p in source.iterdir()):
-            paths += [r.path for r in read_class_folders(source) if r.group not in holdout]
+            records = read_class_folders(source)
         else:
             paths += list_images([source])
-    return list(dict.fromkeys(paths))  # the same file named twice counts once
+            continue
+        paths += [r.path for r in records if r.group not in holdout]
+        held += [r.path for r in records if r.group in holdout]
+    return list(dict.fromkeys(paths)), held  # the same file named twice counts once
 
 
 def holdout_patients(split_file: str | Path) -> frozenset[str]:
@@ -103,14 +113,17 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     holdout = holdout_patients(cfg.holdout_split) if cfg.holdout_split else frozenset()
-    paths = image_paths(sources, holdout)
+    paths, held = _paths(sources, holdout)
+    # a held-out photograph saved again under another id or name would leak in all the same
+    paths, copies = without_copies_of(paths, held, progress) if held else (paths, [])
     prep = Preprocessing(image_size=cfg.image_size, enhance=cfg.enhance)
     images, ok, failed = load_stack(paths, ImageCache(prep, cache_dir), progress=progress, desc="images")
     keep_problems("could not read", [message for _, message in failed], out / "unreadable.txt")
     if len(ok) < 2:
         raise ValueError("pre-training needs at least two readable images")
     print(f"pre-training {cfg.model} on {len(ok)} images ({len(failed)} unreadable; "
-          f"{len(holdout)} held-out patients left out), {cfg.epochs} epochs")  # fmt: skip
+          f"{len(holdout)} held-out patients left out, with {len(copies)} copies of their photographs under "
+          f"other ids or names), {cfg.epochs} epochs")  # fmt: skip
     model = create_model(cfg.model, cfg.projection_dim).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
@@ -128,7 +141,13 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
         "model": {"name": cfg.model, "args": {"num_classes": cfg.projection_dim}},
         "preprocessing": asdict(prep),
         "normalization": {"mean": list(DEFAULT_MEAN), "std": list(DEFAULT_STD)},
-        "pretrain": asdict(cfg) | {"method": "simclr", "images": len(ok), "holdout_patients": len(holdout)},
+        "pretrain": asdict(cfg)
+        | {
+            "method": "simclr",
+            "images": len(ok),
+            "holdout_patients": len(holdout),
+            "holdout_copies": len(copies),
+        },
     }
     paces: list[dict] = []  # this process's epochs: the pace of the machine it runs on
     with StopRequest() as stop:  # SIGTERM or Ctrl-C: finish the epoch, write it, stop
