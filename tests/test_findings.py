@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from eyescreen.checkpoint import load_model, load_state
 from eyescreen.config import preset
@@ -21,14 +22,16 @@ from synthetic import write_dataset
 
 @pytest.fixture(scope="module")
 def manifest_with_findings(tmp_path_factory):
-    """The synthetic set plus a `findings` column and two eyes without a class: one of patient 0, one
-    of a patient in no split."""
+    """The synthetic set plus a `findings` column and three eyes without a class: one of patient 0, one
+    of a patient in no split, and patient 0's right eye exported again under patient 500."""
     root = tmp_path_factory.mktemp("findings")
     manifest = write_dataset(root, patients=30, unlabelled=1)
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))
     shutil.copy(root / "images/0_left.jpg", root / "images/0_extra.jpg")
     rows.append({"image": "images/0_extra.jpg", "patient_id": "0", "eye": "left", "label": ""})
+    Image.open(root / "images/0_right.jpg").save(root / "images/500_right.png")  # patient 0's eye, another id
+    rows.append({"image": "images/500_right.png", "patient_id": "500", "eye": "right", "label": ""})
     for r in rows:
         r["findings"] = {"normal": "", "": "cataract; lens dust"}.get(r["label"], "lesion;  Lesion ; disc")
         # unknown for the unclassed eyes, written as tables do
@@ -49,8 +52,11 @@ def split_with_patient_0_in(ds, part):
 def test_extra_eyes_and_vocabulary_come_from_training_patients_only(manifest_with_findings):
     ds = load_dataset(manifest_with_findings)
     held_out = training_findings(ds, split_with_patient_0_in(ds, "test"), "findings", min_count=1)
-    # patient 0 is a test patient: its eye without a class stays out; the unassigned patient joins
+    # patient 0 is a test patient: its eye without a class stays out, and so does the copy of its right eye
+    # under patient 500; the unassigned patient joins
     assert [r.key for r in held_out.extra] == ["images/u0.jpg"]
+    assert held_out.summary().endswith("1 more training eyes without a selected class (1 left out: copies of "
+                                       "held-out eyes' photographs)")  # fmt: skip
     assert held_out.vocabulary == [
         "disc",
         "lesion",
@@ -58,11 +64,16 @@ def test_extra_eyes_and_vocabulary_come_from_training_patients_only(manifest_wit
         "lens dust",
     ]  # by count, then name; case-folded
     in_train = training_findings(ds, split_with_patient_0_in(ds, "train"), "findings", min_count=1)
-    assert sorted(r.key for r in in_train.extra) == ["images/0_extra.jpg", "images/u0.jpg"]
+    assert sorted(r.key for r in in_train.extra) == [
+        "images/0_extra.jpg",
+        "images/500_right.png",
+        "images/u0.jpg",
+    ]
+    assert in_train.copies_left_out == 0
     targets = in_train.targets(in_train.extra)
-    assert targets.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1]]
+    assert targets.tolist() == [[0, 0, 1, 1]] * 3
     frequent = training_findings(ds, split_with_patient_0_in(ds, "train"), "findings", min_count=20)
-    assert frequent.vocabulary == ["disc", "lesion"]  # the two unlabelled eyes' findings are too rare
+    assert frequent.vocabulary == ["disc", "lesion"]  # the unlabelled eyes' findings are too rare
 
 
 def test_findings_errors_name_the_file_and_the_problem(manifest_with_findings, tmp_path):
@@ -256,7 +267,7 @@ def test_a_numeric_column_is_learnt_as_thresholds_at_the_training_eyes_deciles(m
     # the thresholds come from training patients only: patient 0 (the youngest, 30) moves them when it trains
     in_train = training_findings(ds, split_with_patient_0_in(ds, "train"), "findings,age", min_count=1)
     ages_there = [i for i, f in enumerate(in_train.vocabulary) if f.startswith("age > ")]
-    assert len(ages_there) == 9 and len(in_train.extra) == 2  # "" and "NaN" alike: unknown
+    assert len(ages_there) == 9 and len(in_train.extra) == 3  # "" and "NaN" alike: unknown
     assert (in_train.targets(in_train.extra)[:, ages_there] == -1).all()
     assert age_thresholds(in_train)[0] < thresholds[0]
     with pytest.raises(DataError, match=r"no column 'height' for --findings"):

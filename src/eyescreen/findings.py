@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .data import DataError, Dataset, Record, is_numeric, parse_number, read_columns, read_manifest
+from .near_duplicates import without_copies_of
 
 SEPARATOR = ";"
 MIN_COUNT = 20  # a finding rarer than this among the training eyes is not worth a head output
@@ -37,6 +38,7 @@ class Findings:
     tags: dict[str, frozenset[str]]  # image key -> its findings, for every row of the manifest
     # image key -> findings not known for it (a numeric cell left empty): no loss on them
     unknown: dict[str, frozenset[str]] = field(default_factory=dict)
+    copies_left_out: int = 0  # eyes without a class that hold a held-out eye's photograph under another id
 
     def targets(self, records: list[Record]) -> torch.Tensor:
         """[N, len(vocabulary)]: 1 present, 0 absent, -1 unknown, for these records."""
@@ -55,6 +57,11 @@ class Findings:
         return (
             f"findings head: {len(self.vocabulary)} findings ({', '.join(self.vocabulary)}); "
             f"{len(self.extra)} more training eyes without a selected class"
+            + (
+                f" ({self.copies_left_out} left out: copies of held-out eyes' photographs)"
+                if self.copies_left_out
+                else ""
+            )
         )
 
 
@@ -100,6 +107,11 @@ def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int =
     held_out = {r.group for r in dataset.records if split[r.key] != "train"}
     selected = {r.key for r in dataset.records}
     extra = [r for r in read_manifest(dataset.source) if r.key not in selected and r.group not in held_out]
+    copies: list = []
+    if extra and held_out:  # one held-out photograph saved again under another id would leak back in
+        held_paths = [r.path for r in dataset.records if split[r.key] != "train"]
+        _, copies = without_copies_of([r.path for r in extra], held_paths)
+        extra = [r for r in extra if r.path not in set(copies)]
     train_keys = [r.key for r in dataset.records if split[r.key] == "train"] + [r.key for r in extra]
     tags: dict[str, frozenset[str]] = {}
     unknown: dict[str, frozenset[str]] = {}
@@ -119,7 +131,7 @@ def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int =
             "the training eyes; nothing for the findings head to learn (train without it: --findings '' or "
             "--preset graham-augment)"
         )
-    return Findings(vocabulary, extra, tags, unknown)
+    return Findings(vocabulary, extra, tags, unknown, len(copies))
 
 
 class WithFindings(nn.Module):
