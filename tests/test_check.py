@@ -70,11 +70,12 @@ def test_check_data_cli_exit_code_and_split_conflict(tmp_path, capsys):
     manifest = messy_manifest(tmp_path)
     assert main(["check-data", str(manifest), "--no-progress"]) == 1
     out = capsys.readouterr().out
-    assert "identical images under different patients: 1" in out and "unreadable files: 2" in out
+    assert "identical images under different patients (train keeps those patients in one split): 1" in out
+    assert "unreadable files: 2" in out
     assert "may not be colour fundus photographs (heuristic; look at them): 2" in out
     assert (
-        "the same photograph saved twice under different patients: 1\n  - images/1_right.jpg (patient:1)"
-        in out
+        "the same photograph saved twice under different patients (train keeps those patients in one split): 1\n"
+        "  - images/1_right.jpg (patient:1)" in out
     )
     assert "patients with several photographs of an eye: 2 (a single-eye model trains" in out
     assert "more than one visit takes" not in out  # two photographs of an eye are a clinic's usual

@@ -145,12 +145,18 @@ def format_report(rep: dict) -> str:
         ("no fundus field of view", "no_field_of_view"),
         ("may not be colour fundus photographs (heuristic; look at them)", "maybe_not_fundus"),
         ("identical images under different names", "duplicate_images"),
-        ("identical images under different patients", "same_image_two_patients"),
+        (
+            "identical images under different patients (train keeps those patients in one split)",
+            "same_image_two_patients",
+        ),
         (
             "the same photograph saved twice (near-identical pixels, other bytes) under different names",
             "resaved_images",
         ),
-        ("the same photograph saved twice under different patients", "resaved_two_patients"),
+        (
+            "the same photograph saved twice under different patients (train keeps those patients in one split)",
+            "resaved_two_patients",
+        ),
         (
             "the same photograph in two splits (the later split's numbers would not be clean)",
             "copies_across_splits",
