@@ -12,15 +12,15 @@ name=$1 preset=$2
 shift 2
 data=${DATA:-../shared/datasets/odir5k-256/manifest.csv}
 out=${RUNS:-runs/recipes}/$name
-split=runs/seed-baseline/resnet18/split.csv  # the same patients in train/val/test as the baseline
-[ -f "$split" ] && split_args=(--split "$split") || split_args=()
+# the patients in train/val/test of every ODIR-5K number in RESULTS.md: the seed baseline's split
+split=${SPLIT:-benchmarks/splits/odir5k-4class-seed0.csv}
 tcmalloc=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 if [ -f "$tcmalloc" ]; then export LD_PRELOAD="$tcmalloc"; fi
 if [ -f "$out/resume.pt" ]; then
   eyescreen train --data "$data" --out "$out" --resume --no-progress
 else
   eyescreen train --data "$data" --out "$out" --preset "$preset" --classes normal,dr,amd,glaucoma \
-    "${split_args[@]}" --no-progress "$@"
+    --split "$split" --no-progress "$@"
 fi
 subset=${SUBSET:-test}
 eyescreen evaluate --checkpoint "$out/best.safetensors" --subset "$subset" --out "$out/eval-$subset" --no-progress

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The reference study's recipe (`seed` preset) on ODIR-5K, classes normal/dr/amd/glaucoma, for
-# ResNet-18 and the seed CNN; same patient split (seed 0). Re-running continues an interrupted run.
+# ResNet-18 and the seed CNN; same patient split: benchmarks/splits/odir5k-4class-seed0.csv, the split
+# `train --seed 0` made for the first of these runs, before linked patients were kept together
+# (RESULTS "The same eye photographed again"). Re-running continues an interrupted run.
 #   bash benchmarks/seed_baseline.sh [DATA_MANIFEST] [RUNS_DIR] [MODELS...]
 # Then: python benchmarks/results_table.py RUNS_DIR/* to print the rows for RESULTS.md.
 set -euo pipefail
@@ -18,7 +20,7 @@ for model in $models; do
     eyescreen train --data "$data" --out "$out" --resume --no-progress
   else
     eyescreen train --data "$data" --out "$out" --preset seed --model "$model" \
-      --classes normal,dr,amd,glaucoma --no-progress
+      --classes normal,dr,amd,glaucoma --split "${SPLIT:-benchmarks/splits/odir5k-4class-seed0.csv}" --no-progress
   fi
   eyescreen evaluate --checkpoint "$out/best.safetensors" --subset test --out "$out/eval-test" --no-progress
 done

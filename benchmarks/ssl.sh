@@ -9,7 +9,7 @@ set -euo pipefail
 name=$1 preset=$2
 shift 2
 data=${DATA:-../shared/datasets/odir5k-256/manifest.csv}
-split=runs/seed-baseline/resnet18/split.csv
+split=${SPLIT:-benchmarks/splits/odir5k-4class-seed0.csv}  # the seed baseline's split (recipe.sh)
 size=${SSL_SIZE:-128}
 out=${SSL_OUT:-runs/ssl/simclr-$size}
 tcmalloc=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4

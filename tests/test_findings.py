@@ -55,8 +55,8 @@ def test_extra_eyes_and_vocabulary_come_from_training_patients_only(manifest_wit
     # patient 0 is a test patient: its eye without a class stays out, and so does the copy of its right eye
     # under patient 500; the unassigned patient joins
     assert [r.key for r in held_out.extra] == ["images/u0.jpg"]
-    assert held_out.summary().endswith("1 more training eyes without a selected class (1 left out: copies of "
-                                       "held-out eyes' photographs)")  # fmt: skip
+    assert held_out.summary().endswith("1 more training eyes without a selected class (1 left out: held-out "
+                                       "eyes under other ids, copied or photographed again)")  # fmt: skip
     assert held_out.vocabulary == [
         "disc",
         "lesion",
@@ -69,7 +69,7 @@ def test_extra_eyes_and_vocabulary_come_from_training_patients_only(manifest_wit
         "images/500_right.png",
         "images/u0.jpg",
     ]
-    assert in_train.copies_left_out == 0
+    assert in_train.linked_left_out == 0
     targets = in_train.targets(in_train.extra)
     assert targets.tolist() == [[0, 0, 1, 1]] * 3
     frequent = training_findings(ds, split_with_patient_0_in(ds, "train"), "findings", min_count=20)

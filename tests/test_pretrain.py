@@ -144,8 +144,8 @@ def test_copies_of_held_out_photographs_under_other_ids_or_names_are_left_out_to
                          holdout_split=str(tmp_path / "split.csv"))  # fmt: skip
     weights = pretrain(cfg, [manifest, tmp_path / "loose"], tmp_path / "ssl", progress=False)
     settings = read_meta(weights)["pretrain"]
-    assert settings["images"] == len(trained) + 1 and settings["holdout_copies"] == 2
-    assert "with 2 copies of their photographs under other ids or names" in capsys.readouterr().out
+    assert settings["images"] == len(trained) + 1 and settings["holdout_linked"] == 2
+    assert "with 2 photographs of their eyes under other ids or names" in capsys.readouterr().out
 
 
 def test_sigterm_during_pretraining_finishes_and_writes_the_epoch(synthetic_manifest, tmp_path, monkeypatch):

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import SPLITS, copies_apart, read_dataset, read_split
+from .data import SPLITS, linked_apart, read_dataset, read_split
 from .near_duplicates import distances_within, groups, thumbnail
 from .preprocess import MASK_SIDE, ImageError, crop_to_field, read_all, read_image, stored_size
+from .same_eye import same_eye_pairs
 
 
 def check_data(
@@ -62,6 +63,10 @@ def check_data(
     report["resaved_two_patients"] = [[f"{r.key} ({r.group})" for r in group] for group in resaved
                                       if len({r.group for r in group}) > 1]  # fmt: skip
     copies = [group for group in by_hash.values() if len({r.key for r in group}) > 1] + resaved
+    same_eye = _same_eye(raw, copies, progress)
+    report["same_eye_two_patients"] = [
+        [f"{a.key} ({a.group})", f"{b.key} ({b.group})", f"alike {score:.2f}"] for a, b, score in same_eye
+    ]
     if sizes:
         w, h = np.array(sizes).T
         report["image_size"] = {
@@ -84,7 +89,8 @@ def check_data(
         report["per_split"] = {
             s: dict(Counter(r.label for r in dataset.records if split[r.key] == s)) for s in SPLITS
         }
-        report["copies_across_splits"] = copies_apart(split, copies)
+        report["copies_across_splits"] = linked_apart(split, copies)
+        report["same_eye_across_splits"] = linked_apart(split, [[a, b] for a, b, _ in same_eye])
     return report
 
 
@@ -102,6 +108,15 @@ def _look(path: Path) -> tuple[str | None, tuple[int, int] | None, np.ndarray | 
     except ImageError as e:
         return digest, size, None, notes, str(e)
     return digest, size, thumbnail(im), notes, None
+
+
+def _same_eye(raw: list, copies: list[list], progress: bool) -> list[tuple]:
+    """(record, record, similarity) for photographs under different patients that look like one eye taken
+    again (same_eye); copies are the content hash's and the thumbnails' to report."""
+    copied = {frozenset((a.key, b.key)) for group in copies for a in group for b in group}
+    found = same_eye_pairs([r.path for r in raw], progress=progress, sides=[r.eye for r in raw])
+    return [(raw[i], raw[j], score) for i, j, score in found
+            if raw[i].group != raw[j].group and frozenset((raw[i].key, raw[j].key)) not in copied]  # fmt: skip
 
 
 def _resaved(thumbs: list) -> list[list]:
@@ -161,8 +176,17 @@ def format_report(rep: dict) -> str:
             "the same photograph in two splits (the later split's numbers would not be clean)",
             "copies_across_splits",
         ),
+        (
+            "maybe one eye photographed again under different patients (vessels alike: a heuristic, look at "
+            "them; if so, give them one patient id. train keeps those patients in one split)",
+            "same_eye_two_patients",
+        ),
+        (
+            "maybe one eye in two splits (the later split's numbers would not be clean if so)",
+            "same_eye_across_splits",
+        ),
     ):
-        if key not in rep:  # copies across splits: only with --split
+        if key not in rep:  # across splits: only with --split
             continue
         items = rep[key]
         lines.append(f"{title}: {len(items) if items else 'none'}")

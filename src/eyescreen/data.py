@@ -395,13 +395,14 @@ def make_split(
     return {r.key: str(s) for r, s in zip(dataset.records, names, strict=True)}
 
 
-def keep_copies_together(dataset: Dataset, split: dict, copies: list[list[int]]) -> tuple[dict, list]:
-    """Put patients who share a photograph in one split: `copies` are groups of indices into the records
-    holding one photograph (`near_duplicates.copies_among`). One photograph saved under two patient ids
-    (a patient registered twice, a file exported again) would otherwise be trained on under one id and
-    tested under the other. Linked patients go to the first of train/val/test that holds any of them, so
-    held-out eyes never have a copy in train and nothing else moves: the split of data without such copies
-    is `make_split`'s. Returns the split and, for each set of linked patients, their ids and their split."""
+def keep_linked_together(dataset: Dataset, split: dict, links: list[list[int]]) -> tuple[dict, list]:
+    """Put patients who share a photograph or an eye in one split: `links` are groups of indices into the
+    records that hold one photograph or one eye (`photo_links.linked`). A patient registered twice, a file
+    exported again, a follow-up visit under a new id: split apart, one eye would be trained on under one
+    id and tested under the other. Linked patients go to the first of train/val/test that holds any of
+    them, so held-out eyes never have a twin in train and nothing else moves: the split of data without
+    such links is `make_split`'s. Returns the split and, for each set of linked patients, their ids and
+    their split."""
     from .near_duplicates import groups
 
     members: dict[str, list[Record]] = {}
@@ -409,11 +410,11 @@ def keep_copies_together(dataset: Dataset, split: dict, copies: list[list[int]])
         members.setdefault(r.group, []).append(r)
     patients = list(members)
     index = {g: k for k, g in enumerate(patients)}
-    links = [(index[dataset.records[a].group], index[dataset.records[b].group], 0.0)
-             for group in copies for a, b in pairwise(group)
+    edges = [(index[dataset.records[a].group], index[dataset.records[b].group], 0.0)
+             for group in links for a, b in pairwise(group)
              if dataset.records[a].group != dataset.records[b].group]  # fmt: skip
     split, linked = dict(split), []
-    for together in groups(len(patients), links):
+    for together in groups(len(patients), edges):
         names = [patients[k] for k in together]
         where = min((split[r.key] for g in names for r in members[g]), key=SPLITS.index)
         for g in names:
@@ -423,12 +424,12 @@ def keep_copies_together(dataset: Dataset, split: dict, copies: list[list[int]])
     return split, linked
 
 
-def copies_apart(split: dict, copies: list[list[Record]]) -> list[list[str]]:
-    """Each group of copies of one photograph that `split` puts in two or more splits, as "key (split)";
-    records the split does not cover (classes left out) are not listed."""
+def linked_apart(split: dict, links: list[list[Record]]) -> list[list[str]]:
+    """Each group of records of one photograph or eye that `split` puts in two or more splits, as
+    "key (split)"; records the split does not cover (classes left out) are not listed."""
     return [
         [f"{key} ({split[key]})" for key in dict.fromkeys(r.key for r in group) if key in split]
-        for group in copies
+        for group in links
         if len({split[r.key] for r in group if r.key in split}) > 1
     ]
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .data import DataError, Dataset, Record, is_numeric, parse_number, read_columns, read_manifest
-from .near_duplicates import without_copies_of
+from .photo_links import without_links_to
 
 SEPARATOR = ";"
 MIN_COUNT = 20  # a finding rarer than this among the training eyes is not worth a head output
@@ -38,7 +38,7 @@ class Findings:
     tags: dict[str, frozenset[str]]  # image key -> its findings, for every row of the manifest
     # image key -> findings not known for it (a numeric cell left empty): no loss on them
     unknown: dict[str, frozenset[str]] = field(default_factory=dict)
-    copies_left_out: int = 0  # eyes without a class that hold a held-out eye's photograph under another id
+    linked_left_out: int = 0  # eyes without a class that are a held-out eye's copy or twin under another id
 
     def targets(self, records: list[Record]) -> torch.Tensor:
         """[N, len(vocabulary)]: 1 present, 0 absent, -1 unknown, for these records."""
@@ -58,8 +58,8 @@ class Findings:
             f"findings head: {len(self.vocabulary)} findings ({', '.join(self.vocabulary)}); "
             f"{len(self.extra)} more training eyes without a selected class"
             + (
-                f" ({self.copies_left_out} left out: copies of held-out eyes' photographs)"
-                if self.copies_left_out
+                f" ({self.linked_left_out} left out: held-out eyes under other ids, copied or photographed again)"
+                if self.linked_left_out
                 else ""
             )
         )
@@ -97,7 +97,9 @@ def numeric_tags(
     return tags, unknown
 
 
-def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int = MIN_COUNT) -> Findings:
+def training_findings(
+    dataset: Dataset, split: dict, spec: str, min_count: int = MIN_COUNT, cache_dir=None
+) -> Findings:
     """The findings vocabulary and the extra eyes, from the training patients only. `spec` names one
     column or several, comma-separated: text columns of findings, or numeric ones."""
     if not dataset.source.is_file():
@@ -107,11 +109,12 @@ def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int =
     held_out = {r.group for r in dataset.records if split[r.key] != "train"}
     selected = {r.key for r in dataset.records}
     extra = [r for r in read_manifest(dataset.source) if r.key not in selected and r.group not in held_out]
-    copies: list = []
-    if extra and held_out:  # one held-out photograph saved again under another id would leak back in
-        held_paths = [r.path for r in dataset.records if split[r.key] != "train"]
-        _, copies = without_copies_of([r.path for r in extra], held_paths)
-        extra = [r for r in extra if r.path not in set(copies)]
+    linked: list = []
+    if extra and held_out:  # a held-out eye saved or photographed again under another id would leak back in
+        held = [r for r in dataset.records if split[r.key] != "train"]
+        sides = [r.eye for r in extra + held]
+        _, linked = without_links_to([r.path for r in extra], [r.path for r in held], cache_dir, sides=sides)
+        extra = [r for r in extra if r.path not in set(linked)]
     train_keys = [r.key for r in dataset.records if split[r.key] == "train"] + [r.key for r in extra]
     tags: dict[str, frozenset[str]] = {}
     unknown: dict[str, frozenset[str]] = {}
@@ -131,7 +134,7 @@ def training_findings(dataset: Dataset, split: dict, spec: str, min_count: int =
             "the training eyes; nothing for the findings head to learn (train without it: --findings '' or "
             "--preset graham-augment)"
         )
-    return Findings(vocabulary, extra, tags, unknown, len(copies))
+    return Findings(vocabulary, extra, tags, unknown, len(linked))
 
 
 class WithFindings(nn.Module):

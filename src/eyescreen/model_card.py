@@ -109,7 +109,11 @@ def _pretrained_lines(card: dict, paths: bool) -> list[str]:
         + f", on {settings.get('images', '?')} photographs"
         + (
             f", those of {settings['holdout_patients']} held-out patients left out"
-            + (f" with {n} copies under other ids or names" if (n := settings.get("holdout_copies")) else "")
+            + (
+                f" with {n} photographs of their eyes under other ids"
+                if (n := settings.get("holdout_linked"))
+                else ""
+            )
             if settings.get("holdout_patients")
             else ""
         ),

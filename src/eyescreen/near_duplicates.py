@@ -49,16 +49,6 @@ def copies_among(paths: list, progress: bool = False) -> list[list[int]]:
     return [[kept[m] for m in group] for group in groups(len(thumbs), distances_within(np.stack(thumbs)))]
 
 
-def without_copies_of(paths: list, others: list, progress: bool = False) -> tuple[list, list]:
-    """`paths` but those holding one of `others`' photographs (a copy under another name, id or format),
-    and the ones left out."""
-    n = len(paths)
-    groups_ = copies_among(list(paths) + list(others), progress)
-    dropped = sorted({k for group in groups_ if group[-1] >= n for k in group if k < n})
-    gone = set(dropped)
-    return [p for k, p in enumerate(paths) if k not in gone], [paths[k] for k in dropped]
-
-
 def distances_within(thumbs: np.ndarray, limit: float = LIMIT) -> list[tuple[int, int, float]]:
     """(i, j, distance) for every pair i < j whose thumbnails are within `limit` levels (RMS)."""
     x = thumbs.astype(np.float32)

@@ -26,8 +26,8 @@ from .checkpoint import PRETRAINED, load_state, save_model, save_state
 from .data import list_images, read_class_folders, read_manifest
 from .inference import autocast, resolve_device, resolve_precision
 from .models import create_model
-from .near_duplicates import without_copies_of
 from .pace import time_left
+from .photo_links import without_links_to
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack, normalize
 from .stopping import StopRequest
 from .train import seed_everything
@@ -114,15 +114,15 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
     precision = resolve_precision(cfg.precision, device)
     holdout = holdout_patients(cfg.holdout_split) if cfg.holdout_split else frozenset()
     paths, held = _paths(sources, holdout)
-    # a held-out photograph saved again under another id or name would leak in all the same
-    paths, copies = without_copies_of(paths, held, progress) if held else (paths, [])
+    # a held-out eye saved or photographed again under another id or name would leak in all the same
+    paths, linked = without_links_to(paths, held, cache_dir, progress) if held else (paths, [])
     prep = Preprocessing(image_size=cfg.image_size, enhance=cfg.enhance)
     images, ok, failed = load_stack(paths, ImageCache(prep, cache_dir), progress=progress, desc="images")
     keep_problems("could not read", [message for _, message in failed], out / "unreadable.txt")
     if len(ok) < 2:
         raise ValueError("pre-training needs at least two readable images")
     print(f"pre-training {cfg.model} on {len(ok)} images ({len(failed)} unreadable; "
-          f"{len(holdout)} held-out patients left out, with {len(copies)} copies of their photographs under "
+          f"{len(holdout)} held-out patients left out, with {len(linked)} photographs of their eyes under "
           f"other ids or names), {cfg.epochs} epochs")  # fmt: skip
     model = create_model(cfg.model, cfg.projection_dim).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -146,7 +146,7 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
             "method": "simclr",
             "images": len(ok),
             "holdout_patients": len(holdout),
-            "holdout_copies": len(copies),
+            "holdout_linked": len(linked),
         },
     }
     paces: list[dict] = []  # this process's epochs: the pace of the machine it runs on

@@ -42,8 +42,8 @@ from .config import TrainConfig
 from .cpu_precision import cpu_note
 from .data import (
     Dataset,
-    copies_apart,
-    keep_copies_together,
+    keep_linked_together,
+    linked_apart,
     load_dataset,
     make_split,
     manifest_fingerprint,
@@ -60,8 +60,8 @@ from .inference import autocast, resolve_device, resolve_precision
 from .initial_weights import check_held_out
 from .metrics import headline_metrics
 from .models import is_binocular
-from .near_duplicates import copies_among
 from .pace import time_left
+from .photo_links import linked as linked_photographs
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
 from .stopping import StopRequest
 from .tasks import BothEyes, BothEyesWithFindings, SingleEye, SingleEyeWithFindings, mixup
@@ -184,7 +184,7 @@ def epoch_line(row: dict, epochs: int, best_epoch: int) -> str:
     )
 
 
-def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
+def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print, cache_dir=None):
     """One eye or both eyes per sample; with --findings, plus the findings head."""
     if is_binocular(cfg.model):  # refused before the findings column is read
         if cfg.mixup:
@@ -195,7 +195,7 @@ def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
             raise ValueError(
                 "--teacher distils into a single-eye model; it cannot be used with a both-eye model"
             )
-    findings = training_findings(dataset, split, cfg.findings) if cfg.findings else None
+    findings = training_findings(dataset, split, cfg.findings, cache_dir=cache_dir) if cfg.findings else None
     if findings is not None:
         say(findings.summary())
     if is_binocular(cfg.model):
@@ -210,30 +210,32 @@ def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print):
 
 
 def choose_split(
-    dataset: Dataset, cfg: TrainConfig, split_file, resume: bool, ctx, say, progress: bool
+    dataset: Dataset, cfg: TrainConfig, split_file, resume: bool, ctx, say, progress: bool, cache_dir=None
 ) -> dict:
     """The run's split: the file given (or the resumed run's), else a new one by patient in which patients
-    sharing a photograph (one saved under two ids) are kept together. A file given is read as it is, with a
-    warning where it parts such copies."""
+    sharing a photograph or an eye (saved or photographed again under another id: photo_links) are kept
+    together. A file given is read as it is, with a warning where it parts them."""
     if resume:
         return read_split(split_file, dataset)
     paths = [r.path for r in dataset.records]
-    copies = distributed.from_main(ctx, copies_among(paths, progress and ctx.main) if ctx.main else None)
+    sides = [r.eye for r in dataset.records]
+    found = linked_photographs(paths, cache_dir, progress and ctx.main, sides) if ctx.main else None
+    links = distributed.from_main(ctx, found)
     if split_file:
         split = read_split(split_file, dataset)
-        if apart := copies_apart(split, [[dataset.records[k] for k in group] for group in copies]):
-            say(f"warning: {split_file} puts one photograph in two splits under different patients "
+        if apart := linked_apart(split, [[dataset.records[k] for k in group] for group in links]):
+            say(f"warning: {split_file} puts one photograph or eye in two splits under different patients "
                 f"({len(apart)}: {_first('; '.join(' = '.join(a) for a in apart[:3]), len(apart), 3)}): the "
                 "numbers of the later split would not be clean; without --split, train keeps such patients "
                 "in one split")  # fmt: skip
         return split
     split = make_split(dataset, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    split, linked = keep_copies_together(dataset, split, copies)
+    split, linked = keep_linked_together(dataset, split, links)
     if linked:
         sets = "; ".join(
             f"{' and '.join(g.split(':', 1)[1] for g in names)} ({where})" for names, where in linked[:5]
         )
-        say(f"one photograph under several patient ids ({len(linked)}), each set of patients kept in one split: "
+        say(f"one photograph or eye under several patient ids ({len(linked)}), each set of patients kept in one split: "
             f"{_first(sets, len(linked), 5)}")  # fmt: skip
     return split
 
@@ -286,7 +288,7 @@ def train(
     else:
         say(f"no class named {cfg.normal_class!r} among {', '.join(dataset.classes)}: no screening operating "
             "point ('referable = any disease'); name the class that is not referable with --normal-class")  # fmt: skip
-    split = choose_split(dataset, cfg, split_file, resume, ctx, say, progress)
+    split = choose_split(dataset, cfg, split_file, resume, ctx, say, progress, cache_dir)
     if cfg.init and not resume:
         cfg = replace(cfg, init=checkpoint_in(cfg.init, (BEST, PRETRAINED)))  # a run or pretrain folder
         check_held_out(cfg.init, data, split)
@@ -302,7 +304,7 @@ def train(
     prep = Preprocessing(image_size=cfg.image_size, enhance=cfg.enhance)
     cache = ImageCache(prep, cache_dir)
     show = progress and ctx.main
-    task = make_task(cfg, dataset, split, say)
+    task = make_task(cfg, dataset, split, say, cache_dir)
     train_set = task.load_train(subset(dataset, split, "train"), cache, show, ctx.main)
     if cfg.crop_on_disc:
         from .discs import locate_discs

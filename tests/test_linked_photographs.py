@@ -1,0 +1,142 @@
+"""One photograph or one eye under two patient ids (a file exported again, a follow-up visit registered as a
+new patient): found (near_duplicates, same_eye), kept in one split by `train`, named by `check-data`."""
+
+import csv
+import shutil
+
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from eyescreen import same_eye
+from eyescreen.check import check_data
+from eyescreen.data import keep_linked_together, load_dataset, make_split, write_split
+from eyescreen.photo_links import linked
+from eyescreen.train import train
+from synthetic import veined_fundus
+from test_pipeline import tiny_config
+
+LINKED = [{"patient:0", "patient:5", "patient:100"}, {"patient:200", "patient:201"}]
+
+
+def photographed_again(im: Image.Image) -> Image.Image:
+    """The same eye at another visit: turned, shifted, darker, another JPEG."""
+    again = im.rotate(6, resample=Image.Resampling.BICUBIC, translate=(4, -3))
+    return ImageEnhance.Brightness(again).enhance(0.75)
+
+
+def manifest_with_links(root):
+    """30 patients with two eyes each, every eye its own vessels, and: patient 100, whose left eye is patient
+    0's left exported as PNG and whose right eye is a byte copy of patient 5's right (patients 0, 100 and 5
+    share photographs); patient 201, whose left eye is patient 200's photographed again."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for p in range(30):
+        for side in ("left", "right"):
+            veined_fundus(2 * p + (side == "right")).save(root / f"images/{p}_{side}.jpg", quality=92)
+            rows.append([f"images/{p}_{side}.jpg", p, side, ("normal", "spots", "blob")[p % 3]])
+    Image.open(root / "images/0_left.jpg").save(root / "images/100_left.png")
+    shutil.copyfile(root / "images/5_right.jpg", root / "images/100_right.jpg")
+    veined_fundus(1000).save(root / "images/200_left.jpg", quality=92)
+    photographed_again(veined_fundus(1000)).save(root / "images/201_left.jpg", quality=80)
+    rows += [["images/100_left.png", 100, "left", "normal"], ["images/100_right.jpg", 100, "right", "blob"],
+             ["images/200_left.jpg", 200, "left", "spots"], ["images/201_left.jpg", 201, "left", "spots"]]  # fmt: skip
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows([["image", "patient_id", "eye", "label"], *rows])
+    return manifest
+
+
+def test_an_eye_photographed_again_is_found_and_other_eyes_or_a_reflection_alone_are_not(tmp_path):
+    paths = []
+    for seed in range(40):
+        paths.append(tmp_path / f"{seed}.jpg")
+        veined_fundus(seed).save(paths[-1], quality=92)
+    paths.append(tmp_path / "again.jpg")
+    photographed_again(veined_fundus(3)).save(paths[-1], quality=80)
+    for name, darker in (("glare_a.jpg", 0), ("glare_b.jpg", 25)):  # two eyes without detail, one reflection
+        im = Image.new("RGB", (128, 128))
+        draw = ImageDraw.Draw(im)
+        draw.ellipse((6, 6, 122, 122), fill=(200 - darker, 140 - darker, 90))
+        draw.ellipse((55, 45, 65, 53), fill=(250, 250, 245))
+        paths.append(tmp_path / name)
+        im.filter(ImageFilter.GaussianBlur(1.0)).save(paths[-1], quality=90)
+    found = same_eye.same_eye_pairs(paths)
+    assert [(i, j) for i, j, _ in found] == [(3, 40)] and found[0][2] >= same_eye.LIMIT
+    images, _ = same_eye.descriptors(paths[-2:])
+    assert same_eye.similarity(*images) >= same_eye.LIMIT  # alike to the comparison: their reflection
+    assert (same_eye.detail(images) < same_eye.MIN_DETAIL).all()  # but too little detail to compare
+
+
+FRACTIONS = dict(val_fraction=0.3, test_fraction=0.3)  # small held-out parts would rarely part them
+
+
+def a_seed_that_parts_them(dataset):
+    for seed in range(50):
+        split = make_split(dataset, seed=seed, **FRACTIONS)
+        if all(
+            len({split[r.key] for r in dataset.records if r.group in together}) > 1 for together in LINKED
+        ):
+            return seed, split
+    raise AssertionError("no seed in 50 splits both sets of linked patients apart")
+
+
+def test_linked_patients_go_to_one_split_and_nothing_else_moves(tmp_path):
+    dataset = load_dataset(manifest_with_links(tmp_path))
+    links = linked([r.path for r in dataset.records])
+    assert sorted(sorted(dataset.records[k].key for k in group) for group in links) == [
+        ["images/0_left.jpg", "images/100_left.png"],
+        ["images/100_right.jpg", "images/5_right.jpg"],
+        ["images/200_left.jpg", "images/201_left.jpg"],
+    ]
+    _, split = a_seed_that_parts_them(dataset)
+    kept, sets = keep_linked_together(dataset, split, links)
+    order = ("train", "val", "test")
+    first = [min((split[r.key] for r in dataset.records if r.group in together), key=order.index)
+             for together in LINKED]  # fmt: skip
+    assert sets == [
+        (["patient:0", "patient:5", "patient:100"], first[0]),
+        (["patient:200", "patient:201"], first[1]),
+    ]
+    for r in dataset.records:
+        where = next(
+            (f for together, f in zip(LINKED, first, strict=True) if r.group in together), split[r.key]
+        )
+        assert kept[r.key] == where
+    assert keep_linked_together(dataset, split, []) == (split, [])
+
+
+def test_train_keeps_them_together_and_warns_of_a_given_split_that_parts_them(tmp_path, capsys):
+    manifest = manifest_with_links(tmp_path / "data")
+    dataset = load_dataset(manifest)
+    seed, parted = a_seed_that_parts_them(dataset)
+    train(tiny_config(epochs=1, seed=seed, **FRACTIONS), manifest, tmp_path / "run", progress=False)
+    out = capsys.readouterr().out
+    assert (
+        "one photograph or eye under several patient ids (2), each set of patients kept in one split: 0 and 5 and 100 ("
+        in out
+    )
+    with open(tmp_path / "run" / "split.csv", newline="") as f:
+        written = {row["image"]: row["split"] for row in csv.DictReader(f)}
+    for together in LINKED:
+        assert len({written[r.key] for r in dataset.records if r.group in together}) == 1
+
+    write_split(parted, dataset, tmp_path / "parted.csv")
+    train(tiny_config(epochs=1, seed=seed, **FRACTIONS), manifest, tmp_path / "given", split_file=tmp_path / "parted.csv",
+          progress=False)  # fmt: skip
+    out = capsys.readouterr().out
+    warning = next(line for line in out.splitlines() if "puts one photograph" in line)
+    assert warning.startswith(f"warning: {tmp_path / 'parted.csv'} puts one photograph or eye in two splits under "
+                              "different patients (")  # fmt: skip
+    assert f"images/200_left.jpg ({parted['images/200_left.jpg']}) = images/201_left.jpg (" in warning
+    with open(tmp_path / "given" / "split.csv", newline="") as f:
+        assert {row["image"]: row["split"] for row in csv.DictReader(f)} == parted  # used as given
+
+    report = check_data(manifest, split_file=tmp_path / "parted.csv", progress=False)
+    (pair,) = report["same_eye_two_patients"]  # the copies are reported as copies, not here
+    assert pair[:2] == ["images/200_left.jpg (patient:200)", "images/201_left.jpg (patient:201)"]
+    assert pair[2].startswith("alike 0.9")
+    assert report["same_eye_across_splits"] == [
+        [
+            f"images/200_left.jpg ({parted['images/200_left.jpg']})",
+            f"images/201_left.jpg ({parted['images/201_left.jpg']})",
+        ]
+    ]
