@@ -140,3 +140,19 @@ def test_train_keeps_them_together_and_warns_of_a_given_split_that_parts_them(tm
             f"images/201_left.jpg ({parted['images/201_left.jpg']})",
         ]
     ]
+
+
+def test_reading_and_the_candidate_search_in_chunks_change_nothing(tmp_path, monkeypatch):
+    paths = []
+    for seed in range(23):
+        paths.append(tmp_path / f"{seed}.jpg")
+        veined_fundus(seed).save(paths[-1], quality=92)
+    paths.insert(5, tmp_path / "missing.jpg")  # unreadable: left out, the indices still point into `paths`
+    whole, ok = same_eye.descriptors(paths)
+    pairs = same_eye.candidates(whole)
+    monkeypatch.setattr(same_eye, "READ_CHUNK", 4)
+    monkeypatch.setattr(same_eye, "CHUNK", 3)
+    chunked, chunked_ok = same_eye.descriptors(paths)
+    assert ok == chunked_ok == [k for k in range(24) if k != 5]
+    assert (chunked == whole).all() and same_eye.candidates(chunked) == pairs
+    assert len(pairs) >= 23 * 5 // 2  # every photograph with its five nearest

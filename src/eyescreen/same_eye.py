@@ -32,14 +32,20 @@ NEIGHBOURS = 5  # candidates per photograph
 COARSE_ANGLES = (-8, -4, 0, 4, 8)  # degrees
 FINE_STEP = 2  # degrees either side of the best coarse angle
 CHUNK = 1024  # rows of the candidate search at a time
+READ_CHUNK = 2048  # photographs read at a time
 
 
 def descriptors(paths: list, cache_dir=None, progress: bool = False) -> tuple[np.ndarray, list[int]]:
     """uint8 [N, SIDE, SIDE]: the Graham-enhanced green channel of each readable photograph, and the
     indices into `paths` they belong to (unreadable files are left out: whoever reads them next names them)."""
     cache = ImageCache(Preprocessing(image_size=SIDE, enhance="graham"), cache_dir)
-    images, ok, _ = load_stack(list(paths), cache, progress=progress, desc="eyes to compare")
-    return images[:, 1].numpy(), ok
+    paths, greens, ok = list(paths), [], []
+    for start in range(0, len(paths), READ_CHUNK):  # only the green channel is kept: a third of the memory
+        images, read, _ = load_stack(paths[start : start + READ_CHUNK], cache, progress=progress,
+                                     desc=f"eyes to compare, {start + 1}-{min(start + READ_CHUNK, len(paths))}")  # fmt: skip
+        greens.append(images[:, 1].numpy().copy())
+        ok += [start + k for k in read]
+    return (np.concatenate(greens) if greens else np.zeros((0, SIDE, SIDE), np.uint8)), ok
 
 
 def _inner(images: np.ndarray) -> np.ndarray:
@@ -63,13 +69,13 @@ def candidates(images: np.ndarray, neighbours: int = NEIGHBOURS) -> list[tuple[i
     small /= np.linalg.norm(small, axis=1, keepdims=True) + 1e-6
     k = min(neighbours, len(small) - 1)
     found: set[tuple[int, int]] = set()
+    if k < 1:
+        return []
     for start in range(0, len(small), CHUNK):
-        similarity = small[start : start + CHUNK] @ small.T
-        rows = np.arange(len(similarity))
-        similarity[rows, start + rows] = -np.inf
-        nearest = (
-            np.argpartition(-similarity, k - 1, axis=1)[:, :k] if k > 0 else np.empty((len(rows), 0), int)
-        )
+        near = small[start : start + CHUNK] @ small.T
+        rows = np.arange(len(near))
+        near[rows, start + rows] = -np.inf
+        nearest = np.argpartition(-near, k - 1, axis=1)[:, :k]
         for i, row in zip(start + rows, nearest, strict=True):
             found.update((min(i, int(j)), max(i, int(j))) for j in row)
     return sorted(found)
