@@ -9,6 +9,7 @@ others. A stopped run resumes on that machine only: its optimiser state is too l
 Finished runs are then evaluated on validation and on test, once.
 
     python benchmarks/gpu_recipes.py --data MANIFEST --split SPLIT --out runs/gpu --deadline 450
+    # SPLIT: benchmarks/splits/odir5k-4class-seed0.csv, the split of every ODIR-5K number in RESULTS.md
     python benchmarks/gpu_recipes.py ... --pack OUTDIR   # logs and reports as one archive, and the
                                                          # best run's checkpoint in chunks
     python benchmarks/gpu_recipes.py ... --pack OUTDIR --pack-half  # every finished run's, as fp16
