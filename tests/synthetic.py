@@ -40,13 +40,15 @@ def fundus(
     if wide_field:
         d.rectangle((0, int(h * 0.85), w, h), fill=(8, 6, 5))  # eyelid occluding the lower edge
     disc = (cx + int(0.18 * w), cy - 4)
-    for _ in range(6):  # vessels radiating from the disc
+    wiggle = random.Random(seed * 7919 + 1)  # the bends: its own generator, so lesions stay where they were
+    for _ in range(6):  # vessels winding away from the disc: every eye its own (as same_eye needs)
         angle_x, angle_y = rng.uniform(-1, 1), rng.uniform(-1, 1)
-        d.line(
-            (disc, (disc[0] - int(60 * abs(angle_x)) - 10, disc[1] + int(60 * angle_y))),
-            fill=(110, 30, 20),
-            width=2,
-        )
+        end = (disc[0] - int(60 * abs(angle_x)) - 10, disc[1] + int(60 * angle_y))
+        points = [disc]
+        for k in range(1, 6):
+            points.append((disc[0] + (end[0] - disc[0]) * k / 5 + wiggle.uniform(-6, 6),
+                           disc[1] + (end[1] - disc[1]) * k / 5 + wiggle.uniform(-6, 6)))  # fmt: skip
+        d.line(points, fill=(110, 30, 20), width=2)
     d.ellipse((disc[0] - 9, disc[1] - 9, disc[0] + 9, disc[1] + 9), fill=(245, 215, 150))
     if macula:  # a darker spot 2.5 disc diameters (18 px) temporal of the disc
         mx = disc[0] - 45
