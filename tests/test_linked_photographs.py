@@ -156,3 +156,19 @@ def test_reading_and_the_candidate_search_in_chunks_change_nothing(tmp_path, mon
     assert ok == chunked_ok == [k for k in range(24) if k != 5]
     assert (chunked == whole).all() and same_eye.candidates(chunked) == pairs
     assert len(pairs) >= 23 * 5 // 2  # every photograph with its five nearest
+
+
+def test_a_set_of_more_patients_than_one_person_could_be_is_left_where_the_split_put_it(tmp_path, capsys):
+    from eyescreen.data import MAX_LINKED
+    from synthetic import write_dataset
+
+    dataset = load_dataset(write_dataset(tmp_path, patients=30))
+    left_eyes = [k for k, r in enumerate(dataset.records) if r.eye == "left"]
+    chain = [left_eyes[: MAX_LINKED + 2]]  # 8 patients alike: a shared artefact, not one person
+    pair = [[left_eyes[20], left_eyes[25]]]
+    split = make_split(dataset, seed=1, **FRACTIONS)
+    kept, sets = keep_linked_together(dataset, split, chain + pair)
+    big = {dataset.records[k].group for k in chain[0]}
+    assert sets[0] == ([dataset.records[k].group for k in chain[0]], None)
+    assert all(kept[r.key] == split[r.key] for r in dataset.records if r.group in big)
+    assert len({kept[dataset.records[k].key] for k in pair[0]}) == 1 and sets[1][1] is not None

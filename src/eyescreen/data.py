@@ -20,6 +20,7 @@ import numpy as np
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
 SPLITS = ("train", "val", "test")
 MIN_VAL_PER_CLASS = 10  # validation images of a class below which its sensitivity moves in steps of >10%
+MAX_LINKED = 6  # patients in one set linked by copies or one eye, beyond which the set is not moved
 MANY_OF_AN_EYE = 8  # photographs of one eye of one patient beyond which a file-name scheme was read wrongly?
 
 
@@ -401,8 +402,9 @@ def keep_linked_together(dataset: Dataset, split: dict, links: list[list[int]]) 
     exported again, a follow-up visit under a new id: split apart, one eye would be trained on under one
     id and tested under the other. Linked patients go to the first of train/val/test that holds any of
     them, so held-out eyes never have a twin in train and nothing else moves: the split of data without
-    such links is `make_split`'s. Returns the split and, for each set of linked patients, their ids and
-    their split."""
+    such links is `make_split`'s. A set of more than `MAX_LINKED` patients is left as the split put it:
+    one person is not registered that often, and sending them all to train would empty the held-out
+    parts. Returns the split and, for each set of linked patients, their ids and their split (None: left)."""
     from .near_duplicates import groups
 
     members: dict[str, list[Record]] = {}
@@ -416,6 +418,9 @@ def keep_linked_together(dataset: Dataset, split: dict, links: list[list[int]]) 
     split, linked = dict(split), []
     for together in groups(len(patients), edges):
         names = [patients[k] for k in together]
+        if len(names) > MAX_LINKED:  # not one person's visits: something else alike (a camera's artefact)
+            linked.append((names, None))
+            continue
         where = min((split[r.key] for g in names for r in members[g]), key=SPLITS.index)
         for g in names:
             for r in members[g]:

@@ -41,6 +41,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .cpu_precision import cpu_note
 from .data import (
+    MAX_LINKED,
     Dataset,
     keep_linked_together,
     linked_apart,
@@ -231,12 +232,17 @@ def choose_split(
         return split
     split = make_split(dataset, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     split, linked = keep_linked_together(dataset, split, links)
-    if linked:
+    kept = [(names, where) for names, where in linked if where]
+    if kept:
         sets = "; ".join(
-            f"{' and '.join(g.split(':', 1)[1] for g in names)} ({where})" for names, where in linked[:5]
+            f"{' and '.join(g.split(':', 1)[1] for g in names)} ({where})" for names, where in kept[:5]
         )
-        say(f"one photograph or eye under several patient ids ({len(linked)}), each set of patients kept in one split: "
-            f"{_first(sets, len(linked), 5)}")  # fmt: skip
+        say(f"one photograph or eye under several patient ids ({len(kept)}), each set of patients kept in one split: "
+            f"{_first(sets, len(kept), 5)}")  # fmt: skip
+    if left := [names for names, where in linked if not where]:
+        say(f"warning: {len(left)} set(s) of more than {MAX_LINKED} patients linked by photographs alike (the "
+            f"largest: {max(map(len, left))}) left as the split put them: not one person's visits; something "
+            "else looks alike (a camera's artefact?): see check-data's list")  # fmt: skip
     return split
 
 
