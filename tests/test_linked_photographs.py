@@ -172,3 +172,24 @@ def test_a_set_of_more_patients_than_one_person_could_be_is_left_where_the_split
     assert sets[0] == ([dataset.records[k].group for k in chain[0]], None)
     assert all(kept[r.key] == split[r.key] for r in dataset.records if r.group in big)
     assert len({kept[dataset.records[k].key] for k in pair[0]}) == 1 and sets[1][1] is not None
+
+
+def test_train_warns_of_a_set_too_large_to_be_one_person_and_leaves_it(tmp_path, monkeypatch, capsys):
+    import eyescreen.train as module
+    from eyescreen.data import MAX_LINKED
+    from synthetic import write_dataset
+
+    manifest = write_dataset(tmp_path / "data", patients=30)
+    dataset = load_dataset(manifest)
+    chain = [k for k, r in enumerate(dataset.records) if r.eye == "left"][: MAX_LINKED + 2]
+    monkeypatch.setattr(module, "linked_photographs", lambda *args, **kwargs: [chain])  # a shared artefact
+    train(tiny_config(epochs=1, seed=1, **FRACTIONS), manifest, tmp_path / "run", progress=False)
+    out = capsys.readouterr().out
+    assert (
+        f"warning: 1 set(s) of more than {MAX_LINKED} patients linked by photographs alike (the largest: 8)"
+        in out
+    )
+    assert "kept in one split" not in out
+    with open(tmp_path / "run" / "split.csv", newline="") as f:
+        written = {row["image"]: row["split"] for row in csv.DictReader(f)}
+    assert written == make_split(dataset, seed=1, **FRACTIONS)  # as make_split put them
