@@ -113,8 +113,11 @@ def training_findings(
     if extra and held_out:  # a held-out eye saved or photographed again under another id would leak back in
         held = [r for r in dataset.records if split[r.key] != "train"]
         sides = [r.eye for r in extra + held]
-        _, linked = without_links_to([r.path for r in extra], [r.path for r in held], cache_dir, sides=sides)
-        extra = [r for r in extra if r.path not in set(linked)]
+        kept, linked = without_links_to(
+            [r.path for r in extra], [r.path for r in held], cache_dir, sides=sides
+        )
+        kept = set(kept)  # once: the condition below would otherwise build a set for every eye
+        extra = [r for r in extra if r.path in kept]
     train_keys = [r.key for r in dataset.records if split[r.key] == "train"] + [r.key for r in extra]
     tags: dict[str, frozenset[str]] = {}
     unknown: dict[str, frozenset[str]] = {}
