@@ -356,6 +356,11 @@ class ImageCache:
         return array
 
 
+def default_workers() -> int:
+    """Threads for work that releases the GIL (Pillow, OpenCV): as many as torch computes with, at most 8."""
+    return min(8, torch.get_num_threads())
+
+
 def read_all(read, paths: list, workers: int | None = None) -> Iterator[tuple[object, str | None]]:
     """`read(path)` for each path on `workers` threads (default: as many as torch computes with, at most 8:
     OMP_NUM_THREADS limits both), in order: (what it returned, None), or (None, the message) for a file it
@@ -369,7 +374,7 @@ def read_all(read, paths: list, workers: int | None = None) -> Iterator[tuple[ob
         except ImageError as e:
             return None, str(e)
 
-    pool = ThreadPoolExecutor(workers or min(8, torch.get_num_threads()))
+    pool = ThreadPoolExecutor(workers or default_workers())
     try:
         yield from pool.map(attempt, paths)
     finally:

@@ -20,10 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
-import torch
 
 from .eye_names import SIDES
-from .preprocess import ImageCache, Preprocessing, load_stack
+from .preprocess import ImageCache, Preprocessing, default_workers, load_stack
 
 SIDE = 128  # the comparison's frame: the default preset's cached images
 LIMIT = 0.85  # normalised cross-correlation at which two photographs are taken for one eye
@@ -120,6 +119,6 @@ def same_eye_pairs(
         return bool(structured[i] and structured[j]) and (a is None or b is None or a == b)
 
     pairs = [pair for pair in candidates(images) if comparable(*pair)]
-    with ThreadPoolExecutor(min(8, torch.get_num_threads())) as pool:  # OpenCV lets other threads run
+    with ThreadPoolExecutor(default_workers()) as pool:  # OpenCV lets other threads run
         scores = list(pool.map(lambda pair: similarity(images[pair[0]], images[pair[1]]), pairs))
     return [(ok[i], ok[j], score) for (i, j), score in zip(pairs, scores, strict=True) if score >= limit]
