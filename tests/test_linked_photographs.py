@@ -2,13 +2,20 @@
 new patient): found (near_duplicates, same_eye), kept in one split by `train`, named by `check-data`."""
 
 import csv
+import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from eyescreen import same_eye
 from eyescreen.check import check_data
+from eyescreen.checkpoint import load_state, read_meta
 from eyescreen.data import keep_linked_together, load_dataset, make_split, write_split
+from eyescreen.evaluate import evaluate
+from eyescreen.held_out_links import person_units, recorded_links, seen_elsewhere
+from eyescreen.metrics import classification_metrics
 from eyescreen.photo_links import linked
 from eyescreen.train import train
 from synthetic import veined_fundus
@@ -130,6 +137,33 @@ def test_train_keeps_them_together_and_warns_of_a_given_split_that_parts_them(tm
     with open(tmp_path / "given" / "split.csv", newline="") as f:
         assert {row["image"]: row["split"] for row in csv.DictReader(f)} == parted  # used as given
 
+    # the links travel in the checkpoint (and the resume state), and evaluate names the held-out eye whose twin
+    # is in another split, and scores the split without it
+    meta = read_meta(tmp_path / "given" / "best.safetensors")
+    assert ["images/200_left.jpg", "images/201_left.jpg"] in meta["linked_photographs"]
+    assert (
+        json.loads(load_state(tmp_path / "given" / "resume.pt")["meta"])["links"]
+        == meta["linked_photographs"]
+    )
+    eye, twin = ("images/201_left.jpg", "images/200_left.jpg")
+    if parted[eye] == "train":
+        eye, twin = twin, eye
+    result = evaluate(tmp_path / "given" / "best.safetensors", tmp_path / "eval", split_name=parted[eye],
+                      n_resamples=20, progress=False)  # fmt: skip
+    linked = result["linked_elsewhere"]
+    assert linked["eyes"][eye] == [f"{twin} ({parted[twin]})"]
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["image"] not in linked["eyes"]]
+    classes = result["classes"]
+    again = classification_metrics(np.array([classes.index(r["true"]) for r in rows]),
+                                   np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]), classes)  # fmt: skip
+    assert linked["without_them"]["n"] == len(rows) == result["metrics"]["n"] - len(linked["eyes"])
+    assert abs(linked["without_them"]["macro_auc"] - again["macro_auc"]) < 2e-3  # predictions.csv: 6 decimals
+    assert any(
+        note.startswith(f"{len(linked['eyes'])} eye(s) of this split are photographs")
+        for note in result["notes"]
+    )
+
     report = check_data(manifest, split_file=tmp_path / "parted.csv", progress=False)
     (pair,) = report["same_eye_two_patients"]  # the copies are reported as copies, not here
     assert pair[:2] == ["images/200_left.jpg (patient:200)", "images/201_left.jpg (patient:201)"]
@@ -140,6 +174,28 @@ def test_train_keeps_them_together_and_warns_of_a_given_split_that_parts_them(tm
             f"images/201_left.jpg ({parted['images/201_left.jpg']})",
         ]
     ]
+
+
+def test_held_out_eyes_with_a_twin_elsewhere_and_linked_patients_as_one_bootstrap_unit():
+    split = {"a": "train", "b": "test", "c": "test", "d": "test", "e": "val", "f": "test"}
+    links = [["a", "b"], ["c", "d"], ["e", "f", "x"]]  # x: not in this split (a class left out)
+    keys = ["b", "c", "d", "f"]
+    assert seen_elsewhere(keys, split, links, "test") == {"b": ["a (train)"], "f": ["e (val)"]}
+    assert seen_elsewhere(keys, split, [["c", "d"]], "test") == {}
+    # c and d are two patients' photographs of one eye: one unit; b's twin is not among these eyes
+    units = person_units(keys, ["p1", "p2", "p3", "p4"], links)
+    assert list(units) == ["p1", "p2", "p2", "p4"]
+    assert list(person_units(keys, ["p1", "p2", "p3", "p4"], [])) == ["p1", "p2", "p3", "p4"]
+
+
+def test_the_checkpoint_keeps_links_of_one_person_not_a_shared_artefact():
+    from eyescreen.data import Record
+
+    records = [
+        Record(Path(f"images/{k}.jpg"), f"images/{k}.jpg", "normal", f"patient:{k}") for k in range(12)
+    ]
+    links = [[0, 1], list(range(2, 12))]  # one pair, and ten patients alike
+    assert recorded_links(records, links, max_patients=6) == [["images/0.jpg", "images/1.jpg"]]
 
 
 def test_reading_and_the_candidate_search_in_chunks_change_nothing(tmp_path, monkeypatch):

@@ -84,6 +84,11 @@ def run(args) -> int:
             f = report["with_fellow_eye"]
             print(f"with the fellow eye (weight {f['weight']:.2f}, {f['eyes_with_fellow']} eyes): "
                   f"macro_auc {f['metrics']['macro_auc']:.4f}{_interval(f['confidence_intervals']['macro_auc'])}")  # fmt: skip
+        if "linked_elsewhere" in report:
+            w = report["linked_elsewhere"]
+            print(f"note: {len(w['eyes'])} eye(s) here are photographs of eyes in another split under other patient "
+                  f"ids (the report names them); without them: macro_auc {w['without_them']['macro_auc']:.4f}, "
+                  f"balanced_accuracy {w['without_them']['balanced_accuracy']:.4f} ({w['without_them']['n']} eyes)")  # fmt: skip
         if report.get("left_out_classes"):
             from .evaluate import left_out_note
 

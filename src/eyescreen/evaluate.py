@@ -31,7 +31,9 @@ from .data import (
     subset,
 )
 from .fellow import blend, choose_weight, fellow_probabilities, stored_weight
+from .held_out_links import person_units, seen_elsewhere
 from .inference import TTA_DESCRIPTIONS, ViewAverage, predict_proba, resolve_device, resolve_precision
+from .initial_weights import same_data
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, headline_metrics
 from .models import takes_both_eyes
 from .preprocess import ImageCache, Preprocessing, load_stack
@@ -155,18 +157,31 @@ def evaluate(
         if has.any()
         else []
     )
-    main = common | {"level": "eye", "notes": notes}
+    keys = [r.key for r in records]
+    ours = data is None or same_data(meta, data)  # the recorded links name this data's images
+    links = meta.get("linked_photographs") if ours else None
+    units = person_units(keys, list(groups), links) if links else None
+    elsewhere = seen_elsewhere(keys, split, links, split_name) if links and split is not None else {}
+    main = common | {"level": "eye"}
+    if elsewhere:
+        note, main["linked_elsewhere"] = _linked_section(elsewhere, keys, y, prob, classes)
+        notes = notes + [note]
+    elif ours and split is not None and "linked_photographs" not in meta:
+        notes = notes + ["the checkpoint does not say which photographs are one eye under two patient ids "
+                         "(trained before eyescreen kept them): `eyescreen check-data --split` on its split "
+                         "lists any in two splits"]  # fmt: skip
+    main["notes"] = notes
     if by:
-        section = _subgroups(by, [subgroup_cells.get(r.key, "") for r in records], y, prob, groups, meta, out,
-                             n_resamples, "eyes")  # fmt: skip
+        section = _subgroups(by, [subgroup_cells.get(r.key, "") for r in records], y, prob,
+                             groups if units is None else units, meta, out, n_resamples, "eyes")  # fmt: skip
         main |= {"subgroups": section["subgroups"], "notes": notes + section["notes"]}
-    report = _score(main, y, prob, groups, [r.key for r in records], meta, out, metrics_csv, n_resamples,
-                    [m for _, m in errors])  # fmt: skip
+    report = _score(main, y, prob, groups, keys, meta, out, metrics_csv, n_resamples, [m for _, m in errors],
+                    units)  # fmt: skip
     if has.any():
         note = (f"each eye blended with its fellow eye (weight {fellow_weight:.2f}, fitted on validation); "
                 f"{int(has.sum())} of {len(records)} eyes have one; each eye alone: [../report.md](../report.md)")  # fmt: skip
         sub = _score(common | {"level": "eye", "notes": [note]}, y, blend(prob, fellow_prob, has, fellow_weight), groups,
-                     [r.key for r in records], meta, out / "fellow-eye", None, n_resamples, [])  # fmt: skip
+                     keys, meta, out / "fellow-eye", None, n_resamples, [], units)  # fmt: skip
         report["with_fellow_eye"] = {
             k: sub[k] for k in ("metrics", "confidence_intervals", "calibration", "decision", "files")
         }
@@ -181,6 +196,21 @@ def evaluate(
         report["patient_level"] = {k: sub[k] for k in ("metrics", "confidence_intervals", "files")}
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _linked_section(elsewhere: dict[str, list[str]], keys: list[str], y, prob, classes) -> tuple[str, dict]:
+    """A note on the eyes of this split whose photograph or eye is in another split under another patient
+    id, and the report's section: those eyes, and the headline metrics without them."""
+    keep = np.array([k not in elsewhere for k in keys])
+    without = classification_metrics(y[keep], prob[keep], classes)
+    shown = "; ".join(f"{k} = {', '.join(v)}" for k, v in list(elsewhere.items())[:3])
+    more = f"; and {len(elsewhere) - 3} more" if len(elsewhere) > 3 else ""
+    note = (f"{len(elsewhere)} eye(s) of this split are photographs of an eye in another split under another "
+            f"patient id ({shown}{more}): not new to the model, which trained on or was chosen by their twins; "
+            f"without them, macro-AUC {without['macro_auc']:.4f} and balanced accuracy "
+            f"{without['balanced_accuracy']:.4f} over {int(keep.sum())} eyes")  # fmt: skip
+    return note, {"eyes": elsewhere, "without_them": {"n": int(keep.sum()), "macro_auc": without["macro_auc"],
+                                                      "balanced_accuracy": without["balanced_accuracy"]}}  # fmt: skip
 
 
 def _subgroups(by, cells, y, prob, groups, meta, out: Path, n_resamples, unit: str) -> dict:
@@ -234,15 +264,19 @@ def aggregate_patients(records, prob: np.ndarray, classes: list[str], config: di
     return names, np.array(probs), np.array(labels)
 
 
-def _score(common, y, prob, groups, names, meta, out: Path, metrics_csv, n_resamples, skipped) -> dict:
-    """Metrics, patient-bootstrap intervals, calibration section and report files for one unit (eye or patient)."""
+def _score(
+    common, y, prob, groups, names, meta, out: Path, metrics_csv, n_resamples, skipped, units=None
+) -> dict:
+    """Metrics, patient-bootstrap intervals, calibration section and report files for one unit (eye or patient).
+    `units`: what the bootstrap resamples, where not the patient ids `groups` (linked patients as one)."""
     classes = common["classes"]
+    units = groups if units is None else units
     metrics = classification_metrics(y, prob, classes)
     absent = [c for c, v in metrics["per_class"].items() if v["support"] == 0]  # at this unit's level
     report = common | {
         "n_patients": int(len(set(groups))),
         "metrics": metrics,
-        "confidence_intervals": bootstrap_ci(y, prob, groups, n_resamples=n_resamples),
+        "confidence_intervals": bootstrap_ci(y, prob, units, n_resamples=n_resamples),
         "skipped": list(skipped),
         "absent_classes": absent,
         "notes": absent_classes_note(absent)
@@ -270,7 +304,7 @@ def _score(common, y, prob, groups, names, meta, out: Path, metrics_csv, n_resam
             report["decision"] = calibration["decision"] | {
                 "metrics": {k: decided[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
                                                     "confusion_matrix", "per_class")},
-                "confidence_intervals": bootstrap_ci(y, calibrated, groups, n_resamples=n_resamples,
+                "confidence_intervals": bootstrap_ci(y, calibrated, units, n_resamples=n_resamples,
                                                      weights=weights),
             }  # fmt: skip
     if names is not None:

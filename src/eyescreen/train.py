@@ -57,6 +57,7 @@ from .data import (
 from .distill import teacher_probabilities, teacher_term
 from .evaluate import both_eyes_validation, calibrate_on_validation, paths_predictor, validation_eyes
 from .findings import training_findings
+from .held_out_links import recorded_links
 from .inference import autocast, resolve_device, resolve_precision
 from .initial_weights import check_held_out
 from .metrics import headline_metrics
@@ -211,17 +212,27 @@ def make_task(cfg: TrainConfig, dataset: Dataset, split: dict, say=print, cache_
 
 
 def choose_split(
-    dataset: Dataset, cfg: TrainConfig, split_file, resume: bool, ctx, say, progress: bool, cache_dir=None
-) -> dict:
+    dataset: Dataset,
+    cfg: TrainConfig,
+    split_file,
+    resume: bool,
+    ctx,
+    say,
+    progress: bool,
+    cache_dir=None,
+    resumed_links=None,
+) -> tuple[dict, list[list[str]] | None]:
     """The run's split: the file given (or the resumed run's), else a new one by patient in which patients
     sharing a photograph or an eye (saved or photographed again under another id: photo_links) are kept
-    together. A file given is read as it is, with a warning where it parts them."""
+    together. A file given is read as it is, with a warning where it parts them. Also the links, as the
+    checkpoint keeps them (held_out_links.recorded_links; a resumed run's as it saved them)."""
     if resume:
-        return read_split(split_file, dataset)
+        return read_split(split_file, dataset), resumed_links  # None: a run begun before links were kept
     paths = [r.path for r in dataset.records]
     sides = [r.eye for r in dataset.records]
     found = linked_photographs(paths, cache_dir, progress and ctx.main, sides) if ctx.main else None
     links = distributed.from_main(ctx, found)
+    recorded = recorded_links(dataset.records, links, MAX_LINKED)
     if split_file:
         split = read_split(split_file, dataset)
         if apart := linked_apart(split, [[dataset.records[k] for k in group] for group in links]):
@@ -229,7 +240,7 @@ def choose_split(
                 f"({len(apart)}: {_first('; '.join(' = '.join(a) for a in apart[:3]), len(apart), 3)}): the "
                 "numbers of the later split would not be clean; without --split, train keeps such patients "
                 "in one split")  # fmt: skip
-        return split
+        return split, recorded
     split = make_split(dataset, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     split, linked = keep_linked_together(dataset, split, links)
     kept = [(names, where) for names, where in linked if where]
@@ -243,7 +254,7 @@ def choose_split(
         say(f"warning: {len(left)} set(s) of more than {MAX_LINKED} patients linked by photographs alike (the "
             f"largest: {max(map(len, left))}) left as the split put them: not one person's visits; something "
             "else looks alike (a camera's artefact?): see check-data's list")  # fmt: skip
-    return split
+    return split, recorded
 
 
 def _first(listed: str, total: int, shown: int) -> str:
@@ -294,7 +305,17 @@ def train(
     else:
         say(f"no class named {cfg.normal_class!r} among {', '.join(dataset.classes)}: no screening operating "
             "point ('referable = any disease'); name the class that is not referable with --normal-class")  # fmt: skip
-    split = choose_split(dataset, cfg, split_file, resume, ctx, say, progress, cache_dir)
+    split, links = choose_split(
+        dataset,
+        cfg,
+        split_file,
+        resume,
+        ctx,
+        say,
+        progress,
+        cache_dir,
+        saved.get("links") if resume else None,
+    )
     if cfg.init and not resume:
         cfg = replace(cfg, init=checkpoint_in(cfg.init, (BEST, PRETRAINED)))  # a run or pretrain folder
         check_held_out(cfg.init, data, split)
@@ -380,6 +401,8 @@ def train(
         "data_sha256": manifest_fingerprint(data),  # recognises a copy of the data moved elsewhere
         "split": split,
     }
+    if links is not None:  # evaluate names held-out eyes with a twin elsewhere (held_out_links)
+        meta["linked_photographs"] = links
     start_epoch, best, best_epoch, history = 0, -math.inf, -1, []
     if resume:
         trainable.load_state_dict(state["model"])
@@ -485,7 +508,7 @@ def train(
                     "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
                     "rng": torch.get_rng_state(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                     "history": json.dumps(history),
-                    "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes}),
+                    "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes, "links": links}),
                 }  # fmt: skip
                 write_checkpoints(out, best_weights, (evaluated, epoch_meta), resume_state)
                 last_write, best_weights = time.perf_counter(), None

@@ -1,0 +1,58 @@
+"""Held-out eyes that are not new to the model, and patients who are one person.
+
+`photo_links` finds one photograph saved twice, or one eye photographed again, under two patient ids.
+`train` records those links in the checkpoint (`linked_photographs`: groups of image keys). A split made
+by `train` keeps such patients in one split; a split given with `--split` may part them, and `evaluate`
+then names the held-out eyes whose twin is in another split and scores the split without them. Inside
+one split, linked patients are one person: the patient bootstrap resamples them together.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import numpy as np
+
+from .near_duplicates import groups as connected
+
+
+def recorded_links(records: list, links: list[list[int]], max_patients: int) -> list[list[str]]:
+    """What the checkpoint keeps of `links` (groups of indices into `records`): the image keys of each
+    group, leaving out a group spread over more than `max_patients` patients (not one person's visits:
+    a shared artefact, which `keep_linked_together` leaves where the split put it)."""
+    kept = []
+    for group in links:
+        keys = list(dict.fromkeys(records[k].key for k in group))
+        if len(keys) > 1 and len({records[k].group for k in group}) <= max_patients:
+            kept.append(keys)
+    return kept
+
+
+def seen_elsewhere(keys: list[str], split: dict, links: list[list[str]], part: str) -> dict[str, list[str]]:
+    """For each of `keys` (eyes of the split `part`) linked to an eye in another split: those eyes, as
+    "key (split)". In the order of `keys`."""
+    twins: dict[str, list[str]] = {}
+    for group in links:
+        others = [f"{k} ({split[k]})" for k in group if k in split and split[k] != part]
+        if others:
+            for k in group:
+                if split.get(k) == part:
+                    twins.setdefault(k, []).extend(others)
+    return {k: twins[k] for k in keys if k in twins}
+
+
+def person_units(keys: list[str], patients: list[str], links: list[list[str]]) -> np.ndarray:
+    """Each eye's bootstrap unit: its patient id, or, for patients linked to others among these eyes, the
+    first id of their set (one person registered twice is resampled as one)."""
+    names = list(dict.fromkeys(patients))
+    index = {p: i for i, p in enumerate(names)}
+    patient_of = dict(zip(keys, patients, strict=True))
+    edges = []
+    for group in links:
+        ids = [index[patient_of[k]] for k in group if k in patient_of]
+        edges += [(a, b, 0.0) for a, b in pairwise(ids) if a != b]
+    unit = {p: p for p in names}
+    for members in connected(len(names), edges):
+        for m in members:
+            unit[names[m]] = names[members[0]]
+    return np.array([unit[p] for p in patients])
