@@ -16,6 +16,7 @@ from eyescreen.data import keep_linked_together, load_dataset, make_split, write
 from eyescreen.evaluate import evaluate
 from eyescreen.held_out_links import person_units, recorded_links, seen_elsewhere
 from eyescreen.metrics import classification_metrics
+from eyescreen.model_card import card_lines, describe_checkpoint
 from eyescreen.photo_links import linked
 from eyescreen.train import train
 from synthetic import veined_fundus
@@ -76,6 +77,12 @@ def test_an_eye_photographed_again_is_found_and_other_eyes_or_a_reflection_alone
 FRACTIONS = dict(val_fraction=0.3, test_fraction=0.3)  # small held-out parts would rarely part them
 
 
+def linked_keys(split, meta, part):
+    """The keys of `part` in a recorded link with a key of another split, counted by hand."""
+    return {k for group in meta["linked_photographs"] for k in group
+            if split[k] == part and any(split[o] != part for o in group)}  # fmt: skip
+
+
 def a_seed_that_parts_them(dataset):
     for seed in range(50):
         split = make_split(dataset, seed=seed, **FRACTIONS)
@@ -125,6 +132,8 @@ def test_train_keeps_them_together_and_warns_of_a_given_split_that_parts_them(tm
         written = {row["image"]: row["split"] for row in csv.DictReader(f)}
     for together in LINKED:
         assert len({written[r.key] for r in dataset.records if r.group in together}) == 1
+    lines = card_lines(describe_checkpoint(tmp_path / "run" / "best.safetensors"))
+    assert "  3 set(s) of photographs of one eye under several patient ids, each within one split" in lines
 
     write_split(parted, dataset, tmp_path / "parted.csv")
     train(tiny_config(epochs=1, seed=seed, **FRACTIONS), manifest, tmp_path / "given", split_file=tmp_path / "parted.csv",
@@ -163,6 +172,11 @@ def test_train_keeps_them_together_and_warns_of_a_given_split_that_parts_them(tm
         note.startswith(f"{len(linked['eyes'])} eye(s) of this split are photographs")
         for note in result["notes"]
     )
+    apart = {part: len(linked_keys(parted, meta, part)) for part in ("val", "test")}
+    assert apart[parted[eye]] >= len(linked["eyes"]) >= 1
+    caution = f"  caution: {apart['val']} validation and {apart['test']} test images are photographs of eyes"
+    lines = card_lines(describe_checkpoint(tmp_path / "given" / "best.safetensors"))
+    assert any(line.startswith(caution) for line in lines)
 
     report = check_data(manifest, split_file=tmp_path / "parted.csv", progress=False)
     (pair,) = report["same_eye_two_patients"]  # the copies are reported as copies, not here

@@ -13,6 +13,7 @@ from .checkpoint import file_sha256, read_meta
 from .config import PRESETS, preset_settings
 from .data import SPLITS, manifest_fingerprint
 from .ensemble import members_name
+from .held_out_links import seen_elsewhere
 from .models import takes_both_eyes
 
 # How a run executed, not what it learnt: left out when finding the closest preset.
@@ -73,6 +74,7 @@ def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
         "data_sha256": meta.get("data_sha256"),
         "data_here": data_status(meta.get("data"), meta.get("data_sha256")) if fingerprints else None,
         "split_images": {s: sum(1 for v in split.values() if v == s) for s in SPLITS},
+        "linked": _linked(split, meta.get("linked_photographs")),
         "validation": meta.get("val_metrics", {}),
         "calibration": meta.get("calibration", {}),
         "run": run_record(path.parent / "run_info.json"),
@@ -80,6 +82,15 @@ def describe_checkpoint(path: str | Path, fingerprints: bool = True) -> dict:
     if members:
         card["members"] = [_member(m) for m in members]
     return card
+
+
+def _linked(split: dict, links: list[list[str]] | None) -> dict | None:
+    """The sets of photographs of one eye (or one file) under several patient ids that the run found, and
+    the held-out eyes among them with a twin in another split; None: not recorded (an older checkpoint)."""
+    if links is None:
+        return None
+    apart = {part: len(seen_elsewhere(list(split), split, links, part)) for part in ("val", "test")}
+    return {"sets": len(links), "held_out_with_twin_elsewhere": apart}
 
 
 def _pretrained_card(path: Path, meta: dict, fingerprints: bool) -> dict:
@@ -207,6 +218,15 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
             lines.append("  moved? evaluate, calibrate and explain --subset take --data for its new place")
     sizes = card["split_images"]
     lines.append("split (images): " + ", ".join(f"{sizes[s]} {s}" for s in SPLITS) + " — by patient")
+    if linked := card.get("linked"):
+        apart = linked["held_out_with_twin_elsewhere"]
+        if any(apart.values()):
+            lines.append(f"  caution: {apart['val']} validation and {apart['test']} test images are photographs of "
+                         "eyes in another split under other patient ids (`evaluate` names them and scores without them)")  # fmt: skip
+        elif linked["sets"]:
+            lines.append(
+                f"  {linked['sets']} set(s) of photographs of one eye under several patient ids, each within one split"
+            )
     if metrics := card["validation"]:
         level = "per patient" if card["both_eye_model"] else "per eye"
         lines.append(
