@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from eyescreen import same_eye
 from eyescreen.check import check_data
 from eyescreen.checkpoint import load_state, read_meta
+from eyescreen.config import preset
 from eyescreen.data import keep_linked_together, load_dataset, make_split, write_split
 from eyescreen.evaluate import evaluate
 from eyescreen.held_out_links import person_units, recorded_links, seen_elsewhere
@@ -81,6 +82,12 @@ def linked_keys(split, meta, part):
     """The keys of `part` in a recorded link with a key of another split, counted by hand."""
     return {k for group in meta["linked_photographs"] for k in group
             if split[k] == part and any(split[o] != part for o in group)}  # fmt: skip
+
+
+def held_out_of_the_pair(split):
+    """Of the eye photographed twice (patients 200 and 201), the photograph held out, and its twin."""
+    eye, twin = ("images/201_left.jpg", "images/200_left.jpg")
+    return (twin, eye) if split[eye] == "train" else (eye, twin)
 
 
 def a_seed_that_parts_them(dataset):
@@ -154,9 +161,7 @@ def test_train_keeps_them_together_and_warns_of_a_given_split_that_parts_them(tm
         json.loads(load_state(tmp_path / "given" / "resume.pt")["meta"])["links"]
         == meta["linked_photographs"]
     )
-    eye, twin = ("images/201_left.jpg", "images/200_left.jpg")
-    if parted[eye] == "train":
-        eye, twin = twin, eye
+    eye, twin = held_out_of_the_pair(parted)
     result = evaluate(tmp_path / "given" / "best.safetensors", tmp_path / "eval", split_name=parted[eye],
                       n_resamples=20, progress=False)  # fmt: skip
     linked = result["linked_elsewhere"]
@@ -210,6 +215,25 @@ def test_the_checkpoint_keeps_links_of_one_person_not_a_shared_artefact():
     ]
     links = [[0, 1], list(range(2, 12))]  # one pair, and ten patients alike
     assert recorded_links(records, links, max_patients=6) == [["images/0.jpg", "images/1.jpg"]]
+
+
+def test_a_both_eye_model_names_them_per_eye(tmp_path):
+    manifest = manifest_with_links(tmp_path / "data")
+    dataset = load_dataset(manifest)
+    _, parted = a_seed_that_parts_them(dataset)
+    write_split(parted, dataset, tmp_path / "parted.csv")
+    cfg = preset("quick", model="tiny-cnn-binocular", image_size=40, epochs=1, batch_size=4, precision="fp32")
+    best = train(cfg, manifest, tmp_path / "run", split_file=tmp_path / "parted.csv", progress=False)
+    eye, twin = held_out_of_the_pair(parted)
+    report = evaluate(best, tmp_path / "eval", split_name=parted[eye], n_resamples=20, progress=False)
+    assert report["level"] == "patient"
+    assert report["linked_elsewhere"]["eyes"][eye] == [f"{twin} ({parted[twin]})"]
+    per_eye = json.loads((tmp_path / "eval" / "eyes" / "report.json").read_text())
+    assert per_eye["linked_elsewhere"] == report["linked_elsewhere"]
+    assert per_eye["linked_elsewhere"]["without_them"]["n"] == per_eye["metrics"]["n"] - len(
+        report["linked_elsewhere"]["eyes"]
+    )
+    assert any(note.startswith("per eye: ") and eye in note for note in report["notes"])
 
 
 def test_reading_and_the_candidate_search_in_chunks_change_nothing(tmp_path, monkeypatch):

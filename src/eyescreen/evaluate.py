@@ -130,13 +130,16 @@ def evaluate(
         patient_of = {r.key: r.group for r in part.records}  # as a single-eye model's eyes name their patient
         eye_patient = np.array([patient_of[name] for name in eye_names])
         eye_meta = meta | {"calibration": eye_calibration(meta.get("calibration"))}
-        eye_report = _score(common | {"level": "eye"}, eye_y, eye_prob, eye_patient, list(eye_names), eye_meta,
-                            out / "eyes", None, n_resamples, samples.skipped)  # fmt: skip
-        main = common | {"level": "patient"}
+        units, linked, link_notes = _held_out_links(meta, data, split, split_name, list(eye_names), eye_patient,
+                                                    eye_y, eye_prob, classes)  # fmt: skip
+        eye_report = _score(common | {"level": "eye", **linked, "notes": link_notes}, eye_y, eye_prob, eye_patient,
+                            list(eye_names), eye_meta, out / "eyes", None, n_resamples, samples.skipped, units)  # fmt: skip
+        main = common | {"level": "patient", **linked, "notes": [f"per eye: {n}" for n in link_notes]}
         if by:
             cells = patient_cells(part.records, subgroup_cells)
-            main |= _subgroups(by, [cells.get(f"patient:{n}", "") for n in names], y, prob, np.array(names), meta, out,
-                               n_resamples, "patients")  # fmt: skip
+            section = _subgroups(by, [cells.get(f"patient:{n}", "") for n in names], y, prob, np.array(names), meta,
+                                 out, n_resamples, "patients")  # fmt: skip
+            main |= {"subgroups": section["subgroups"], "notes": main["notes"] + section["notes"]}
         report = _score(main, y, prob, np.array(names), names, meta, out, metrics_csv, n_resamples,
                         samples.skipped)  # fmt: skip
         report["eye_level"] = {k: eye_report[k] for k in ("metrics", "confidence_intervals", "files")}
@@ -158,19 +161,9 @@ def evaluate(
         else []
     )
     keys = [r.key for r in records]
-    ours = data is None or same_data(meta, data)  # the recorded links name this data's images
-    links = meta.get("linked_photographs") if ours else None
-    units = person_units(keys, list(groups), links) if links else None
-    elsewhere = seen_elsewhere(keys, split, links, split_name) if links and split is not None else {}
-    main = common | {"level": "eye"}
-    if elsewhere:
-        note, main["linked_elsewhere"] = _linked_section(elsewhere, keys, y, prob, classes)
-        notes = notes + [note]
-    elif ours and split is not None and "linked_photographs" not in meta:
-        notes = notes + ["the checkpoint does not say which photographs are one eye under two patient ids "
-                         "(trained before eyescreen kept them): `eyescreen check-data --split` on its split "
-                         "lists any in two splits"]  # fmt: skip
-    main["notes"] = notes
+    units, linked, link_notes = _held_out_links(meta, data, split, split_name, keys, groups, y, prob, classes)
+    notes = notes + link_notes
+    main = common | {"level": "eye", **linked, "notes": notes}
     if by:
         section = _subgroups(by, [subgroup_cells.get(r.key, "") for r in records], y, prob,
                              groups if units is None else units, meta, out, n_resamples, "eyes")  # fmt: skip
@@ -196,6 +189,26 @@ def evaluate(
         report["patient_level"] = {k: sub[k] for k in ("metrics", "confidence_intervals", "files")}
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _held_out_links(meta, data, split, split_name, keys, groups, y, prob, classes) -> tuple:
+    """For the eyes `keys` (patients `groups`) of the split `split_name`, from the links the checkpoint
+    recorded: the bootstrap units (linked patients as one; None: the patient ids), the report's
+    `linked_elsewhere` section ({} if no eye has a twin in another split) and the notes to add."""
+    ours = data is None or same_data(meta, data)  # the recorded links name this data's images
+    links = meta.get("linked_photographs") if ours else None
+    if links is None:
+        if ours and split is not None:
+            return None, {}, ["the checkpoint does not say which photographs are one eye under two patient ids "
+                              "(trained before eyescreen kept them): `eyescreen check-data --split` on its split "
+                              "lists any in two splits"]  # fmt: skip
+        return None, {}, []
+    units = person_units(keys, list(groups), links) if links else None
+    elsewhere = seen_elsewhere(keys, split, links, split_name) if links and split is not None else {}
+    if not elsewhere:
+        return units, {}, []
+    note, section = _linked_section(elsewhere, keys, y, prob, classes)
+    return units, {"linked_elsewhere": section}, [note]
 
 
 def _linked_section(elsewhere: dict[str, list[str]], keys: list[str], y, prob, classes) -> tuple[str, dict]:
