@@ -203,8 +203,10 @@ def _held_out_links(meta, data, split, split_name, keys, groups, y, prob, classe
                               "(trained before eyescreen kept them): `eyescreen check-data --split` on its split "
                               "lists any in two splits"]  # fmt: skip
         return None, {}, []
-    units = person_units(keys, list(groups), links) if links else None
-    elsewhere = seen_elsewhere(keys, split, links, split_name) if links and split is not None else {}
+    if not links:  # recorded, and none found
+        return None, {}, []
+    units = person_units(keys, list(groups), links)
+    elsewhere = seen_elsewhere(keys, split, links, split_name) if split is not None else {}
     if not elsewhere:
         return units, {}, []
     note, section = _linked_section(elsewhere, keys, y, prob, classes)
