@@ -15,7 +15,7 @@ from eyescreen.checkpoint import load_state, read_meta
 from eyescreen.config import preset
 from eyescreen.data import keep_linked_together, load_dataset, make_split, write_split
 from eyescreen.evaluate import evaluate
-from eyescreen.held_out_links import person_units, recorded_links, seen_elsewhere
+from eyescreen.held_out_links import patient_units, person_units, recorded_links, seen_elsewhere
 from eyescreen.metrics import classification_metrics
 from eyescreen.model_card import card_lines, describe_checkpoint
 from eyescreen.photo_links import linked
@@ -207,6 +207,38 @@ def test_held_out_eyes_with_a_twin_elsewhere_and_linked_patients_as_one_bootstra
     assert list(person_units(keys, ["p1", "p2", "p3", "p4"], [])) == ["p1", "p2", "p3", "p4"]
 
 
+def test_linked_patients_are_one_unit_in_the_reports_per_patient_too(tmp_path, monkeypatch):
+    import eyescreen.evaluate as module
+
+    # pure: a patient takes its eyes' unit; one without a scored eye is its own
+    units = patient_units(["p1", "p2", "p3", "p9"], ["p1", "p2", "p3", "p3"], ["p1", "p1", "p3", "p3"])
+    assert list(units) == ["p1", "p1", "p3", "p9"]
+
+    manifest = manifest_with_links(tmp_path / "data")
+    dataset = load_dataset(manifest)
+    links = linked([r.path for r in dataset.records])
+    seed, held = next((seed, kept[r.key]) for seed in range(50)
+                      for kept in [keep_linked_together(dataset, make_split(dataset, seed=seed, **FRACTIONS), links)[0]]
+                      for r in dataset.records if r.group == "patient:100" and kept[r.key] != "train")  # fmt: skip
+    best = train(tiny_config(epochs=1, seed=seed, **FRACTIONS), manifest, tmp_path / "run", progress=False)
+    seen = []
+    real = module.bootstrap_ci
+    monkeypatch.setattr(
+        module,
+        "bootstrap_ci",
+        lambda y, prob, units, **kw: seen.append(list(units)) or real(y, prob, units, **kw),
+    )
+    report = evaluate(best, tmp_path / "eval", split_name=held, n_resamples=20, progress=False)
+    assert "patient_level" in report
+    patients = json.loads((tmp_path / "eval" / "patients" / "report.json").read_text())
+    with open(tmp_path / "eval" / "patients" / "predictions.csv", newline="") as f:
+        names = [row["patient"] for row in csv.DictReader(f)]
+    per_patient = next(units for units in seen if len(units) == patients["metrics"]["n"] == len(names))
+    unit = dict(zip(names, per_patient, strict=True))
+    assert unit["0"] == unit["5"] == unit["100"]  # one person registered three times: resampled as one
+    assert len(set(per_patient)) == len(names) - 2
+
+
 def test_the_checkpoint_keeps_links_of_one_person_not_a_shared_artefact():
     from eyescreen.data import Record
 
@@ -215,6 +247,10 @@ def test_the_checkpoint_keeps_links_of_one_person_not_a_shared_artefact():
     ]
     links = [[0, 1], list(range(2, 12))]  # one pair, and ten patients alike
     assert recorded_links(records, links, max_patients=6) == [["images/0.jpg", "images/1.jpg"]]
+    # a chain of pairs, each of two patients, joining ten: the split leaves it too (keep_linked_together)
+    chain = [[k, k + 1] for k in range(2, 11)]
+    assert recorded_links(records, [[0, 1], *chain], max_patients=6) == [["images/0.jpg", "images/1.jpg"]]
+    assert len(recorded_links(records, chain[:4], max_patients=6)) == 4  # five patients: one person, maybe
 
 
 def test_a_both_eye_model_names_them_per_eye(tmp_path):

@@ -12,7 +12,6 @@ import io
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -405,19 +404,13 @@ def keep_linked_together(dataset: Dataset, split: dict, links: list[list[int]]) 
     such links is `make_split`'s. A set of more than `MAX_LINKED` patients is left as the split put it:
     one person is not registered that often, and sending them all to train would empty the held-out
     parts. Returns the split and, for each set of linked patients, their ids and their split (None: left)."""
-    from .near_duplicates import groups
+    from .held_out_links import linked_patient_sets
 
     members: dict[str, list[Record]] = {}
     for r in dataset.records:
         members.setdefault(r.group, []).append(r)
-    patients = list(members)
-    index = {g: k for k, g in enumerate(patients)}
-    edges = [(index[dataset.records[a].group], index[dataset.records[b].group], 0.0)
-             for group in links for a, b in pairwise(group)
-             if dataset.records[a].group != dataset.records[b].group]  # fmt: skip
     split, linked = dict(split), []
-    for together in groups(len(patients), edges):
-        names = [patients[k] for k in together]
+    for names in linked_patient_sets(dataset.records, links):
         if len(names) > MAX_LINKED:  # not one person's visits: something else alike (a camera's artefact)
             linked.append((names, None))
             continue

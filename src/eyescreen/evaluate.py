@@ -31,7 +31,7 @@ from .data import (
     subset,
 )
 from .fellow import blend, choose_weight, fellow_probabilities, stored_weight
-from .held_out_links import person_units, seen_elsewhere
+from .held_out_links import patient_units, person_units, seen_elsewhere
 from .inference import TTA_DESCRIPTIONS, ViewAverage, predict_proba, resolve_device, resolve_precision
 from .initial_weights import same_data
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, headline_metrics
@@ -135,13 +135,15 @@ def evaluate(
         eye_report = _score(common | {"level": "eye", **linked, "notes": link_notes}, eye_y, eye_prob, eye_patient,
                             list(eye_names), eye_meta, out / "eyes", None, n_resamples, samples.skipped, units)  # fmt: skip
         main = common | {"level": "patient", **linked, "notes": [f"per eye: {n}" for n in link_notes]}
+        # linked patients resampled as one person here too
+        people = None if units is None else patient_units([f"patient:{n}" for n in names], eye_patient, units)
         if by:
             cells = patient_cells(part.records, subgroup_cells)
-            section = _subgroups(by, [cells.get(f"patient:{n}", "") for n in names], y, prob, np.array(names), meta,
-                                 out, n_resamples, "patients")  # fmt: skip
+            section = _subgroups(by, [cells.get(f"patient:{n}", "") for n in names], y, prob,
+                                 np.array(names) if people is None else people, meta, out, n_resamples, "patients")  # fmt: skip
             main |= {"subgroups": section["subgroups"], "notes": main["notes"] + section["notes"]}
         report = _score(main, y, prob, np.array(names), names, meta, out, metrics_csv, n_resamples,
-                        samples.skipped)  # fmt: skip
+                        samples.skipped, people)  # fmt: skip
         report["eye_level"] = {k: eye_report[k] for k in ("metrics", "confidence_intervals", "files")}
         (out / "report.json").write_text(json.dumps(report, indent=2))
         return report
@@ -184,8 +186,9 @@ def evaluate(
     if patients is not None:  # the same model judged per patient, for comparison with both-eye models
         names, p_prob, p_y = patients
         note = "a single-eye model; each patient takes its eye with the higher disease score; per eye: [../report.md](../report.md)"
+        people = None if units is None else patient_units([f"patient:{n}" for n in names], groups, units)
         sub = _score(common | {"level": "patient", "patient_note": note}, p_y, p_prob, np.array(names), names, meta, out / "patients",
-                     None, n_resamples, [])  # fmt: skip
+                     None, n_resamples, [], people)  # fmt: skip
         report["patient_level"] = {k: sub[k] for k in ("metrics", "confidence_intervals", "files")}
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -16,14 +16,26 @@ import numpy as np
 from .near_duplicates import groups as connected
 
 
+def linked_patient_sets(records: list, links: list[list[int]]) -> list[list[str]]:
+    """The sets of two or more patients (record groups) that `links` (groups of indices into `records`)
+    join, directly or through a chain of links, each in the order the records first name them."""
+    patients = list(dict.fromkeys(r.group for r in records))
+    index = {g: k for k, g in enumerate(patients)}
+    edges = [(index[records[a].group], index[records[b].group], 0.0)
+             for group in links for a, b in pairwise(group) if records[a].group != records[b].group]  # fmt: skip
+    return [[patients[k] for k in together] for together in connected(len(patients), edges)]
+
+
 def recorded_links(records: list, links: list[list[int]], max_patients: int) -> list[list[str]]:
     """What the checkpoint keeps of `links` (groups of indices into `records`): the image keys of each
-    group, leaving out a group spread over more than `max_patients` patients (not one person's visits:
-    a shared artefact, which `keep_linked_together` leaves where the split put it)."""
+    group, leaving out the groups of a patient set (`linked_patient_sets`) of more than `max_patients`:
+    not one person's visits but a shared artefact, which `keep_linked_together` leaves where the split
+    put it, by the same rule."""
+    crowd = {g for s in linked_patient_sets(records, links) if len(s) > max_patients for g in s}
     kept = []
     for group in links:
         keys = list(dict.fromkeys(records[k].key for k in group))
-        if len(keys) > 1 and len({records[k].group for k in group}) <= max_patients:
+        if len(keys) > 1 and records[group[0]].group not in crowd:
             kept.append(keys)
     return kept
 
@@ -56,3 +68,11 @@ def person_units(keys: list[str], patients: list[str], links: list[list[str]]) -
         for m in members:
             unit[names[m]] = names[members[0]]
     return np.array([unit[p] for p in patients])
+
+
+def patient_units(patients: list[str], eye_patients, eye_units) -> np.ndarray:
+    """The bootstrap unit of each of `patients` (record groups) for a report per patient: its eyes' unit
+    (`eye_units`, one per eye of `eye_patients`, from `person_units`), so that linked patients are
+    resampled together there too; a patient without a scored eye is its own unit."""
+    unit = dict(zip(eye_patients, eye_units, strict=True))
+    return np.array([unit.get(p, p) for p in patients])
