@@ -8,7 +8,7 @@ from eyescreen.cli import main
 from eyescreen.config import preset
 from eyescreen.data import load_dataset
 from eyescreen.distill import soft_cross_entropy, teacher_probabilities, teacher_term
-from eyescreen.evaluate import paths_predictor
+from eyescreen.inference import paths_predictor
 from eyescreen.models import create_model
 from eyescreen.preprocess import ImageCache, Preprocessing
 from eyescreen.train import train

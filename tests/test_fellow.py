@@ -114,7 +114,7 @@ def test_training_hands_calibration_each_validation_eye_with_its_own_probabiliti
 
 def test_training_fits_what_calibrating_the_checkpoint_again_fits(trained, tmp_path):
     """Training reuses its own validation probabilities; `eyescreen calibrate` predicts them afresh."""
-    from eyescreen.evaluate import calibrate_from_split
+    from eyescreen.calibrate_checkpoint import calibrate_from_split
 
     copy = tmp_path / "copy.safetensors"
     copy.write_bytes(trained.read_bytes())

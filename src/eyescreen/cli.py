@@ -106,7 +106,7 @@ def run(args) -> int:
             print(f"subgroups: {groups['files']['md']}")
         print(f"report: {report['files']['html']}")
     elif args.command == "calibrate":
-        from .evaluate import calibrate_from_split
+        from .calibrate_checkpoint import calibrate_from_split
 
         calibrate_from_split(
             args.checkpoint, args.normal_class, args.cache_dir, args.device, not args.no_progress, args.data
@@ -190,7 +190,7 @@ def run(args) -> int:
         path = write_ensemble(args.checkpoints, args.out, sys.argv)
         print(f"ensemble of {len(args.checkpoints)} models: {path}")
         if not args.no_calibrate:
-            from .evaluate import calibrate_from_split
+            from .calibrate_checkpoint import calibrate_from_split
 
             try:
                 calibrate_from_split(

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .cpu_precision import cpu_precision
-from .preprocess import normalize
+from .preprocess import load_stack, normalize
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -100,3 +100,14 @@ def predict_proba(
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(out).numpy()
+
+
+def paths_predictor(model, cache, norm, device, precision):
+    """predict(paths) -> (probabilities of the readable ones, their indices): for fellow eyes, which are
+    read when needed, not with the split."""
+
+    def predict(paths):
+        images, ok, _ = load_stack(paths, cache, progress=False)
+        return predict_proba(model, images, norm["mean"], norm["std"], device, precision), ok
+
+    return predict

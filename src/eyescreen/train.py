@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from . import __version__, augment, distributed
 from .calibrate import normal_class_of
+from .calibrate_checkpoint import both_eyes_validation, calibrate_on_validation, validation_eyes
 from .checkpoint import (
     BEST,
     PRETRAINED,
@@ -55,10 +56,9 @@ from .data import (
     write_split,
 )
 from .distill import teacher_probabilities, teacher_term
-from .evaluate import both_eyes_validation, calibrate_on_validation, paths_predictor, validation_eyes
 from .findings import training_findings
 from .held_out_links import recorded_links
-from .inference import autocast, resolve_device, resolve_precision
+from .inference import autocast, paths_predictor, resolve_device, resolve_precision
 from .initial_weights import check_held_out
 from .metrics import headline_metrics
 from .models import is_binocular
