@@ -45,6 +45,25 @@ def test_the_teacher_term_counts_the_eyes_with_a_class_only():
     assert none.item() == 0 and none.requires_grad  # a batch of findings-only eyes still backpropagates
 
 
+def test_on_every_eye_the_teacher_term_counts_the_eyes_outside_the_classes_too():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(4, 3, generator=gen, requires_grad=True)
+    soft = torch.softmax(torch.randn(4, 3, generator=gen), 1)
+    has = torch.tensor([True, False, True, False])
+    term = teacher_term(soft, 2.0, every_eye=True)(logits, has)
+    assert torch.isclose(term, 2.0 * soft_cross_entropy(logits, soft))
+    term.backward()
+    assert (logits.grad.abs().sum(1) > 0).all()
+    assert teacher_term(soft, 2.0, every_eye=True)(logits, torch.zeros(4, dtype=torch.bool)) > 0
+
+
+def test_distilling_on_every_eye_needs_a_teacher_and_the_findings_eyes():
+    with pytest.raises(ValueError, match="without --findings there are none"):
+        preset("quick", **SMALL, teacher="t", distill_all_eyes=True)
+    with pytest.raises(ValueError, match="needs a --teacher"):
+        preset("quick", **SMALL, findings="keywords", distill_all_eyes=True)
+
+
 def test_the_teacher_sees_the_photographs_as_it_was_trained_to(teacher, synthetic_manifest):
     """A 40-px teacher of a 48-px student: its probabilities are those it gives at 40 px, in file order."""
     data = load_dataset(synthetic_manifest)

@@ -294,3 +294,32 @@ def test_training_with_a_numeric_findings_column(manifest_with_findings, tmp_pat
     train(cfg, manifest_with_findings, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "best.safetensors").is_file()
     assert "age > " in capsys.readouterr().out  # the head's findings are listed as training starts
+
+
+def test_a_teacher_can_teach_the_eyes_outside_the_classes_too(manifest_with_findings, tmp_path):
+    """With --distill-all-eyes the eyes --findings brings in (no class) train towards the teacher's
+    probabilities as well: the only difference from the same run without it, so its weights differ."""
+    from safetensors.torch import load_file
+
+    small = dict(model="tiny-cnn", image_size=40, batch_size=8, precision="fp32", seed=3)
+    teacher = train(
+        preset("quick", **small, epochs=1), manifest_with_findings, tmp_path / "teacher", progress=False
+    )
+    split = teacher.parent / "split.csv"
+    assert training_findings(
+        load_dataset(manifest_with_findings), _split(split), "findings"
+    ).extra  # some to teach
+    runs = {}
+    for every in (False, True):
+        cfg = preset("quick", **small, epochs=2, findings="findings", teacher=str(teacher), distill_weight=5.0,
+                     distill_all_eyes=every)  # fmt: skip
+        runs[every] = train(cfg, manifest_with_findings, tmp_path / f"every-{every}", split_file=split,
+                            progress=False)  # fmt: skip
+    alone, every = (load_file(runs[k].parent / "last.safetensors") for k in (False, True))
+    assert any(not torch.equal(alone[k], every[k]) for k in alone)
+    assert load_model(runs[True])[1]["config"]["distill_all_eyes"] is True
+
+
+def _split(path):
+    with open(path, newline="") as f:
+        return {row["image"]: row["split"] for row in csv.DictReader(f)}

@@ -87,6 +87,11 @@ class TrainConfig:
                            "or checkpoint of the same data and classes; an `eyescreen ensemble` too)")  # fmt: skip
     distill_weight: float = setting(1.0, "weight of the cross-entropy to the teacher's probabilities beside "
                                     "the class loss")  # fmt: skip
+    # The teacher learnt the training eyes' labels; on eyes outside the classes it never saw one, so its
+    # probabilities there are judgements, not recollections.
+    distill_all_eyes: bool = setting(False, "also distil on the training patients' eyes outside the classes "
+                                     "(those --findings brings in): the teacher's probabilities are their only "
+                                     "class target")  # fmt: skip
 
     def validate(self) -> TrainConfig:
         for name, allowed in CHOICES.items():
@@ -113,6 +118,14 @@ class TrainConfig:
             raise ValueError("findings_weight must be zero or more")
         if self.distill_weight < 0:
             raise ValueError("distill_weight must be zero or more")
+        if self.distill_all_eyes and not self.findings:
+            raise ValueError(
+                "distill_all_eyes distils on the eyes --findings brings in: without --findings there are none"
+            )
+        if self.distill_all_eyes and not self.teacher:
+            raise ValueError(
+                "distill_all_eyes needs a --teacher: it says which eyes the teacher's probabilities train"
+            )
         if self.teacher and self.mixup:
             raise ValueError("--teacher gives each photograph its own target; it cannot be used with --mixup")
         if not 0 <= self.warmup_epochs < max(self.epochs, 1):

@@ -50,13 +50,15 @@ def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor
     return nn.functional.cross_entropy(logits, soft)
 
 
-def teacher_term(soft: torch.Tensor, weight: float):
-    """The loss a batch adds for its teacher: `weight` times the cross-entropy of the logits of the eyes
-    that have a class (`has`) towards the teacher's probabilities of those eyes (`soft`, the batch's rows)."""
+def teacher_term(soft: torch.Tensor, weight: float, every_eye: bool = False):
+    """The loss a batch adds for its teacher: `weight` times the cross-entropy of the logits towards the
+    teacher's probabilities (`soft`, the batch's rows), over the eyes that have a class (`has`), or over
+    every eye of the batch (`every_eye`: the eyes outside the classes too, which the findings head brings)."""
 
     def term(logits: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
-        if not has.any():
+        rows = torch.ones_like(has) if every_eye else has
+        if not rows.any():
             return logits.sum() * 0.0
-        return weight * soft_cross_entropy(logits[has], soft[has])
+        return weight * soft_cross_entropy(logits[rows], soft[rows])
 
     return term

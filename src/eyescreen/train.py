@@ -459,7 +459,9 @@ def train(
                     x, mix = mixup(x, cfg.mixup)
                 extra = {}
                 if train_set.soft is not None:
-                    extra["teacher"] = teacher_term(train_set.soft[idx].to(device), cfg.distill_weight)
+                    extra["teacher"] = teacher_term(
+                        train_set.soft[idx].to(device), cfg.distill_weight, cfg.distill_all_eyes
+                    )
                 with autocast(device, precision):
                     loss, n_correct, n_scored = task.loss(
                         net, x, mask, y, loss_fn, log_prior, cfg.logit_adjust != 0, mix, **extra
