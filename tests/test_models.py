@@ -86,3 +86,13 @@ def test_models_command_says_what_each_model_is(capsys):
     assert "folds 2x2 pixels" in lines["resnet18-s2d"] and "shared resnet34" in lines["resnet34-binocular"]
     with pytest.raises(ValueError, match="unknown model 'vgg-binocular'"):
         describe_model("vgg-binocular")
+
+
+def test_every_subcommand_the_parser_offers_has_a_handler():
+    import argparse
+
+    from eyescreen.cli import COMMANDS
+    from eyescreen.cli_args import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == set(COMMANDS)

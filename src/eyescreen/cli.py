@@ -34,200 +34,225 @@ def _interval(bounds) -> str:
 
 
 def run(args) -> int:
-    if args.command == "train":
-        from .train import train
+    """Run the subcommand `args` name; its exit status (0 unless it says otherwise)."""
+    return COMMANDS[args.command](args) or 0
 
-        args.data = args.data or _resumed_data(args)
-        name = args.preset
-        if name is None and not args.resume:  # a resumed run keeps the settings it started with
-            name, why = default_preset(args.data, args.model, args.device or "auto")
-            print(f"preset: {name} (the default here: {why})")
-        cfg = None if args.resume else preset(name, **config_overrides(args))
-        train(
-            cfg,
-            args.data,
-            args.out,
-            classes=parse_classes(args.classes),
-            split_file=args.split,
-            resume=args.resume,
-            cache_dir=args.cache_dir,
-            progress=not args.no_progress,
-            argv=sys.argv,
-            save_every=args.save_every,
-        )
-    elif args.command == "evaluate":
-        from .evaluate import evaluate
 
-        report = evaluate(
-            args.checkpoint,
-            args.out,
-            data=args.data,
-            split_file=args.split,
-            split_name=args.subset,
-            cache_dir=args.cache_dir,
-            n_resamples=args.bootstrap,
-            device=args.device,
-            tta=args.tta,
-            progress=not args.no_progress,
-            by=args.by,
-        )
-        m, ci = report["metrics"], report["confidence_intervals"]
-        print(f"{report['split']} split, {m['n']} {report['level']}s; classes as the most probable one:")
-        for key in ("accuracy", "balanced_accuracy", "macro_auc"):
-            print(f"{key:>18}: {m[key]:.4f}{_interval(ci[key])}")
-        if "decision" in report and report["decision"]["prior_power"]:  # what predict and serve name
-            d = report["decision"]
-            print(f"with the decision rule (prior^-{d['prior_power']:g}, the class predict names): balanced_accuracy "
-                  f"{d['metrics']['balanced_accuracy']:.4f}{_interval(d['confidence_intervals']['balanced_accuracy'])}, "
-                  f"accuracy {d['metrics']['accuracy']:.4f}")  # fmt: skip
-        if "with_fellow_eye" in report:
-            f = report["with_fellow_eye"]
-            print(f"with the fellow eye (weight {f['weight']:.2f}, {f['eyes_with_fellow']} eyes): "
-                  f"macro_auc {f['metrics']['macro_auc']:.4f}{_interval(f['confidence_intervals']['macro_auc'])}")  # fmt: skip
-        if "linked_elsewhere" in report:
-            w = report["linked_elsewhere"]
-            print(f"note: {len(w['eyes'])} eye(s) here are photographs of eyes in another split under other patient "
-                  f"ids (the report names them); without them: macro_auc {w['without_them']['macro_auc']:.4f}, "
-                  f"balanced_accuracy {w['without_them']['balanced_accuracy']:.4f} ({w['without_them']['n']} eyes)")  # fmt: skip
-        if report.get("left_out_classes"):
-            from .evaluate import left_out_note
+def _train(args) -> int | None:
+    from .train import train
 
-            print(f"note: {left_out_note(report['left_out_classes'])}")
-        if report["absent_classes"]:
-            print(f"note: no {', '.join(report['absent_classes'])} in these data: the metrics are over the "
-                  "classes present")  # fmt: skip
-        if "subgroups" in report:
-            from .subgroups import subgroup_table
+    args.data = args.data or _resumed_data(args)
+    name = args.preset
+    if name is None and not args.resume:  # a resumed run keeps the settings it started with
+        name, why = default_preset(args.data, args.model, args.device or "auto")
+        print(f"preset: {name} (the default here: {why})")
+    cfg = None if args.resume else preset(name, **config_overrides(args))
+    train(
+        cfg,
+        args.data,
+        args.out,
+        classes=parse_classes(args.classes),
+        split_file=args.split,
+        resume=args.resume,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        argv=sys.argv,
+        save_every=args.save_every,
+    )
 
-            groups = report["subgroups"]
-            unit = groups.get("unit", "eyes")
-            print(f"\nper subgroup of {groups['column']!r} ({unit} of the {report['split']} split):")
-            print("\n".join(subgroup_table(groups["rows"], groups["column"], report["classes"], unit)))
-            print(f"subgroups: {groups['files']['md']}")
-        print(f"report: {report['files']['html']}")
-    elif args.command == "calibrate":
+
+def _evaluate(args) -> int | None:
+    from .evaluate import evaluate
+
+    report = evaluate(
+        args.checkpoint,
+        args.out,
+        data=args.data,
+        split_file=args.split,
+        split_name=args.subset,
+        cache_dir=args.cache_dir,
+        n_resamples=args.bootstrap,
+        device=args.device,
+        tta=args.tta,
+        progress=not args.no_progress,
+        by=args.by,
+    )
+    m, ci = report["metrics"], report["confidence_intervals"]
+    print(f"{report['split']} split, {m['n']} {report['level']}s; classes as the most probable one:")
+    for key in ("accuracy", "balanced_accuracy", "macro_auc"):
+        print(f"{key:>18}: {m[key]:.4f}{_interval(ci[key])}")
+    if "decision" in report and report["decision"]["prior_power"]:  # what predict and serve name
+        d = report["decision"]
+        print(f"with the decision rule (prior^-{d['prior_power']:g}, the class predict names): balanced_accuracy "
+              f"{d['metrics']['balanced_accuracy']:.4f}{_interval(d['confidence_intervals']['balanced_accuracy'])}, "
+              f"accuracy {d['metrics']['accuracy']:.4f}")  # fmt: skip
+    if "with_fellow_eye" in report:
+        f = report["with_fellow_eye"]
+        print(f"with the fellow eye (weight {f['weight']:.2f}, {f['eyes_with_fellow']} eyes): "
+              f"macro_auc {f['metrics']['macro_auc']:.4f}{_interval(f['confidence_intervals']['macro_auc'])}")  # fmt: skip
+    if "linked_elsewhere" in report:
+        w = report["linked_elsewhere"]
+        print(f"note: {len(w['eyes'])} eye(s) here are photographs of eyes in another split under other patient "
+              f"ids (the report names them); without them: macro_auc {w['without_them']['macro_auc']:.4f}, "
+              f"balanced_accuracy {w['without_them']['balanced_accuracy']:.4f} ({w['without_them']['n']} eyes)")  # fmt: skip
+    if report.get("left_out_classes"):
+        from .evaluate import left_out_note
+
+        print(f"note: {left_out_note(report['left_out_classes'])}")
+    if report["absent_classes"]:
+        print(f"note: no {', '.join(report['absent_classes'])} in these data: the metrics are over the "
+              "classes present")  # fmt: skip
+    if "subgroups" in report:
+        from .subgroups import subgroup_table
+
+        groups = report["subgroups"]
+        unit = groups.get("unit", "eyes")
+        print(f"\nper subgroup of {groups['column']!r} ({unit} of the {report['split']} split):")
+        print("\n".join(subgroup_table(groups["rows"], groups["column"], report["classes"], unit)))
+        print(f"subgroups: {groups['files']['md']}")
+    print(f"report: {report['files']['html']}")
+
+
+def _calibrate(args) -> int | None:
+    from .calibrate_checkpoint import calibrate_from_split
+
+    calibrate_from_split(
+        args.checkpoint, args.normal_class, args.cache_dir, args.device, not args.no_progress, args.data
+    )
+
+
+def _explain(args) -> int | None:
+    from .explain_cli import run_explain
+
+    if args.evaluate and args.anatomy:
+        raise ValueError("give --evaluate or --anatomy, not both (--evaluate includes the anatomy table)")
+    if args.data and not args.subset:
+        raise ValueError("--data goes with --subset: it places the checkpoint's data; photographs to "
+                         "explain are given as arguments")  # fmt: skip
+    args.out = args.out or _explain_out(args)
+    if args.evaluate:
+        from .explain_cli import run_faithfulness
+
+        print(run_faithfulness(args))
+    elif args.anatomy:
+        from .explain_cli import run_anatomy
+
+        print(run_anatomy(args))
+    else:
+        result = run_explain(args)
+        print(f"{result['explained']} explained, {len(result['failed'])} unreadable -> {result['index']}")
+
+
+def _demo(args) -> int | None:
+    from .demo import run_demo
+
+    run_demo(
+        args.out,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        epochs=args.epochs,
+        model=args.model,
+    )
+
+
+def _export(args) -> int | None:
+    from .export import export_onnx
+
+    out = args.out or Path(args.checkpoint).with_suffix(".onnx")
+    print(f"exported {export_onnx(args.checkpoint, out)}")
+
+
+def _check_data(args) -> int | None:
+    import json
+
+    from .check import check_data, format_report, problems
+
+    data = _one_data(args.data, args.data_option)
+    rep = check_data(data, parse_classes(args.classes), args.split, progress=not args.no_progress)
+    print(format_report(rep))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rep, indent=2))
+    return 1 if problems(rep) else 0
+
+
+def _pretrain(args) -> int | None:
+    from .pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(
+        model=args.model, image_size=args.image_size, enhance=args.enhance, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
+        precision=args.precision, device=args.device, holdout_split=args.holdout_split,
+    )  # fmt: skip
+    sources = args.data + args.data_option
+    if not sources:
+        raise ValueError("give the photographs: manifests and/or folders, as arguments or with --data")
+    path = pretrain(cfg, sources, args.out, resume=args.resume, cache_dir=args.cache_dir,
+                    progress=not args.no_progress)  # fmt: skip
+    print(f"pre-trained weights: {path}\nfine-tune with: eyescreen train ... --init {path}")
+
+
+def _serve(args) -> int | None:
+    from .server import serve
+
+    serve(args.checkpoint, args.host, args.port, args.workers, args.max_upload_mb, args.device)
+
+
+def _compare(args) -> int | None:
+    from .compare import compare, comparison_lines, write_comparison
+
+    result = compare(args.a, args.b, args.bootstrap)
+    print("\n".join(comparison_lines(result)))
+    if args.json:
+        write_comparison(result, args.json)
+
+
+def _ensemble(args) -> int | None:
+    from .ensemble import write_ensemble
+
+    path = write_ensemble(args.checkpoints, args.out, sys.argv)
+    print(f"ensemble of {len(args.checkpoints)} models: {path}")
+    if not args.no_calibrate:
         from .calibrate_checkpoint import calibrate_from_split
 
-        calibrate_from_split(
-            args.checkpoint, args.normal_class, args.cache_dir, args.device, not args.no_progress, args.data
-        )
-    elif args.command == "predict":
-        return _predict(args)
-    elif args.command == "explain":
-        from .explain_cli import run_explain
-
-        if args.evaluate and args.anatomy:
-            raise ValueError("give --evaluate or --anatomy, not both (--evaluate includes the anatomy table)")
-        if args.data and not args.subset:
-            raise ValueError("--data goes with --subset: it places the checkpoint's data; photographs to "
-                             "explain are given as arguments")  # fmt: skip
-        args.out = args.out or _explain_out(args)
-        if args.evaluate:
-            from .explain_cli import run_faithfulness
-
-            print(run_faithfulness(args))
-        elif args.anatomy:
-            from .explain_cli import run_anatomy
-
-            print(run_anatomy(args))
-        else:
-            result = run_explain(args)
-            print(f"{result['explained']} explained, {len(result['failed'])} unreadable -> {result['index']}")
-    elif args.command == "demo":
-        from .demo import run_demo
-
-        run_demo(
-            args.out,
-            cache_dir=args.cache_dir,
-            progress=not args.no_progress,
-            epochs=args.epochs,
-            model=args.model,
-        )
-    elif args.command == "export":
-        from .export import export_onnx
-
-        out = args.out or Path(args.checkpoint).with_suffix(".onnx")
-        print(f"exported {export_onnx(args.checkpoint, out)}")
-    elif args.command == "check-data":
-        import json
-
-        from .check import check_data, format_report, problems
-
-        data = _one_data(args.data, args.data_option)
-        rep = check_data(data, parse_classes(args.classes), args.split, progress=not args.no_progress)
-        print(format_report(rep))
-        if args.json:
-            Path(args.json).write_text(json.dumps(rep, indent=2))
-        return 1 if problems(rep) else 0
-    elif args.command == "pretrain":
-        from .pretrain import PretrainConfig, pretrain
-
-        cfg = PretrainConfig(
-            model=args.model, image_size=args.image_size, enhance=args.enhance, epochs=args.epochs,
-            batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
-            precision=args.precision, device=args.device, holdout_split=args.holdout_split,
-        )  # fmt: skip
-        sources = args.data + args.data_option
-        if not sources:
-            raise ValueError("give the photographs: manifests and/or folders, as arguments or with --data")
-        path = pretrain(cfg, sources, args.out, resume=args.resume, cache_dir=args.cache_dir,
-                        progress=not args.no_progress)  # fmt: skip
-        print(f"pre-trained weights: {path}\nfine-tune with: eyescreen train ... --init {path}")
-    elif args.command == "serve":
-        from .server import serve
-
-        serve(args.checkpoint, args.host, args.port, args.workers, args.max_upload_mb, args.device)
-    elif args.command == "compare":
-        from .compare import compare, comparison_lines, write_comparison
-
-        result = compare(args.a, args.b, args.bootstrap)
-        print("\n".join(comparison_lines(result)))
-        if args.json:
-            write_comparison(result, args.json)
-    elif args.command == "ensemble":
-        from .ensemble import write_ensemble
-
-        path = write_ensemble(args.checkpoints, args.out, sys.argv)
-        print(f"ensemble of {len(args.checkpoints)} models: {path}")
-        if not args.no_calibrate:
-            from .calibrate_checkpoint import calibrate_from_split
-
-            try:
-                calibrate_from_split(
-                    path, args.normal_class, args.cache_dir, args.device, not args.no_progress, args.data
-                )
-            except DataError as e:  # the members' training data moved: the ensemble itself is fine
-                raise DataError(f"{e}\nthe ensemble is saved, uncalibrated: {path}; then: "
-                                f"`eyescreen calibrate --checkpoint {path} --data DATA`") from None  # fmt: skip
-        print(f"next: eyescreen evaluate --checkpoint {path}   (eyescreen info {path} says what it is)")
-    elif args.command == "info":
-        import json
-
-        from .model_card import card_lines, describe_checkpoint
-
-        card = describe_checkpoint(args.checkpoint)
-        print(json.dumps(card, indent=2) if args.json else "\n".join(card_lines(card)))
-    elif args.command == "models":
-        width = max(map(len, list_models()))
-        print("\n".join(f"{name:<{width}}  {describe_model(name)}" for name in list_models()))
-    elif args.command == "presets":
-        for name in PRESETS:
-            role = {
-                DEFAULT_PRESET: " (default on a CPU)",
-                GPU_PRESET: " (default on a GPU)",
-                FALLBACK_PRESET: " (default on a CPU without a diagnoses column, or for a both-eye model)",
-                GPU_FALLBACK_PRESET: " (default on a GPU without a diagnoses column)",
-            }
-            role |= {
-                n: f" (second stage: --init RUN/best.safetensors of a {DEFAULT_PRESET} run)"
-                for n in FINETUNE_PRESETS
-            }
-            changes = " ".join(as_flag(k, v) for k, v in preset_changes(name).items())
-            print(
-                f"{name}{role.get(name, '')}\n    {PRESET_PURPOSES[name]}\n    = {changes or 'the defaults'}"
+        try:
+            calibrate_from_split(
+                path, args.normal_class, args.cache_dir, args.device, not args.no_progress, args.data
             )
-        print("every setting and its default: eyescreen train --help")
-    return 0
+        except DataError as e:  # the members' training data moved: the ensemble itself is fine
+            raise DataError(f"{e}\nthe ensemble is saved, uncalibrated: {path}; then: "
+                            f"`eyescreen calibrate --checkpoint {path} --data DATA`") from None  # fmt: skip
+    print(f"next: eyescreen evaluate --checkpoint {path}   (eyescreen info {path} says what it is)")
+
+
+def _info(args) -> int | None:
+    import json
+
+    from .model_card import card_lines, describe_checkpoint
+
+    card = describe_checkpoint(args.checkpoint)
+    print(json.dumps(card, indent=2) if args.json else "\n".join(card_lines(card)))
+
+
+def _models(args) -> int | None:
+    width = max(map(len, list_models()))
+    print("\n".join(f"{name:<{width}}  {describe_model(name)}" for name in list_models()))
+
+
+def _presets(args) -> int | None:
+    for name in PRESETS:
+        role = {
+            DEFAULT_PRESET: " (default on a CPU)",
+            GPU_PRESET: " (default on a GPU)",
+            FALLBACK_PRESET: " (default on a CPU without a diagnoses column, or for a both-eye model)",
+            GPU_FALLBACK_PRESET: " (default on a GPU without a diagnoses column)",
+        }
+        role |= {
+            n: f" (second stage: --init RUN/best.safetensors of a {DEFAULT_PRESET} run)"
+            for n in FINETUNE_PRESETS
+        }
+        changes = " ".join(as_flag(k, v) for k, v in preset_changes(name).items())
+        print(f"{name}{role.get(name, '')}\n    {PRESET_PURPOSES[name]}\n    = {changes or 'the defaults'}")
+    print("every setting and its default: eyescreen train --help")
 
 
 def _resumed_data(args) -> str:
@@ -330,6 +355,26 @@ def _print_preview(csv_path: Path, columns: list[str], most: int = 20) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(shown))]
     for line in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+# each subcommand and the function that runs it
+COMMANDS = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "calibrate": _calibrate,
+    "predict": _predict,
+    "explain": _explain,
+    "demo": _demo,
+    "export": _export,
+    "check-data": _check_data,
+    "pretrain": _pretrain,
+    "serve": _serve,
+    "compare": _compare,
+    "ensemble": _ensemble,
+    "info": _info,
+    "models": _models,
+    "presets": _presets,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
