@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,59 +116,105 @@ def evaluate(
                           and (split is None or split.get(r.key) == split_name))  # fmt: skip
         if foreign:
             common["left_out_classes"] = dict(foreign)
-    if takes_both_eyes(meta["model"]):
-        task = BothEyes.of_checkpoint(meta)
-        samples = task.load(part, cache, split_name, progress, report=True)
-        scored = task.both_levels(model, samples, norm["mean"], norm["std"], dev, prec)
-        prob, y, eye_prob, eye_y, eye_names = (
-            scored[k] for k in ("prob", "y", "eye_prob", "eye_y", "eye_names")
-        )
-        has_label = (samples.targets[:, 2] >= 0).numpy()
-        names = [n for n, k in zip(samples.names, has_label, strict=True) if k]
-        patient_of = {r.key: r.group for r in part.records}  # as a single-eye model's eyes name their patient
-        eye_patient = np.array([patient_of[name] for name in eye_names])
-        eye_meta = meta | {"calibration": eye_calibration(meta.get("calibration"))}
-        units, linked, link_notes = _held_out_links(meta, data, split, split_name, list(eye_names), eye_patient,
-                                                    eye_y, eye_prob, classes)  # fmt: skip
-        eye_report = _score(common | {"level": "eye", **linked, "notes": link_notes}, eye_y, eye_prob, eye_patient,
-                            list(eye_names), eye_meta, out / "eyes", None, n_resamples, samples.skipped, units)  # fmt: skip
-        main = common | {"level": "patient", **linked, "notes": [f"per eye: {n}" for n in link_notes]}
-        # linked patients resampled as one person here too
-        people = None if units is None else patient_units([f"patient:{n}" for n in names], eye_patient, units)
-        if by:
-            cells = patient_cells(part.records, subgroup_cells)
-            section = _subgroups(by, [cells.get(f"patient:{n}", "") for n in names], y, prob,
-                                 np.array(names) if people is None else people, meta, out, n_resamples, "patients")  # fmt: skip
-            main |= {"subgroups": section["subgroups"], "notes": main["notes"] + section["notes"]}
-        report = _score(main, y, prob, np.array(names), names, meta, out, metrics_csv, n_resamples,
-                        samples.skipped, people)  # fmt: skip
-        report["eye_level"] = {k: eye_report[k] for k in ("metrics", "confidence_intervals", "files")}
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        return report
-    images, ok, errors = load_stack([r.path for r in part.records], cache, progress=progress, desc=split_name)
+    job = _Job(model, meta, dataset, part, split, split_name, data, cache, norm, dev, prec, out, metrics_csv,
+               common, n_resamples, by, subgroup_cells, progress)  # fmt: skip
+    return _both_eye_reports(job) if takes_both_eyes(meta["model"]) else _eye_reports(job)
+
+
+@dataclass
+class _Job:
+    """One evaluation: the model, the photographs of the split, and where and how the reports go."""
+
+    model: object
+    meta: dict
+    dataset: Dataset
+    part: Dataset  # the records of the split scored
+    split: dict | None  # None: every record (--subset all)
+    split_name: str
+    data: object  # --data, or None: the checkpoint's own
+    cache: ImageCache
+    norm: dict
+    device: object
+    precision: str
+    out: Path
+    metrics_csv: Path
+    common: dict  # what every report of this evaluation says first
+    n_resamples: int
+    by: str | None
+    cells: dict | None  # the `by` column's cell per image key
+    progress: bool = True
+
+
+def _both_eye_reports(job: _Job) -> dict:
+    """A both-eye model: its report per patient, with its eyes' report beside it (eyes/)."""
+    meta, classes, out = job.meta, job.meta["classes"], job.out
+    task = BothEyes.of_checkpoint(meta)
+    samples = task.load(job.part, job.cache, job.split_name, job.progress, report=True)
+    scored = task.both_levels(
+        job.model, samples, job.norm["mean"], job.norm["std"], job.device, job.precision
+    )
+    prob, y, eye_prob, eye_y, eye_names = (scored[k] for k in ("prob", "y", "eye_prob", "eye_y", "eye_names"))
+    has_label = (samples.targets[:, 2] >= 0).numpy()
+    names = [n for n, k in zip(samples.names, has_label, strict=True) if k]
+    patient_of = {r.key: r.group for r in job.part.records}  # as a single-eye model's eyes name their patient
+    eye_patient = np.array([patient_of[name] for name in eye_names])
+    eye_meta = meta | {"calibration": eye_calibration(meta.get("calibration"))}
+    units, linked, link_notes = _held_out_links(meta, job.data, job.split, job.split_name, list(eye_names),
+                                                eye_patient, eye_y, eye_prob, classes)  # fmt: skip
+    eye_report = _score(job.common | {"level": "eye", **linked, "notes": link_notes}, eye_y, eye_prob, eye_patient,
+                        list(eye_names), eye_meta, out / "eyes", None, job.n_resamples, samples.skipped, units)  # fmt: skip
+    main = job.common | {"level": "patient", **linked, "notes": [f"per eye: {n}" for n in link_notes]}
+    # linked patients resampled as one person here too
+    people = None if units is None else patient_units([f"patient:{n}" for n in names], eye_patient, units)
+    if job.by:
+        cells = patient_cells(job.part.records, job.cells)
+        section = _subgroups(job.by, [cells.get(f"patient:{n}", "") for n in names], y, prob,
+                             np.array(names) if people is None else people, meta, out, job.n_resamples, "patients")  # fmt: skip
+        main |= {"subgroups": section["subgroups"], "notes": main["notes"] + section["notes"]}
+    report = _score(main, y, prob, np.array(names), names, meta, out, job.metrics_csv, job.n_resamples,
+                    samples.skipped, people)  # fmt: skip
+    report["eye_level"] = {k: eye_report[k] for k in ("metrics", "confidence_intervals", "files")}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _eye_reports(job: _Job) -> dict:
+    """A single-eye model: its report per eye, and beside it, where they apply, the eyes blended with their
+    fellow eye (fellow-eye/) and its decisions per patient (patients/)."""
+    meta, classes, out, common, n_resamples = (
+        job.meta,
+        job.meta["classes"],
+        job.out,
+        job.common,
+        job.n_resamples,
+    )
+    part = job.part
+    images, ok, errors = load_stack([r.path for r in part.records], job.cache, progress=job.progress,
+                                    desc=job.split_name)  # fmt: skip
     records = [part.records[i] for i in ok]
-    prob = predict_proba(model, images, norm["mean"], norm["std"], dev, prec)
+    prob = predict_proba(job.model, images, job.norm["mean"], job.norm["std"], job.device, job.precision)
     groups = np.array([r.group for r in records])
     y = part.labels()[ok]
     fellow_weight = stored_weight(meta.get("calibration"))
     has = np.zeros(len(records), dtype=bool)
     if fellow_weight > 0:  # the same eyes, each with its fellow eye's photograph as evidence
-        predict = paths_predictor(model, cache, norm, dev, prec)
-        fellow_prob, has = fellow_probabilities(predict, records, prob, dataset.source)
+        predict = paths_predictor(job.model, job.cache, job.norm, job.device, job.precision)
+        fellow_prob, has = fellow_probabilities(predict, records, prob, job.dataset.source)
     notes = (
         ["each eye blended with its fellow eye: [fellow-eye/report.md](fellow-eye/report.md)"]
         if has.any()
         else []
     )
     keys = [r.key for r in records]
-    units, linked, link_notes = _held_out_links(meta, data, split, split_name, keys, groups, y, prob, classes)
+    units, linked, link_notes = _held_out_links(meta, job.data, job.split, job.split_name, keys, groups, y, prob,
+                                                classes)  # fmt: skip
     notes = notes + link_notes
     main = common | {"level": "eye", **linked, "notes": notes}
-    if by:
-        section = _subgroups(by, [subgroup_cells.get(r.key, "") for r in records], y, prob,
+    if job.by:
+        section = _subgroups(job.by, [job.cells.get(r.key, "") for r in records], y, prob,
                              groups if units is None else units, meta, out, n_resamples, "eyes")  # fmt: skip
         main |= {"subgroups": section["subgroups"], "notes": notes + section["notes"]}
-    report = _score(main, y, prob, groups, keys, meta, out, metrics_csv, n_resamples, [m for _, m in errors],
+    report = _score(main, y, prob, groups, keys, meta, out, job.metrics_csv, n_resamples, [m for _, m in errors],
                     units)  # fmt: skip
     if has.any():
         note = (f"each eye blended with its fellow eye (weight {fellow_weight:.2f}, fitted on validation); "
