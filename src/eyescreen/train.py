@@ -261,6 +261,49 @@ def _first(listed: str, total: int, shown: int) -> str:
     return listed + (f"; and {total - shown} more" if total > shown else "")
 
 
+def class_loss(
+    cfg: TrainConfig, labels: torch.Tensor, n_classes: int, device
+) -> tuple[nn.Module, torch.Tensor]:
+    """The class loss (cross-entropy, weighted by class where asked) and the log-prior its logits are
+    shifted by under logit adjustment, from the training eyes' `labels` (-1: no class)."""
+    counts = torch.bincount(labels[labels >= 0], minlength=n_classes).double().clamp_min(1)
+    weights = None
+    if cfg.class_weighting == "balanced":
+        weights = (counts.sum() / (len(counts) * counts)).float().to(device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    # Logit adjustment: train on logits + tau * log(prior) so the model itself is not biased to the
+    # frequent classes; at inference the plain logits are used.
+    log_prior = (cfg.logit_adjust * torch.log(counts / counts.sum())).float().to(device)
+    return loss_fn, log_prior
+
+
+def write_run_files(out: Path, cfg: TrainConfig, classes: list[str], info: dict, skipped: list[str]) -> None:
+    """What a new run writes beside its checkpoints: its settings, how and where it ran, unreadable files."""
+    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "classes": classes}, indent=2))
+    (out / "run_info.json").write_text(json.dumps(info, indent=2))
+    if skipped:
+        (out / "skipped_images.txt").write_text("\n".join(skipped) + "\n")
+
+
+def calibrate_best(
+    best: Path, cfg: TrainConfig, task, val_set, dataset: Dataset, cache, device, precision
+) -> None:
+    """Calibrate the best checkpoint on the validation split (calibrate_checkpoint.py), from the best
+    model's probabilities: a both-eye model's patients and eyes apart, a single-eye model's eyes with
+    their fellow eyes for the fellow-eye weight."""
+    best_model, meta = load_model(best, device)
+    norm = meta["normalization"]
+    if is_binocular(cfg.model):
+        val = both_eyes_validation(task, best_model, val_set, norm, device, precision)
+    else:
+        prob, y_val = task.probabilities(best_model, val_set, norm["mean"], norm["std"], device, precision,
+                                         cfg.channels_last)  # fmt: skip
+        by_key = {r.key: r for r in dataset.records}
+        predict = paths_predictor(best_model, cache, norm, device, precision)
+        val = validation_eyes([by_key[n] for n in val_set.names], prob, y_val, dataset, predict)
+    calibrate_on_validation(best, val, cfg.normal_class)
+
+
 def train(
     cfg: TrainConfig | None,
     data: str | Path,
@@ -379,15 +422,7 @@ def train(
     ema = make_ema(model, cfg.ema)
     evaluated = ema.module if ema else model  # what is validated and saved
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(cfg, e))
-    labelled = train_set.labels[train_set.labels >= 0]
-    counts = torch.bincount(labelled, minlength=len(dataset.classes)).double().clamp_min(1)
-    weights = None
-    if cfg.class_weighting == "balanced":
-        weights = (counts.sum() / (len(counts) * counts)).float().to(device)
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    # Logit adjustment: train on logits + tau * log(prior) so the model itself is not biased to the
-    # frequent classes; at inference the plain logits are used.
-    log_prior = (cfg.logit_adjust * torch.log(counts / counts.sum())).float().to(device)
+    loss_fn, log_prior = class_loss(cfg, train_set.labels, len(dataset.classes), device)
     transform = augment.build(cfg.augment, cfg.image_size, cfg.crop_size, cfg.crop_on_disc)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
@@ -415,18 +450,13 @@ def train(
         history = json.loads(state["history"])
         say(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
     elif ctx.main:
-        info = run_info(argv) | {
+        info = {
             "precision": precision,
             "device": str(device),
             "channels_last": channels_last,
             "processes": ctx.world,
         }
-        (out / "config.json").write_text(
-            json.dumps({"config": asdict(cfg), "classes": dataset.classes}, indent=2)
-        )
-        (out / "run_info.json").write_text(json.dumps(info, indent=2))
-        if train_set.skipped or val_set.skipped:
-            (out / "skipped_images.txt").write_text("\n".join(train_set.skipped + val_set.skipped) + "\n")
+        write_run_files(out, cfg, dataset.classes, run_info(argv) | info, train_set.skipped + val_set.skipped)
 
     resumed_epochs = len(history)  # their pace was another session's, perhaps another machine's
     if save_every is None:
@@ -520,17 +550,7 @@ def train(
                 epoch + 1, cfg.epochs, out, f"continue with: eyescreen train --out {out} --resume"
             )
     if ctx.main and best_epoch > 0:
-        best_model, _ = load_model(out / BEST, device)
-        if is_binocular(cfg.model):  # patients, and the eye head's eyes apart
-            val = both_eyes_validation(
-                task, best_model, val_set, {"mean": mean, "std": std}, device, precision
-            )
-        else:  # single eyes: their fellows give the fellow-eye weight
-            prob, y_val = task.probabilities(best_model, val_set, mean, std, device, precision, channels_last)
-            by_key = {r.key: r for r in val_part.records}
-            predict = paths_predictor(best_model, cache, {"mean": mean, "std": std}, device, precision)
-            val = validation_eyes([by_key[n] for n in val_set.names], prob, y_val, dataset, predict)
-        calibrate_on_validation(out / BEST, val, cfg.normal_class)
+        calibrate_best(out / BEST, cfg, task, val_set, dataset, cache, device, precision)
     distributed.barrier(ctx)
     distributed.teardown(ctx)
     if ctx.main:
