@@ -296,7 +296,7 @@ def test_training_with_a_numeric_findings_column(manifest_with_findings, tmp_pat
     assert "age > " in capsys.readouterr().out  # the head's findings are listed as training starts
 
 
-def test_a_teacher_can_teach_the_eyes_outside_the_classes_too(manifest_with_findings, tmp_path):
+def test_a_teacher_can_teach_the_eyes_outside_the_classes_too(manifest_with_findings, tmp_path, capsys):
     """With --distill-all-eyes the eyes --findings brings in (no class) train towards the teacher's
     probabilities as well: the only difference from the same run without it, so its weights differ."""
     from safetensors.torch import load_file
@@ -306,15 +306,17 @@ def test_a_teacher_can_teach_the_eyes_outside_the_classes_too(manifest_with_find
         preset("quick", **small, epochs=1), manifest_with_findings, tmp_path / "teacher", progress=False
     )
     split = teacher.parent / "split.csv"
-    assert training_findings(
-        load_dataset(manifest_with_findings), _split(split), "findings"
-    ).extra  # some to teach
+    extra = training_findings(load_dataset(manifest_with_findings), _split(split), "findings").extra
+    assert extra  # some to teach
+    capsys.readouterr()
     runs = {}
     for every in (False, True):
         cfg = preset("quick", **small, epochs=2, findings="findings", teacher=str(teacher), distill_weight=5.0,
                      distill_all_eyes=every)  # fmt: skip
         runs[every] = train(cfg, manifest_with_findings, tmp_path / f"every-{every}", split_file=split,
                             progress=False)  # fmt: skip
+        said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("distilling from")]
+        assert said and said[0].endswith(f"; on the {len(extra)} eyes outside the classes too") == every
     alone, every = (load_file(runs[k].parent / "last.safetensors") for k in (False, True))
     assert any(not torch.equal(alone[k], every[k]) for k in alone)
     assert load_model(runs[True])[1]["config"]["distill_all_eyes"] is True

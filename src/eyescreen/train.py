@@ -401,7 +401,8 @@ def train(
         train_set.soft, line = teacher_probabilities(
             cfg.teacher, train_set.paths, dataset.classes, device, precision, cache_dir, show
         )
-        say(line)
+        unclassed = int((train_set.labels < 0).sum())
+        say(line + (f"; on the {unclassed} eyes outside the classes too" if cfg.distill_all_eyes else ""))
     model, model_spec = task.build(cfg.model)
     if cfg.init and not resume:
         from .initial_weights import load_initial_weights
