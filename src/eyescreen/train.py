@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +261,62 @@ def _first(listed: str, total: int, shown: int) -> str:
     return listed + (f"; and {total - shown} more" if total > shown else "")
 
 
+@dataclass
+class Step:
+    """What one optimisation step uses, and a pass over the training eyes in a given order (an epoch)."""
+
+    cfg: TrainConfig
+    task: object  # tasks.SingleEye or BothEyes: batches and the loss
+    net: nn.Module  # what runs forward and backward (DistributedDataParallel under torchrun)
+    model: nn.Module  # the model itself, whose weights EMA averages
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: AveragedModel | None
+    loss_fn: nn.Module
+    log_prior: torch.Tensor
+    transform: object
+    device: torch.device
+    precision: str
+    mean: list
+    std: list
+
+    def epoch(self, train_set, order, batch_size: int, starts) -> tuple[float, int, int, int]:
+        """Train on the eyes `order` names, `batch_size` at a time from each of `starts` (a progress bar
+        over the batches' first positions); returns the summed loss, the eyes of a class named right, those
+        with a class, and the eyes seen."""
+        cfg, device = self.cfg, self.device
+        self.model.train()
+        total_loss, correct, scored, seen = 0.0, 0, 0, 0
+        for start in starts:
+            idx = order[start : start + batch_size]
+            x, mask, y = self.task.batch(train_set, idx, self.transform, device, self.mean, self.std,
+                                         cfg.channels_last)  # fmt: skip
+            mix = None
+            if cfg.mixup:
+                x, mix = mixup(x, cfg.mixup)
+            extra = {}
+            if train_set.soft is not None:
+                extra["teacher"] = teacher_term(train_set.soft[idx].to(device), cfg.distill_weight,
+                                                cfg.distill_all_eyes)  # fmt: skip
+            with autocast(device, self.precision):
+                loss, n_correct, n_scored = self.task.loss(
+                    self.net, x, mask, y, self.loss_fn, self.log_prior, cfg.logit_adjust != 0, mix, **extra
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema:
+                self.ema.update_parameters(self.model)
+            total_loss += loss.item() * len(idx)
+            correct += n_correct
+            scored += n_scored
+            seen += len(idx)
+            if hasattr(starts, "set_postfix"):
+                starts.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / max(scored, 1):.3f}")
+        return total_loss, correct, scored, seen
+
+
 def class_loss(
     cfg: TrainConfig, labels: torch.Tensor, n_classes: int, device
 ) -> tuple[nn.Module, torch.Tensor]:
@@ -426,6 +482,8 @@ def train(
     loss_fn, log_prior = class_loss(cfg, train_set.labels, len(dataset.classes), device)
     transform = augment.build(cfg.augment, cfg.image_size, cfg.crop_size, cfg.crop_on_disc)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    step = Step(cfg, task, net, model, optimizer, scaler, ema, loss_fn, log_prior, transform, device, precision,
+                list(DEFAULT_MEAN), list(DEFAULT_STD))  # fmt: skip
 
     meta = {
         "model": model_spec,
@@ -471,7 +529,6 @@ def train(
     with stop if not ctx.enabled else nullcontext():
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            model.train()
             # The order depends only on (seed, epoch), so a resumed run sees the same batches.
             if cfg.sampler == "balanced":
                 order = distributed.balanced_epoch_indices(train_set.labels, cfg.seed, epoch, ctx)
@@ -479,35 +536,9 @@ def train(
                 order = distributed.epoch_indices(n, cfg.seed, epoch, ctx)
             if len(order) % local_batch == 1:
                 order = order[:-1]  # a batch of one breaks batch normalisation
-            total_loss, correct, scored, seen = 0.0, 0, 0, 0
             bar = tqdm(range(0, len(order), local_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (progress and ctx.main))  # fmt: skip
-            for start in bar:
-                idx = order[start : start + local_batch]
-                x, mask, y = task.batch(train_set, idx, transform, device, mean, std, channels_last)
-                mix = None
-                if cfg.mixup:
-                    x, mix = mixup(x, cfg.mixup)
-                extra = {}
-                if train_set.soft is not None:
-                    extra["teacher"] = teacher_term(
-                        train_set.soft[idx].to(device), cfg.distill_weight, cfg.distill_all_eyes
-                    )
-                with autocast(device, precision):
-                    loss, n_correct, n_scored = task.loss(
-                        net, x, mask, y, loss_fn, log_prior, cfg.logit_adjust != 0, mix, **extra
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if ema:
-                    ema.update_parameters(model)
-                total_loss += loss.item() * len(idx)
-                correct += n_correct
-                scored += n_scored
-                seen += len(idx)
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / max(scored, 1):.3f}")
+            total_loss, correct, scored, seen = step.epoch(train_set, order, local_batch, bar)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             total_loss, correct, scored, seen = distributed.sum_across(ctx, total_loss, correct, scored, seen)
