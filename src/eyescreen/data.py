@@ -410,7 +410,7 @@ def keep_linked_together(dataset: Dataset, split: dict, links: list[list[int]]) 
     for r in dataset.records:
         members.setdefault(r.group, []).append(r)
     split, linked = dict(split), []
-    for names in linked_patient_sets(dataset.records, links):
+    for names in linked_patient_sets([r.group for r in dataset.records], links):
         if len(names) > MAX_LINKED:  # not one person's visits: something else alike (a camera's artefact)
             linked.append((names, None))
             continue

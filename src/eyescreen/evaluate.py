@@ -165,7 +165,7 @@ def _both_eye_reports(job: _Job) -> dict:
                         list(eye_names), eye_meta, out / "eyes", None, job.n_resamples, samples.skipped, units)  # fmt: skip
     main = job.common | {"level": "patient", **linked, "notes": [f"per eye: {n}" for n in link_notes]}
     # linked patients resampled as one person here too
-    people = None if units is None else patient_units([f"patient:{n}" for n in names], eye_patient, units)
+    people = patient_units([f"patient:{n}" for n in names], eye_patient, units)
     if job.by:
         cells = patient_cells(job.part.records, job.cells)
         section = _subgroups(job.by, [cells.get(f"patient:{n}", "") for n in names], y, prob,
@@ -181,14 +181,8 @@ def _both_eye_reports(job: _Job) -> dict:
 def _eye_reports(job: _Job) -> dict:
     """A single-eye model: its report per eye, and beside it, where they apply, the eyes blended with their
     fellow eye (fellow-eye/) and its decisions per patient (patients/)."""
-    meta, classes, out, common, n_resamples = (
-        job.meta,
-        job.meta["classes"],
-        job.out,
-        job.common,
-        job.n_resamples,
-    )
-    part = job.part
+    meta, out, common, n_resamples, part = job.meta, job.out, job.common, job.n_resamples, job.part
+    classes = meta["classes"]
     images, ok, errors = load_stack([r.path for r in part.records], job.cache, progress=job.progress,
                                     desc=job.split_name)  # fmt: skip
     records = [part.records[i] for i in ok]
@@ -230,7 +224,7 @@ def _eye_reports(job: _Job) -> dict:
     if patients is not None:  # the same model judged per patient, for comparison with both-eye models
         names, p_prob, p_y = patients
         note = "a single-eye model; each patient takes its eye with the higher disease score; per eye: [../report.md](../report.md)"
-        people = None if units is None else patient_units([f"patient:{n}" for n in names], groups, units)
+        people = patient_units([f"patient:{n}" for n in names], groups, units)
         sub = _score(common | {"level": "patient", "patient_note": note}, p_y, p_prob, np.array(names), names, meta, out / "patients",
                      None, n_resamples, [], people)  # fmt: skip
         report["patient_level"] = {k: sub[k] for k in ("metrics", "confidence_intervals", "files")}

@@ -16,14 +16,14 @@ import numpy as np
 from .near_duplicates import groups as connected
 
 
-def linked_patient_sets(records: list, links: list[list[int]]) -> list[list[str]]:
-    """The sets of two or more patients (record groups) that `links` (groups of indices into `records`)
-    join, directly or through a chain of links, each in the order the records first name them."""
-    patients = list(dict.fromkeys(r.group for r in records))
-    index = {g: k for k, g in enumerate(patients)}
-    edges = [(index[records[a].group], index[records[b].group], 0.0)
-             for group in links for a, b in pairwise(group) if records[a].group != records[b].group]  # fmt: skip
-    return [[patients[k] for k in together] for together in connected(len(patients), edges)]
+def linked_patient_sets(patients: list[str], links: list[list[int]]) -> list[list[str]]:
+    """The sets of two or more patients that `links` (groups of indices into `patients`, each photograph's
+    patient) join, directly or through a chain of links, each in the order `patients` first names them."""
+    names = list(dict.fromkeys(patients))
+    index = {p: k for k, p in enumerate(names)}
+    edges = [(index[patients[a]], index[patients[b]], 0.0)
+             for group in links for a, b in pairwise(group) if patients[a] != patients[b]]  # fmt: skip
+    return [[names[k] for k in together] for together in connected(len(names), edges)]
 
 
 def recorded_links(records: list, links: list[list[int]], max_patients: int) -> list[list[str]]:
@@ -31,7 +31,8 @@ def recorded_links(records: list, links: list[list[int]], max_patients: int) -> 
     group, leaving out the groups of a patient set (`linked_patient_sets`) of more than `max_patients`:
     not one person's visits but a shared artefact, which `keep_linked_together` leaves where the split
     put it, by the same rule."""
-    crowd = {g for s in linked_patient_sets(records, links) if len(s) > max_patients for g in s}
+    sets = linked_patient_sets([r.group for r in records], links)
+    crowd = {g for s in sets if len(s) > max_patients for g in s}
     kept = []
     for group in links:
         keys = list(dict.fromkeys(records[k].key for k in group))
@@ -56,23 +57,18 @@ def seen_elsewhere(keys: list[str], split: dict, links: list[list[str]], part: s
 def person_units(keys: list[str], patients: list[str], links: list[list[str]]) -> np.ndarray:
     """Each eye's bootstrap unit: its patient id, or, for patients linked to others among these eyes, the
     first id of their set (one person registered twice is resampled as one)."""
-    names = list(dict.fromkeys(patients))
-    index = {p: i for i, p in enumerate(names)}
-    patient_of = dict(zip(keys, patients, strict=True))
-    edges = []
-    for group in links:
-        ids = [index[patient_of[k]] for k in group if k in patient_of]
-        edges += [(a, b, 0.0) for a, b in pairwise(ids) if a != b]
-    unit = {p: p for p in names}
-    for members in connected(len(names), edges):
-        for m in members:
-            unit[names[m]] = names[members[0]]
-    return np.array([unit[p] for p in patients])
+    position = {k: i for i, k in enumerate(keys)}
+    among = [[position[k] for k in group if k in position] for group in links]
+    unit = {p: s[0] for s in linked_patient_sets(list(patients), among) for p in s}
+    return np.array([unit.get(p, p) for p in patients])
 
 
-def patient_units(patients: list[str], eye_patients, eye_units) -> np.ndarray:
+def patient_units(patients: list[str], eye_patients, eye_units) -> np.ndarray | None:
     """The bootstrap unit of each of `patients` (record groups) for a report per patient: its eyes' unit
     (`eye_units`, one per eye of `eye_patients`, from `person_units`), so that linked patients are
-    resampled together there too; a patient without a scored eye is its own unit."""
+    resampled together there too; a patient without a scored eye is its own unit. None where the eyes'
+    units are (the patient ids themselves)."""
+    if eye_units is None:
+        return None
     unit = dict(zip(eye_patients, eye_units, strict=True))
     return np.array([unit.get(p, p) for p in patients])
