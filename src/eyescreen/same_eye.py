@@ -4,14 +4,16 @@ thumbnails that catch copies (near_duplicates) miss it; the vessels do not chang
 
 Each photograph becomes the green channel of its Graham-enhanced 128-px fundus (what training caches
 for the default preset): vessels, lesions and the disc rim on a flat background. Candidates are each
-photograph's nearest neighbours by the inner field at 12 px; each candidate pair is then compared at
-full scale, the inner field of one searched for in the other over shifts of up to 1/8 of the frame and
-rotations of up to 8 degrees (normalised cross-correlation, OpenCV's matchTemplate). Photographs with
-too little detail to compare (a dense cataract, a dark frame, a camera's reflection alone) are left out:
-they look alike to any comparison, nor are a left and a right eye. On ODIR-5K the pairs at 0.85 or more
-are, by eye, one eye each (benchmarks/split_links.py), and of real photographs "photographed again" by a
-simulation the search finds three in four after a mild change, one in three after a strong one
-(benchmarks/same_eye_recall.py; RESULTS "The same eye photographed again, under two patient ids").
+photograph's nearest neighbours by the inner field at 12 px, sharp and blurred; each candidate pair is
+then compared at full scale, the inner field of one searched for in the other over shifts of up to 1/8
+of the frame, rotations of up to 8 degrees and zooms of up to 7% (normalised cross-correlation, OpenCV's
+matchTemplate). Photographs with too little detail to compare (a dense cataract, a dark frame, a
+camera's reflection alone) are left out: they look alike to any comparison, nor are a left and a right
+eye. On ODIR-5K 15 pairs score 0.85 or more; by eye, all but one are one eye each (the other, at 0.85,
+two dull photographs with the same dark half; benchmarks/split_links.py). Of real photographs
+"photographed again" by a simulation the search finds three in four after a mild or moderate change,
+more than half after a strong one (benchmarks/same_eye_recall.py; RESULTS "The same eye photographed
+again, under two patient ids").
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ SIDE = 128  # the comparison's frame: the default preset's cached images
 LIMIT = 0.85  # normalised cross-correlation at which two photographs are taken for one eye
 DETAIL = 12  # grey levels from the flat background of a Graham-enhanced image that count as detail
 MIN_DETAIL = 0.15  # the share of the inner field in detail under which a photograph is not compared
-NEIGHBOURS = 5  # candidates per photograph
+NEIGHBOURS = 3  # candidates per photograph in each view of the shortlist
+SHORTLIST_BLURS = (0, 6)  # px (Gaussian sigma) before the 12-px views: the sharp one ranks a photograph taken
+# again under the same framing first, the blurred one keeps one turned, shifted or zoomed near its original
 COARSE_ANGLES = (-8, -4, 0, 4, 8)  # degrees
 FINE_STEP = 2  # degrees either side of the best coarse angle
+SCALES = (0.93, 0.965, 1.035, 1.07)  # zooms tried at the best angle: another framing of the same eye
 CHUNK = 1024  # rows of the candidate search at a time
 READ_CHUNK = 2048  # photographs read at a time
 
@@ -62,15 +67,28 @@ def detail(images: np.ndarray) -> np.ndarray:
 
 
 def candidates(images: np.ndarray, neighbours: int = NEIGHBOURS) -> list[tuple[int, int]]:
-    """Pairs i < j where j is among i's `neighbours` nearest by the inner field at 12 px, or i among j's."""
-    small = np.stack([cv2.resize(x, (12, 12), interpolation=cv2.INTER_AREA) for x in _inner(images)])
+    """Pairs i < j where j is among i's `neighbours` nearest by the inner field at 12 px, sharp or blurred
+    (SHORTLIST_BLURS), or i among j's."""
+    found: set[tuple[int, int]] = set()
+    for blur in SHORTLIST_BLURS:
+        found |= _nearest(_shortlist_view(images, blur), neighbours)
+    return sorted(found)
+
+
+def _shortlist_view(images: np.ndarray, blur: float) -> np.ndarray:
+    """[N, 144]: each inner field, blurred by `blur` px, at 12 px, centred and of unit length."""
+    inner = (cv2.GaussianBlur(x, (0, 0), blur) if blur else x for x in _inner(images))
+    small = np.stack([cv2.resize(x, (12, 12), interpolation=cv2.INTER_AREA) for x in inner])
     small = small.reshape(len(small), -1).astype(np.float32)
     small -= small.mean(1, keepdims=True)
-    small /= np.linalg.norm(small, axis=1, keepdims=True) + 1e-6
+    return small / (np.linalg.norm(small, axis=1, keepdims=True) + 1e-6)
+
+
+def _nearest(small: np.ndarray, neighbours: int) -> set[tuple[int, int]]:
     k = min(neighbours, len(small) - 1)
     found: set[tuple[int, int]] = set()
     if k < 1:
-        return []
+        return found
     for start in range(0, len(small), CHUNK):
         near = small[start : start + CHUNK] @ small.T
         rows = np.arange(len(near))
@@ -78,24 +96,26 @@ def candidates(images: np.ndarray, neighbours: int = NEIGHBOURS) -> list[tuple[i
         nearest = np.argpartition(-near, k - 1, axis=1)[:, :k]
         for i, row in zip(start + rows, nearest, strict=True):
             found.update((min(i, int(j)), max(i, int(j))) for j in row)
-    return sorted(found)
+    return found
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """The best normalised cross-correlation of `a`'s inner field inside `b`, shifted and turned: every 4
-    degrees first, then 2 degrees either side of the best (7 turns instead of 9 and one direction instead
-    of both: 2.5 times faster, the same pairs found on ODIR-5K)."""
+    """The best normalised cross-correlation of `a`'s inner field inside `b`, shifted, turned and zoomed:
+    every 4 degrees first, then 2 degrees either side of the best (7 turns instead of 9 and one direction
+    instead of both: 2.5 times faster, the same pairs found on ODIR-5K), then the zooms of SCALES at the
+    best turn."""
     scores = {angle: _match(a, b, angle) for angle in COARSE_ANGLES}
     best = max(scores, key=scores.get)
     for angle in (best - FINE_STEP, best + FINE_STEP):
         scores[angle] = _match(a, b, angle)
-    return max(scores.values())
+    best = max(scores, key=scores.get)
+    return max(max(scores.values()), *(_match(a, b, best, scale) for scale in SCALES))
 
 
-def _match(a: np.ndarray, b: np.ndarray, angle: float) -> float:
+def _match(a: np.ndarray, b: np.ndarray, angle: float, scale: float = 1.0) -> float:
     side = b.shape[-1]
     margin = side // 8
-    turn = cv2.getRotationMatrix2D((side / 2, side / 2), angle, 1.0)
+    turn = cv2.getRotationMatrix2D((side / 2, side / 2), angle, scale)
     window = cv2.warpAffine(b, turn, (side, side), borderMode=cv2.BORDER_REFLECT)[
         margin:-margin, margin:-margin
     ]
