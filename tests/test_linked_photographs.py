@@ -95,6 +95,24 @@ def test_an_eye_photographed_again_closer_is_found(tmp_path):
     assert max(same_eye._match(*images, angle) for angle in range(-8, 9, 2)) < same_eye.LIMIT
 
 
+def test_two_dull_eyes_cut_short_in_the_same_place_are_not_taken_for_one(tmp_path):
+    """Two eyes without vessels whose fields of view are cut short alike (an eyelid, a dark corner): their
+    descriptors match by the edge of the cut alone, which is not detail to compare by."""
+    paths = []
+    for k, darker in enumerate((0, 20)):
+        im = Image.new("RGB", (128, 128))
+        draw = ImageDraw.Draw(im)
+        draw.ellipse((6, 6, 122, 122), fill=(170 - darker, 100 - darker, 60))
+        draw.polygon([(6, 20), (60, 30), (45, 60), (70, 90), (30, 122), (6, 122)], fill=(0, 0, 0))
+        draw.ellipse((95, 55, 107, 67), fill=(230, 200, 140))
+        paths.append(tmp_path / f"cut_{k}.jpg")
+        im.filter(ImageFilter.GaussianBlur(1.0)).save(paths[-1], quality=90)
+    images, _ = same_eye.descriptors(paths)
+    assert same_eye.similarity(*images) >= same_eye.LIMIT  # alike to the comparison: the cut
+    assert (same_eye.detail(images) < same_eye.MIN_DETAIL).all()
+    assert same_eye.same_eye_pairs(paths) == []
+
+
 FRACTIONS = dict(val_fraction=0.3, test_fraction=0.3)  # small held-out parts would rarely part them
 
 

@@ -8,12 +8,12 @@ photograph's nearest neighbours by the inner field at 12 px, sharp and blurred; 
 then compared at full scale, the inner field of one searched for in the other over shifts of up to 1/8
 of the frame, rotations of up to 8 degrees and zooms of up to 7% (normalised cross-correlation, OpenCV's
 matchTemplate). Photographs with too little detail to compare (a dense cataract, a dark frame, a
-camera's reflection alone) are left out: they look alike to any comparison, nor are a left and a right
-eye. On ODIR-5K 15 pairs score 0.85 or more; by eye, all but one are one eye each (the other, at 0.85,
-two dull photographs with the same dark half; benchmarks/split_links.py). Of real photographs
-"photographed again" by a simulation the search finds three in four after a mild or moderate change,
-more than half after a strong one (benchmarks/same_eye_recall.py; RESULTS "The same eye photographed
-again, under two patient ids").
+camera's reflection alone) are left out: they look alike to any comparison; the edge of a field of view
+cut short, which two dull photographs dark in the same place share, is not detail. Nor are a left and a
+right eye compared. On ODIR-5K the 14 pairs at 0.85 or more are, by eye, one eye each
+(benchmarks/split_links.py). Of real photographs "photographed again" by a simulation the search finds
+three in four after a mild or moderate change, more than half after a strong one
+(benchmarks/same_eye_recall.py; RESULTS "The same eye photographed again, under two patient ids").
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .preprocess import ImageCache, Preprocessing, default_workers, load_stack
 SIDE = 128  # the comparison's frame: the default preset's cached images
 LIMIT = 0.85  # normalised cross-correlation at which two photographs are taken for one eye
 DETAIL = 12  # grey levels from the flat background of a Graham-enhanced image that count as detail
+EDGE = 6  # px from the edge of the field of view where Graham's enhancement leaves a halo, not detail
 MIN_DETAIL = 0.15  # the share of the inner field in detail under which a photograph is not compared
 NEIGHBOURS = 3  # candidates per photograph in each view of the shortlist
 SHORTLIST_BLURS = (0, 6)  # px (Gaussian sigma) before the 12-px views: the sharp one ranks a photograph taken
@@ -61,9 +62,21 @@ def _inner(images: np.ndarray) -> np.ndarray:
 def detail(images: np.ndarray) -> np.ndarray:
     """[N]: the share of each inner field that stands out from the flat background (vessels, lesions, the
     disc). A lone reflection or a shadow of the camera, which sits in the same place on every photograph
-    it spoils, is too little to compare by."""
-    inner = _inner(images).reshape(len(images), -1).astype(np.int16)
-    return (np.abs(inner - 128) > DETAIL).mean(1)
+    it spoils, is too little to compare by; so is the edge of a field of view cut short (0 outside the
+    field after Graham's enhancement), which two dull photographs dark in the same place would share."""
+    inner = _inner(images)
+    standing_out = np.abs(inner.astype(np.int16) - 128) > DETAIL
+    return (standing_out & ~_near_edge(inner)).reshape(len(images), -1).mean(1)
+
+
+def _near_edge(inner: np.ndarray) -> np.ndarray:
+    """[N, h, w] bool: outside the field of view (0 after Graham's enhancement, in regions wider than a
+    vessel, which can be 0 too) or within EDGE px of it."""
+    wider_than_a_vessel = np.ones((7, 7), np.uint8)
+    edge = np.ones((2 * EDGE + 1, 2 * EDGE + 1), np.uint8)
+    dark = ((x == 0).astype(np.uint8) for x in inner)
+    outside = (cv2.morphologyEx(x, cv2.MORPH_OPEN, wider_than_a_vessel) for x in dark)
+    return np.stack([cv2.dilate(x, edge) for x in outside]).astype(bool)
 
 
 def candidates(images: np.ndarray, neighbours: int = NEIGHBOURS) -> list[tuple[int, int]]:
