@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from eyescreen.cli import main
-from eyescreen.models import cam_target, create_model, describe_model, list_models, split_head
+from eyescreen.models import (
+    GeneralizedMeanPool,
+    cam_target,
+    create_model,
+    describe_model,
+    list_models,
+    split_head,
+)
 
 
 def test_registry_lists_the_study_models():
@@ -11,7 +18,9 @@ def test_registry_lists_the_study_models():
         create_model("vgg", 4)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet18-s2d", "resnet34", "resnet50", "seed-cnn", "tiny-cnn"])
+@pytest.mark.parametrize(
+    "name", ["resnet18", "resnet18-gem", "resnet18-s2d", "resnet34", "resnet50", "seed-cnn", "tiny-cnn"]
+)
 def test_models_build_from_scratch_with_a_spatial_cam_layer(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=5).eval()
@@ -72,6 +81,20 @@ def test_space_to_depth_resnet_sees_twice_the_pixels_at_the_feature_sizes_of_hal
     # Only the stem differs from ResNet-18: the rest keeps its names and shapes.
     rest = {n: p.shape for n, p in plain.named_parameters() if not n.startswith("conv1.")}
     assert rest == {n: p.shape for n, p in s2d.named_parameters() if not n.startswith("conv1.")}
+
+
+def test_generalised_mean_pooling_lets_a_small_strong_response_count():
+    """One strong spot on a quiet 8x8 map: the average dilutes it 64 times, the generalised mean far less,
+    and the generalised mean stays between the average and the maximum."""
+    maps = torch.full((1, 2, 8, 8), 0.1)
+    maps[0, 0, 2, 5] = 5.0  # channel 0: a small lesion; channel 1: nothing
+    gem, mean = GeneralizedMeanPool()(maps).flatten(), maps.mean((-2, -1)).flatten()
+    assert (mean <= gem + 1e-6).all() and (gem <= maps.amax((-2, -1)).flatten() + 1e-6).all()
+    assert gem[0] / gem[1] > 2 * mean[0] / mean[1]
+    model = create_model("resnet18-gem", 4)
+    assert (
+        isinstance(model.avgpool, GeneralizedMeanPool) and create_model("resnet18", 4).fc.in_features == 512
+    )
 
 
 def test_space_to_depth_resnet_names_an_odd_image_size():
