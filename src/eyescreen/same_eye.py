@@ -66,19 +66,20 @@ def detail(images: np.ndarray) -> np.ndarray:
     disc). A lone reflection or a shadow of the camera, which sits in the same place on every photograph
     it spoils, is too little to compare by; so is the edge of a field of view cut short (0 outside the
     field after Graham's enhancement), which two dull photographs dark in the same place would share."""
-    inner = _inner(images)
+    return np.array([_detail(inner) for inner in _inner(images)], dtype=np.float64)
+
+
+def _detail(inner: np.ndarray) -> float:
     standing_out = np.abs(inner.astype(np.int16) - 128) > DETAIL
-    return (standing_out & ~_near_edge(inner)).reshape(len(images), -1).mean(1)
+    return float((standing_out & ~_near_edge(inner)).mean())
 
 
 def _near_edge(inner: np.ndarray) -> np.ndarray:
-    """[N, h, w] bool: outside the field of view (0 after Graham's enhancement, in regions wider than a
-    vessel, which can be 0 too) or within EDGE px of it."""
-    wider_than_a_vessel = np.ones((7, 7), np.uint8)
-    edge = np.ones((2 * EDGE + 1, 2 * EDGE + 1), np.uint8)
-    dark = ((x == 0).astype(np.uint8) for x in inner)
-    outside = (cv2.morphologyEx(x, cv2.MORPH_OPEN, wider_than_a_vessel) for x in dark)
-    return np.stack([cv2.dilate(x, edge) for x in outside]).astype(bool)
+    """Bool, the shape of `inner`: outside the field of view (0 after Graham's enhancement, in a region wider
+    than a vessel, which can be 0 too) or within EDGE px of it."""
+    dark = (inner == 0).astype(np.uint8)
+    outside = cv2.morphologyEx(dark, cv2.MORPH_OPEN, np.ones((7, 7), np.uint8))  # 7 px: wider than a vessel
+    return cv2.dilate(outside, np.ones((2 * EDGE + 1, 2 * EDGE + 1), np.uint8)).astype(bool)
 
 
 def candidates(images: np.ndarray, neighbours: int = NEIGHBOURS) -> list[tuple[int, int]]:
