@@ -281,8 +281,8 @@ class Step:
     std: list
 
     def epoch(self, train_set, order, batch_size: int, starts) -> tuple[float, int, int, int]:
-        """Train on the eyes `order` names, `batch_size` at a time from each of `starts` (a progress bar
-        over the batches' first positions); returns the summed loss, the eyes of a class named right, those
+        """Train on the eyes `order` names, `batch_size` at a time from each of `starts` (a tqdm bar over
+        the batches' first positions, disabled or not); returns the summed loss, the eyes of a class named right, those
         with a class, and the eyes seen."""
         cfg, device = self.cfg, self.device
         self.model.train()
@@ -312,8 +312,7 @@ class Step:
             correct += n_correct
             scored += n_scored
             seen += len(idx)
-            if hasattr(starts, "set_postfix"):
-                starts.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / max(scored, 1):.3f}")
+            starts.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / max(scored, 1):.3f}")
         return total_loss, correct, scored, seen
 
 
@@ -482,8 +481,6 @@ def train(
     loss_fn, log_prior = class_loss(cfg, train_set.labels, len(dataset.classes), device)
     transform = augment.build(cfg.augment, cfg.image_size, cfg.crop_size, cfg.crop_on_disc)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    step = Step(cfg, task, net, model, optimizer, scaler, ema, loss_fn, log_prior, transform, device, precision,
-                list(DEFAULT_MEAN), list(DEFAULT_STD))  # fmt: skip
 
     meta = {
         "model": model_spec,
@@ -523,6 +520,8 @@ def train(
     # the first epoch of each session writes (last_write -inf); best_weights: an improvement not yet written
     last_write, best_weights = -math.inf, None
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
+    step = Step(cfg, task, net, model, optimizer, scaler, ema, loss_fn, log_prior, transform, device, precision,
+                mean, std)  # fmt: skip
     n = len(train_set)
     stop = StopRequest()  # SIGTERM or Ctrl-C: finish the epoch, write it, stop (one process only:
     # under torchrun the processes could disagree on the epoch)
