@@ -129,7 +129,7 @@ def test_a_naming_scheme_that_makes_one_patient_of_many_photographs_is_pointed_o
 def test_near_identical_pairs_are_found_in_every_chunk_of_the_distance_matrix(monkeypatch):
     import numpy as np
 
-    from eyescreen import near_duplicates
+    from eyescreen import components, near_duplicates
 
     rng = np.random.default_rng(0)
     thumbs = rng.integers(0, 256, (50, 768)).astype(np.uint8)
@@ -139,7 +139,7 @@ def test_near_identical_pairs_are_found_in_every_chunk_of_the_distance_matrix(mo
     monkeypatch.setattr(near_duplicates, "CHUNK", 7)  # pairs across chunk boundaries
     found = near_duplicates.distances_within(thumbs)
     assert [(i, j) for i, j, _ in found] == [(3, 37), (20, 49)]
-    assert near_duplicates.groups(50, found + [(37, 45, 0.0)]) == [[3, 37, 45], [20, 49]]
+    assert components.groups(50, found + [(37, 45, 0.0)]) == [[3, 37, 45], [20, 49]]
 
 
 def test_with_a_split_the_copies_that_land_in_two_splits_are_named(tmp_path, capsys):

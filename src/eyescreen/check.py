@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .components import groups
 from .data import SPLITS, linked_apart, read_dataset, read_split
-from .near_duplicates import distances_within, groups, thumbnail
+from .near_duplicates import distances_within, thumbnail
 from .preprocess import MASK_SIDE, ImageError, crop_to_field, read_all, read_image, stored_size
 from .same_eye import same_eye_pairs
 

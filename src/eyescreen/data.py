@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .components import linked_patient_sets
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
 SPLITS = ("train", "val", "test")
 MIN_VAL_PER_CLASS = 10  # validation images of a class below which its sensitivity moves in steps of >10%
@@ -404,8 +406,6 @@ def keep_linked_together(dataset: Dataset, split: dict, links: list[list[int]]) 
     such links is `make_split`'s. A set of more than `MAX_LINKED` patients is left as the split put it:
     one person is not registered that often, and sending them all to train would empty the held-out
     parts. Returns the split and, for each set of linked patients, their ids and their split (None: left)."""
-    from .held_out_links import linked_patient_sets
-
     members: dict[str, list[Record]] = {}
     for r in dataset.records:
         members.setdefault(r.group, []).append(r)

@@ -9,21 +9,9 @@ one split, linked patients are one person: the patient bootstrap resamples them 
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import numpy as np
 
-from .near_duplicates import groups as connected
-
-
-def linked_patient_sets(patients: list[str], links: list[list[int]]) -> list[list[str]]:
-    """The sets of two or more patients that `links` (groups of indices into `patients`, each photograph's
-    patient) join, directly or through a chain of links, each in the order `patients` first names them."""
-    names = list(dict.fromkeys(patients))
-    index = {p: k for k, p in enumerate(names)}
-    edges = [(index[patients[a]], index[patients[b]], 0.0)
-             for group in links for a, b in pairwise(group) if patients[a] != patients[b]]  # fmt: skip
-    return [[names[k] for k in together] for together in connected(len(names), edges)]
+from .components import linked_patient_sets
 
 
 def recorded_links(records: list, links: list[list[int]], max_patients: int) -> list[list[str]]:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
+from .components import groups
 from .preprocess import MASK_SIDE, read_all, read_image
 
 SIDE = 16
@@ -62,16 +61,3 @@ def distances_within(thumbs: np.ndarray, limit: float = LIMIT) -> list[tuple[int
             if start + i < j:
                 found.append((int(start + i), int(j), float(rms[i, j])))
     return found
-
-
-def groups(n: int, pairs: list[tuple[int, int, float]]) -> list[list[int]]:
-    """Connected groups (two or more members) of `n` items joined by `pairs`, each in index order."""
-    if not pairs:
-        return []
-    i, j, _ = zip(*pairs, strict=True)
-    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    members: dict[int, list[int]] = {}
-    for k, label in enumerate(labels):
-        members.setdefault(label, []).append(k)
-    return [m for m in members.values() if len(m) > 1]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from .near_duplicates import copies_among, groups
+from .components import groups
+from .near_duplicates import copies_among
 from .same_eye import same_eye_pairs
 
 
