@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -132,6 +134,32 @@ def test_images_read_on_several_threads_come_back_in_order_with_the_bad_ones_nam
     assert torch.equal(one[0], four[0]) and len(four[0]) == 10
     assert [i for i, _ in four[2]] == [3, 8]
     assert "3.jpg: not a readable image" in four[2][0][1] and "missing.jpg: file not found" in four[2][1][1]
+
+
+def test_cached_images_read_on_several_threads_parse_their_headers_one_at_a_time(tmp_path, monkeypatch):
+    # np.load's header parsing (ast) is not thread-safe in CPython 3.11: reading the cache on threads
+    # failed once with "AST constructor recursion depth mismatch".
+    paths = []
+    for i in range(8):
+        paths.append(tmp_path / f"{i}.jpg")
+        fundus(64, seed=i)[0].save(paths[-1])
+    cache = ImageCache(Preprocessing(32), tmp_path / "cache")
+    first = preprocess.load_stack(paths, cache, progress=False, workers=1)[0]
+    inside, most, load = [0], [0], np.load
+
+    def slow_load(*args, **kwargs):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.005)  # lets the other threads in, were they allowed
+        try:
+            return load(*args, **kwargs)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(np, "load", slow_load)
+    again = preprocess.load_stack(paths, cache, progress=False, workers=4)[0]
+    assert torch.equal(again, first)
+    assert most[0] == 1
 
 
 def test_the_field_of_view_mask_is_scipy_ndimage_s_pixel_for_pixel():

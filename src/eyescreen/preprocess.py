@@ -69,6 +69,11 @@ class Preprocessing:
 
 
 _OPENING = threading.Lock()
+# np.load parses a .npy header with ast.literal_eval, and in CPython 3.11 the AST builder's recursion
+# counter is shared by all threads: a garbage collection that runs Python code mid-parse lets another
+# thread in, and np.load fails with "SystemError: AST constructor recursion depth mismatch" (CPython
+# gh-106905; seen here in a test). Cached images are small, so reading them one at a time costs little.
+_NPY_LOAD = threading.Lock()
 
 
 def read_image(path: str | Path, at_least: int | None = None) -> Image.Image:
@@ -344,7 +349,8 @@ class ImageCache:
         cached = self.root / key[:2] / f"{key}.npy"
         if cached.is_file():
             try:
-                return np.load(cached, allow_pickle=False)
+                with _NPY_LOAD:
+                    return np.load(cached, allow_pickle=False)
             except (OSError, ValueError):
                 pass  # a damaged cache entry is rebuilt below
         array = self.compute(path)
