@@ -34,3 +34,19 @@ def test_two_process_ddp_matches_single_process(synthetic_manifest, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
     assert (single / "split.csv").read_text() == (ddp / "split.csv").read_text()
+
+
+def test_under_torchrun_every_process_follows_the_time_budget_of_the_main_one(synthetic_manifest, tmp_path):
+    # The main process times the first epoch (with validation, which it alone runs) and decides; were the
+    # others to go on to a second epoch on their own, the run would hang in its first all-reduce.
+    run = tmp_path / "ddp"
+    overrides = [f"--{k.replace('_', '-')}={v}" for k, v in (SETTINGS | {"epochs": 3}).items()]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "eyescreen", "train", "--data", str(synthetic_manifest), "--out", str(run),
+         "--preset", "quick", "--no-progress", "--time-budget", "0.0001", *overrides],
+        capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.stdout.count("1 of the 3 epochs asked fit") == 1
+    assert (run / "metrics.csv").read_text().count("\n") == 2  # the header and the first epoch

@@ -32,6 +32,10 @@ class TrainConfig:
     enhance: str = setting("none", "structure-aware preprocessing: clahe (green-channel contrast), "
                            "graham (background subtraction of a blurred copy)")  # fmt: skip
     epochs: int = setting(40, "training epochs")
+    # A cosine schedule must know its length before it starts: the first epoch measures this machine.
+    time_budget: float = setting(0.0, "minutes the run may take from its start: after the first epoch, as many "
+                                 "of the epochs asked as fit are scheduled, the learning rate still annealed "
+                                 "to zero at the end; 0 = all epochs asked")  # fmt: skip
     batch_size: int = setting(32, "images per step (the global batch under torchrun)")
     optimizer: str = setting("adam", "optimiser")
     lr: float = setting(0.01, "peak learning rate")
@@ -112,6 +116,8 @@ class TrainConfig:
             )
         if self.crop_on_disc and not self.crop_size:
             raise ValueError("crop_on_disc needs crop_size: it says where training crops are cut")
+        if self.time_budget < 0:
+            raise ValueError("time_budget must be zero (no limit) or more minutes")
         if self.mixup < 0:
             raise ValueError("mixup must be zero (off) or more: the alpha of Beta(alpha, alpha)")
         if self.findings_weight < 0:

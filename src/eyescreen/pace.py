@@ -14,3 +14,10 @@ def time_left(history: list[dict], epochs: int) -> str:
     minutes = round(seconds / 60)
     text = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
     return f"about {text} left"
+
+
+def epochs_within(budget_s: float, elapsed_s: float, epoch_s: float, done: int, asked: int) -> int:
+    """How many epochs a run can have in all within `budget_s` seconds: the `done` ones, plus as many as the
+    time left holds at `epoch_s` each (the pace so far); never more than `asked`, nor fewer than `done`."""
+    more = int(max(budget_s - elapsed_s, 0.0) // max(epoch_s, 1e-9))
+    return max(done, min(asked, done + more))

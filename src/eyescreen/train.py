@@ -62,7 +62,7 @@ from .inference import autocast, paths_predictor, resolve_device, resolve_precis
 from .initial_weights import check_held_out
 from .metrics import headline_metrics
 from .models import is_binocular
-from .pace import time_left
+from .pace import epochs_within, time_left
 from .photo_links import linked as linked_photographs
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
 from .stopping import StopRequest
@@ -340,6 +340,44 @@ def write_run_files(out: Path, cfg: TrainConfig, classes: list[str], info: dict,
         (out / "skipped_images.txt").write_text("\n".join(skipped) + "\n")
 
 
+def budget_decision(cfg: TrainConfig, history: list[dict], resumed_epochs: int, started: float) -> dict:
+    """After the first epoch: how many of `cfg.epochs` fit `cfg.time_budget` at the pace of that epoch
+    (validation included), as the run records it. Elapsed time counts from this session's start, plus
+    earlier sessions' epochs (not their start-up)."""
+    elapsed = time.perf_counter() - started + sum(row["seconds"] for row in history[:resumed_epochs])
+    epoch_s = history[-1]["seconds"]
+    epochs = epochs_within(cfg.time_budget * 60, elapsed, epoch_s, len(history), cfg.epochs)
+    return {"minutes": cfg.time_budget, "epochs_asked": cfg.epochs, "epochs": epochs,
+            "first_epoch_seconds": epoch_s, "seconds_before_the_second_epoch": round(elapsed, 1)}  # fmt: skip
+
+
+def shortened(cfg: TrainConfig, budget: dict, optimizer, scheduler, next_epoch: int) -> TrainConfig:
+    """`cfg` with the epochs the budget chose, and the optimiser's learning rate for `next_epoch` on that
+    shorter schedule (the scheduler's own lambda reads the new config from then on)."""
+    cfg = replace(cfg, epochs=budget["epochs"])
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * lr_factor(cfg, next_epoch)
+    return cfg
+
+
+def budget_line(budget: dict) -> str:
+    fit = (f"all {budget['epochs_asked']} epochs asked fit" if budget["epochs"] == budget["epochs_asked"] else
+           f"{budget['epochs']} of the {budget['epochs_asked']} epochs asked fit; the learning-rate schedule is "
+           "shortened to end with them")  # fmt: skip
+    return (
+        f"time budget {budget['minutes']:g} min: {budget['seconds_before_the_second_epoch']:.0f} s so far, "
+        f"{budget['first_epoch_seconds']:.0f} s an epoch: {fit}"
+    )
+
+
+def record_budget(out: Path, cfg: TrainConfig, classes: list[str], budget: dict) -> None:
+    """config.json holds the epochs the run will have; run_info.json how the budget chose them."""
+    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "classes": classes}, indent=2))
+    info_path = out / "run_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info_path.write_text(json.dumps(info | {"time_budget": budget}, indent=2))
+
+
 def calibrate_best(
     best: Path, cfg: TrainConfig, task, val_set, dataset: Dataset, cache, device, precision
 ) -> None:
@@ -377,6 +415,7 @@ def train(
     ends `save_every` seconds or more after the previous write (None: every epoch on a CPU, 30 s on a
     GPU, where writing them every epoch would take a fifth of the time; benchmarks/checkpoint_write.py).
     An interrupted run resumes from the last write."""
+    started = time.perf_counter()  # what --time-budget counts from
     out = Path(out_dir)
     if resume:
         state = load_state(out / "resume.pt")
@@ -504,6 +543,7 @@ def train(
             ema.load_state_dict(state["ema"])
         start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
         history = json.loads(state["history"])
+        budget = saved.get("budget")
         say(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
     elif ctx.main:
         info = {
@@ -514,6 +554,8 @@ def train(
         }
         write_run_files(out, cfg, dataset.classes, run_info(argv) | info, train_set.skipped + val_set.skipped)
 
+    if not resume:
+        budget = None  # the time budget's decision, once made (after the first epoch)
     resumed_epochs = len(history)  # their pace was another session's, perhaps another machine's
     if save_every is None:
         save_every = 0.0 if device.type == "cpu" else GPU_SAVE_EVERY
@@ -527,6 +569,11 @@ def train(
     # under torchrun the processes could disagree on the epoch)
     with stop if not ctx.enabled else nullcontext():
         for epoch in range(start_epoch, cfg.epochs):
+            if ctx.enabled and cfg.time_budget and epoch == 1:  # the main process chose after the first epoch
+                budget = distributed.from_main(ctx, budget)
+                cfg = shortened(cfg, budget, optimizer, scheduler, epoch)
+            if epoch >= cfg.epochs:
+                break  # the time budget shortened the run
             t0 = time.perf_counter()
             # The order depends only on (seed, epoch), so a resumed run sees the same batches.
             if cfg.sampler == "balanced":
@@ -559,6 +606,12 @@ def train(
             }  # fmt: skip
             history.append(row)
             _write_log(out / "metrics.csv", history)
+            if cfg.time_budget and budget is None:  # the first epoch: its pace says how many more fit
+                budget = budget_decision(cfg, history, resumed_epochs, started)
+                cfg = shortened(cfg, budget, optimizer, scheduler, epoch + 1)
+                meta["config"] = asdict(cfg)  # what this epoch's checkpoints and resume state say
+                say(budget_line(budget))
+                record_budget(out, cfg, dataset.classes, budget)
             score = val[cfg.select_metric]
             score = -math.inf if math.isnan(score) else score
             epoch_meta = meta | {"epoch": epoch + 1, "val_metrics": val}
@@ -571,7 +624,8 @@ def train(
                     "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
                     "rng": torch.get_rng_state(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                     "history": json.dumps(history),
-                    "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes, "links": links}),
+                    "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes, "links": links,
+                                        "budget": budget}),
                 }  # fmt: skip
                 write_checkpoints(out, best_weights, (evaluated, epoch_meta), resume_state)
                 last_write, best_weights = time.perf_counter(), None

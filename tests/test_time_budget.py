@@ -1,0 +1,98 @@
+"""`train --time-budget`: after the first epoch, as many of the epochs asked as fit the minutes given."""
+
+import json
+
+import pytest
+
+from eyescreen import checkpoint as ckpt
+from eyescreen import train as train_module
+from eyescreen.checkpoint import load_model, load_state
+from eyescreen.cli import main
+from eyescreen.pace import epochs_within
+from eyescreen.train import lr_factor, train
+from interrupt import interrupted_after_saves
+from test_pipeline import tiny_config
+
+
+def epochs_logged(run) -> int:
+    return (run / "metrics.csv").read_text().count("\n") - 1
+
+
+def test_the_epochs_that_fit_are_those_done_plus_what_the_time_left_holds():
+    assert epochs_within(600, 100, 50, 1, 60) == 11  # 500 s left: 10 more epochs of 50 s
+    assert epochs_within(600, 100, 50, 1, 8) == 8  # never more than asked
+    assert epochs_within(600, 700, 50, 1, 60) == 1  # over budget already: stop after the epoch done
+    assert epochs_within(600, 599, 50, 2, 60) == 2
+
+
+def test_a_budget_spent_by_the_first_epoch_ends_the_run_there_calibrated_and_said(
+    synthetic_manifest, tmp_path, capsys
+):
+    best = train(
+        tiny_config(epochs=4, time_budget=1e-4), synthetic_manifest, tmp_path / "run", progress=False
+    )
+    out = capsys.readouterr().out
+    assert "time budget 0.0001 min" in out and "1 of the 4 epochs asked fit" in out
+    assert epochs_logged(tmp_path / "run") == 1
+    _, meta = load_model(best)
+    assert meta["config"]["epochs"] == 1 and meta["config"]["time_budget"] == 1e-4
+    assert "temperature" in meta["calibration"]  # the run ends as any other: calibrated on validation
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["epochs"] == 1
+    budget = json.loads((tmp_path / "run" / "run_info.json").read_text())["time_budget"]
+    assert budget["epochs_asked"] == 4 and budget["epochs"] == 1
+    assert budget["first_epoch_seconds"] > 0
+
+
+def test_a_budget_that_holds_every_epoch_changes_nothing(synthetic_manifest, tmp_path, capsys):
+    train(tiny_config(epochs=3, time_budget=600), synthetic_manifest, tmp_path / "run", progress=False)
+    assert "all 3 epochs asked fit" in capsys.readouterr().out
+    assert epochs_logged(tmp_path / "run") == 3
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    assert float(rows[-1].split(",")[1]) == pytest.approx(3e-3 * lr_factor(tiny_config(epochs=3), 2))
+
+
+def test_the_pace_of_the_first_epoch_sets_the_epochs_and_the_schedule_ends_at_zero(
+    synthetic_manifest, tmp_path, monkeypatch, capsys
+):
+    seen, real = [], train_module.epochs_within
+
+    def as_if_100_s_an_epoch(budget_s, elapsed_s, epoch_s, done, asked):
+        seen.append((budget_s, elapsed_s, epoch_s, done, asked))
+        return real(budget_s, 100.0, 100.0, done, asked)  # a slow machine: one epoch took 100 s
+
+    monkeypatch.setattr(train_module, "epochs_within", as_if_100_s_an_epoch)
+    run = tmp_path / "run"
+    train(tiny_config(epochs=6, time_budget=5), synthetic_manifest, run, progress=False)  # 300 s: 1 + 2
+    assert len(seen) == 1 and seen[0][0] == 300 and seen[0][3:] == (1, 6)
+    assert 0 < seen[0][2] <= seen[0][1]  # the real first epoch, within the real time since the start
+    assert "3 of the 6 epochs asked fit" in capsys.readouterr().out
+    assert epochs_logged(run) == 3
+    rows = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    shortened = tiny_config(epochs=3)
+    for epoch, row in enumerate(rows):  # as a 3-epoch run's schedule from the first epoch on
+        assert float(row[1]) == pytest.approx(3e-3 * lr_factor(shortened, epoch))
+    state = load_state(run / "resume.pt")
+    assert json.loads(state["meta"])["config"]["epochs"] == 3
+    _, meta = load_model(run / "best.safetensors")
+    assert meta["config"]["epochs"] == 3
+
+
+def test_a_resumed_run_keeps_the_epochs_its_budget_chose(synthetic_manifest, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    with interrupted_after_saves(monkeypatch, train_module, saves=2):  # decided after the first epoch
+        train(tiny_config(epochs=3, time_budget=600), synthetic_manifest, run, progress=False)
+    state = load_state(run / "resume.pt")
+    assert json.loads(state["meta"])["budget"]["epochs"] == 3
+    state["history"] = json.dumps([row | {"seconds": 1e6} for row in json.loads(state["history"])])
+    ckpt.save_state(run / "resume.pt", state)  # a pace that would leave no time, were it asked again
+    train(None, synthetic_manifest, run, resume=True, progress=False)
+    assert epochs_logged(run) == 3
+
+
+def test_time_budget_from_the_command_line_and_refused_below_zero(synthetic_manifest, tmp_path, capsys):
+    args = ["train", "--data", str(synthetic_manifest), "--preset", "quick", "--model", "tiny-cnn",
+            "--image-size", "48", "--epochs", "3", "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "a"), "--time-budget", "0.0001"]) == 0
+    assert epochs_logged(tmp_path / "a") == 1
+    assert main([*args, "--out", str(tmp_path / "b"), "--time-budget", "-1"]) != 0
+    assert "time_budget must be zero (no limit) or more minutes" in capsys.readouterr().err
