@@ -534,6 +534,7 @@ def train(
     if links is not None:  # evaluate names held-out eyes with a twin elsewhere (held_out_links)
         meta["linked_photographs"] = links
     start_epoch, best, best_epoch, history = 0, -math.inf, -1, []
+    budget = None  # the time budget's decision, once made (after the first epoch)
     if resume:
         trainable.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -554,8 +555,6 @@ def train(
         }
         write_run_files(out, cfg, dataset.classes, run_info(argv) | info, train_set.skipped + val_set.skipped)
 
-    if not resume:
-        budget = None  # the time budget's decision, once made (after the first epoch)
     resumed_epochs = len(history)  # their pace was another session's, perhaps another machine's
     if save_every is None:
         save_every = 0.0 if device.type == "cpu" else GPU_SAVE_EVERY
