@@ -173,3 +173,36 @@ def test_a_taught_run_starts_when_its_teacher_has_finished(gpu_recipes, monkeypa
     monkeypatch.setattr(gpu_recipes, "start", failing)
     runs = gpu_recipes.train_all(SimpleNamespace(only=None, set=[], out=tmp_path / "failing", deadline=30.0))
     assert [r.state for r in runs] == ["failed (exit 3)", "not started: its teacher teacher failed (exit 3)"]
+
+
+def test_an_ensemble_of_finished_runs_reads_the_test_split_only_past_the_bar(
+    gpu_recipes, synthetic_manifest, tmp_path, monkeypatch
+):
+    import json
+
+    from eyescreen.config import preset
+    from eyescreen.train import train
+
+    out = tmp_path / "runs"
+    tiny = dict(model="tiny-cnn", image_size=32, epochs=1, batch_size=8, precision="fp32")
+    train(preset("quick", seed=1, **tiny), synthetic_manifest, out / "s1", progress=False)
+    train(preset("quick", seed=2, **tiny), synthetic_manifest, out / "s2", split_file=out / "s1" / "split.csv",
+          progress=False)  # fmt: skip
+    opts = SimpleNamespace(out=out, data=synthetic_manifest, eval_deadline=120)
+    folder = out / "ens-s1+s2"
+
+    monkeypatch.setattr(gpu_recipes, "ENSEMBLE_BAR", {"macro_auc": 1.01, "balanced_accuracy": 0.0})
+    row = gpu_recipes.ensemble(["s1", "s2", "never-trained"], opts)
+    assert row["members"] == ["s1", "s2"] and "state" not in row
+    assert 0 <= row["val_macro_auc"] <= 1 and 0 <= row["val_balanced_accuracy_with_fellow"] <= 1
+    assert row["test"] == "not read: validation macro_auc with the fellow eye under the bar"
+    assert (folder / "eval-val" / "report.json").exists() and not (folder / "eval-test").exists()
+
+    monkeypatch.setattr(gpu_recipes, "ENSEMBLE_BAR", {"macro_auc": 0.0, "balanced_accuracy": 0.0})
+    row = gpu_recipes.ensemble(["s1", "s2"], opts)
+    assert "test" not in row and 0 <= row["test_macro_auc_with_fellow"] <= 1
+    report = json.loads((folder / "eval-test" / "report.json").read_text())
+    assert row["test_macro_auc"] == round(report["metrics"]["macro_auc"], 4)
+    assert json.loads((folder / "summary.json").read_text()) == row
+
+    assert gpu_recipes.ensemble(["s1", "never-trained"], opts) is None  # one member is no ensemble
