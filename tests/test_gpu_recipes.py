@@ -191,18 +191,23 @@ def test_an_ensemble_of_finished_runs_reads_the_test_split_only_past_the_bar(
     opts = SimpleNamespace(out=out, data=synthetic_manifest, eval_deadline=120)
     folder = out / "ens-s1+s2"
 
-    monkeypatch.setattr(gpu_recipes, "ENSEMBLE_BAR", {"macro_auc": 1.01, "balanced_accuracy": 0.0})
-    row = gpu_recipes.ensemble(["s1", "s2", "never-trained"], opts)
-    assert row["members"] == ["s1", "s2"] and "state" not in row
-    assert 0 <= row["val_macro_auc"] <= 1 and 0 <= row["val_balanced_accuracy_with_fellow"] <= 1
-    assert row["test"] == "not read: validation macro_auc with the fellow eye under the bar"
-    assert (folder / "eval-val" / "report.json").exists() and not (folder / "eval-test").exists()
-
     monkeypatch.setattr(gpu_recipes, "ENSEMBLE_BAR", {"macro_auc": 0.0, "balanced_accuracy": 0.0})
-    row = gpu_recipes.ensemble(["s1", "s2"], opts)
-    assert "test" not in row and 0 <= row["test_macro_auc_with_fellow"] <= 1
+    row = gpu_recipes.ensemble(["s1", "s2", "never-trained"], opts)
+    assert row["members"] == ["s1", "s2"] and "state" not in row and "test" not in row
+    assert 0 <= row["val_macro_auc"] <= 1 and 0 <= row["val_balanced_accuracy_with_fellow"] <= 1
     report = json.loads((folder / "eval-test" / "report.json").read_text())
     assert row["test_macro_auc"] == round(report["metrics"]["macro_auc"], 4)
+    assert 0 <= row["test_macro_auc_with_fellow"] <= 1
     assert json.loads((folder / "summary.json").read_text()) == row
+
+    # under the bar (the reports above stand in for a second evaluation): the test split is not read
+    calls = []
+    monkeypatch.setattr(gpu_recipes, "_eyescreen", lambda args, *rest: calls.append(args) or True)
+    monkeypatch.setattr(gpu_recipes, "ENSEMBLE_BAR", {"macro_auc": 1.01, "balanced_accuracy": 0.0})
+    row = gpu_recipes.ensemble(["s1", "s2"], opts)
+    assert row["test"] == "not read: validation macro_auc with the fellow eye under the bar"
+    assert [c[0] for c in calls] == ["ensemble", "evaluate"]
+    assert calls[1][calls[1].index("--subset") + 1] == "val"
+    assert "test_macro_auc" not in row
 
     assert gpu_recipes.ensemble(["s1", "never-trained"], opts) is None  # one member is no ensemble
