@@ -41,6 +41,8 @@ def test_a_budget_spent_by_the_first_epoch_ends_the_run_there_calibrated_and_sai
     budget = json.loads((tmp_path / "run" / "run_info.json").read_text())["time_budget"]
     assert budget["epochs_asked"] == 4 and budget["epochs"] == 1
     assert budget["first_epoch_seconds"] > 0
+    assert main(["info", str(best)]) == 0  # the model card says why the run is shorter than its preset
+    assert "time budget: 0.0001 min, in which 1 of the 4 epochs asked fit" in capsys.readouterr().out
 
 
 def test_a_budget_that_holds_every_epoch_changes_nothing(synthetic_manifest, tmp_path, capsys):

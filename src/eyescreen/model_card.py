@@ -161,7 +161,8 @@ def run_record(path: Path) -> dict | None:
         info = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    keys = ("eyescreen", "git_commit", "device", "precision", "processes", "started", "command")
+    keys = ("eyescreen", "git_commit", "device", "precision", "processes", "started", "command",
+            "time_budget")  # fmt: skip
     return {k: info[k] for k in keys if k in info}
 
 
@@ -190,6 +191,9 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
         lines.append(f"recipe: {_recipe_text(recipe)}")
         metric = METRIC_NAMES.get(card["select_metric"], card["select_metric"])
         lines.append(f"selected: epoch {card['selected_epoch']} of {card['epochs']}, by validation {metric}")
+        if budget := (card.get("run") or {}).get("time_budget"):
+            lines.append(f"time budget: {budget['minutes']:g} min, in which {budget['epochs']} of the "
+                         f"{budget['epochs_asked']} epochs asked fit (the first took {budget['first_epoch_seconds']:.0f} s)")  # fmt: skip
     for i, member in enumerate(members, 1):
         where = f"{member['checkpoint']} (sha256 {member['sha256'][:16]}…): " if paths else ""
         auc = member["validation"].get("macro_auc")
