@@ -7,14 +7,15 @@ from __future__ import annotations
 from itertools import pairwise
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 
 def groups(n: int, pairs: list[tuple[int, int, float]]) -> list[list[int]]:
     """Connected groups (two or more members) of `n` items joined by `pairs`, each in index order."""
     if not pairs:
         return []
+    from scipy.sparse import coo_matrix  # here: `data` imports this module, and scipy takes a while
+    from scipy.sparse.csgraph import connected_components
+
     i, j, _ = zip(*pairs, strict=True)
     graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
