@@ -296,8 +296,7 @@ def evaluate(runs: list[Run], opts) -> None:
         if r.state != "finished":
             continue
         for subset in ("val", "test"):
-            cmd = ["evaluate", "--checkpoint", str(r.dir / "best.safetensors"), "--data", str(opts.data),
-                   "--subset", subset, "--out", str(r.dir / f"eval-{subset}"), "--no-progress"]  # fmt: skip
+            cmd = [*_evaluation(r.dir, subset, opts), "--no-progress"]
             log = open(r.dir / f"eval-{subset}.log", "w")
             procs.append(
                 subprocess.Popen([sys.executable, "-m", "eyescreen", *cmd], stdout=log, stderr=log, env=env)

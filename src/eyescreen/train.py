@@ -334,10 +334,14 @@ def class_loss(
 
 def write_run_files(out: Path, cfg: TrainConfig, classes: list[str], info: dict, skipped: list[str]) -> None:
     """What a new run writes beside its checkpoints: its settings, how and where it ran, unreadable files."""
-    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "classes": classes}, indent=2))
+    write_config(out, cfg, classes)
     (out / "run_info.json").write_text(json.dumps(info, indent=2))
     if skipped:
         (out / "skipped_images.txt").write_text("\n".join(skipped) + "\n")
+
+
+def write_config(out: Path, cfg: TrainConfig, classes: list[str]) -> None:
+    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "classes": classes}, indent=2))
 
 
 def budget_decision(cfg: TrainConfig, history: list[dict], resumed_epochs: int, started: float) -> dict:
@@ -372,7 +376,7 @@ def budget_line(budget: dict) -> str:
 
 def record_budget(out: Path, cfg: TrainConfig, classes: list[str], budget: dict) -> None:
     """config.json holds the epochs the run will have; run_info.json how the budget chose them."""
-    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "classes": classes}, indent=2))
+    write_config(out, cfg, classes)
     info_path = out / "run_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     info_path.write_text(json.dumps(info | {"time_budget": budget}, indent=2))
