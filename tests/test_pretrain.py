@@ -170,3 +170,54 @@ def test_sigterm_during_pretraining_finishes_and_writes_the_epoch(synthetic_mani
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     assert load_state(tmp_path / "ssl" / "pretrain-resume.pt")["epoch"] == 0
     assert read_meta(tmp_path / "ssl" / "pretrained.safetensors")["epoch"] == 1
+
+
+def test_time_budget_keeps_the_epochs_that_fit_ends_the_schedule_at_zero_and_resumes_so(
+    synthetic_manifest, tmp_path, monkeypatch, capsys
+):
+    import eyescreen.pace as pace
+    import eyescreen.pretrain as module
+    from eyescreen.checkpoint import load_state
+
+    real, seen = pace.epochs_within, []
+
+    def as_if_100_s_an_epoch(budget_s, elapsed_s, epoch_s, done, asked):
+        seen.append((budget_s, done, asked))
+        return real(budget_s, 100.0, 100.0, done, asked)  # a slow machine: one epoch took 100 s
+
+    monkeypatch.setattr(pace, "epochs_within", as_if_100_s_an_epoch)
+    cfg = PretrainConfig(model="tiny-cnn", image_size=40, epochs=6, batch_size=16, precision="fp32",
+                         lr=0.01, time_budget=5)  # fmt: skip  # 300 s: the first epoch and 2 more
+    with interrupted_after_saves(monkeypatch, module, saves=2):
+        pretrain(cfg, [synthetic_manifest], tmp_path / "ssl", progress=False)
+    assert seen == [(300, 1, 6)]
+    said = capsys.readouterr().out
+    assert "time budget 5 min" in said and "3 of the 6 epochs asked fit" in said
+    state = load_state(tmp_path / "ssl" / "pretrain-resume.pt")
+    assert state["budget"]["epochs"] == 3 and json.loads(state["config"])["epochs"] == 3
+    # the second epoch ran at a 3-epoch schedule's rate (a 6-epoch one would be 0.01 * 0.93)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.75)
+
+    pretrain(None, [synthetic_manifest], tmp_path / "ssl", resume=True, progress=False)  # not decided again
+    assert len(seen) == 1
+    state = load_state(tmp_path / "ssl" / "pretrain-resume.pt")
+    assert state["epoch"] == 2 and state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.25)
+    meta = read_meta(tmp_path / "ssl" / "pretrained.safetensors")
+    assert meta["epoch"] == 3 and meta["pretrain"]["epochs"] == 3
+    assert meta["pretrain"]["budget"]["epochs_asked"] == 6
+    assert main(["info", str(tmp_path / "ssl")]) == 0
+    card = capsys.readouterr().out
+    assert "epoch 3 of 3" in card and "time budget: 5 min, in which 3 of the 6 epochs asked fit" in card
+
+
+def test_time_budget_spent_by_the_first_epoch_ends_there_and_a_negative_one_is_refused(
+    synthetic_manifest, tmp_path, capsys
+):
+    argv = ["pretrain", "--data", str(synthetic_manifest), "--model", "tiny-cnn", "--image-size", "32",
+            "--epochs", "4", "--batch-size", "8", "--precision", "fp32", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "p"), "--time-budget", "0.0001"]) == 0
+    assert "1 of the 4 epochs asked fit" in capsys.readouterr().out
+    assert read_meta(tmp_path / "p" / "pretrained.safetensors")["epoch"] == 1
+    assert main([*argv, "--out", str(tmp_path / "q"), "--time-budget", "-1"]) == 2
+    assert "time_budget must be zero (no limit) or more minutes" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from eyescreen import checkpoint as ckpt
+from eyescreen import pace
 from eyescreen import train as train_module
 from eyescreen.checkpoint import load_model, load_state
 from eyescreen.cli import main
@@ -56,13 +57,13 @@ def test_a_budget_that_holds_every_epoch_changes_nothing(synthetic_manifest, tmp
 def test_the_pace_of_the_first_epoch_sets_the_epochs_and_the_schedule_ends_at_zero(
     synthetic_manifest, tmp_path, monkeypatch, capsys
 ):
-    seen, real = [], train_module.epochs_within
+    seen, real = [], pace.epochs_within
 
     def as_if_100_s_an_epoch(budget_s, elapsed_s, epoch_s, done, asked):
         seen.append((budget_s, elapsed_s, epoch_s, done, asked))
         return real(budget_s, 100.0, 100.0, done, asked)  # a slow machine: one epoch took 100 s
 
-    monkeypatch.setattr(train_module, "epochs_within", as_if_100_s_an_epoch)
+    monkeypatch.setattr(pace, "epochs_within", as_if_100_s_an_epoch)
     run = tmp_path / "run"
     train(tiny_config(epochs=6, time_budget=5), synthetic_manifest, run, progress=False)  # 300 s: 1 + 2
     assert len(seen) == 1 and seen[0][0] == 300 and seen[0][3:] == (1, 6)

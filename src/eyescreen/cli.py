@@ -182,6 +182,7 @@ def _pretrain(args) -> int | None:
         model=args.model, image_size=args.image_size, enhance=args.enhance, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
         precision=args.precision, device=args.device, holdout_split=args.holdout_split,
+        time_budget=args.time_budget,
     )  # fmt: skip
     sources = args.data + args.data_option
     if not sources:

@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-split", default="",
                    help="split file of the fine-tuning run (train's split.csv): its validation and test "
                         "patients' photographs are left out, so they stay unseen")  # fmt: skip
+    p.add_argument("--time-budget", type=float, default=0.0, metavar="MINUTES",
+                   help="minutes the run may take from its start: after the first epoch, as many of the epochs "
+                        "as fit, the learning-rate schedule shortened to end with them (default: 0, no limit)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     _cache_dir(p)
     _no_progress(p)

@@ -128,8 +128,15 @@ def _pretrained_lines(card: dict, paths: bool) -> list[str]:
             if settings.get("holdout_patients")
             else ""
         ),
+        *([_budget_text(budget)] if (budget := settings.get("budget")) else []),
         f"next: eyescreen train --data DATA --init {where}   (fine-tunes it into a classifier)",
     ]
+
+
+def _budget_text(budget: dict) -> str:
+    """Why a run has fewer epochs than were asked: `--time-budget` chose them after the first."""
+    return (f"time budget: {budget['minutes']:g} min, in which {budget['epochs']} of the {budget['epochs_asked']} "
+            f"epochs asked fit (the first took {budget['first_epoch_seconds']:.0f} s)")  # fmt: skip
 
 
 def _recipe(config: dict) -> dict:
@@ -192,8 +199,7 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
         metric = METRIC_NAMES.get(card["select_metric"], card["select_metric"])
         lines.append(f"selected: epoch {card['selected_epoch']} of {card['epochs']}, by validation {metric}")
         if budget := (card.get("run") or {}).get("time_budget"):
-            lines.append(f"time budget: {budget['minutes']:g} min, in which {budget['epochs']} of the "
-                         f"{budget['epochs_asked']} epochs asked fit (the first took {budget['first_epoch_seconds']:.0f} s)")  # fmt: skip
+            lines.append(_budget_text(budget))
     for i, member in enumerate(members, 1):
         where = f"{member['checkpoint']} (sha256 {member['sha256'][:16]}…): " if paths else ""
         auc = member["validation"].get("macro_auc")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 
 def time_left(history: list[dict], epochs: int) -> str:
     """The rest of the run at the pace of its last few epochs, e.g. "about 2 h 10 min left"."""
@@ -21,3 +23,26 @@ def epochs_within(budget_s: float, elapsed_s: float, epoch_s: float, done: int, 
     time left holds at `epoch_s` each (the pace so far); never more than `asked`, nor fewer than `done`."""
     more = int(max(budget_s - elapsed_s, 0.0) // max(epoch_s, 1e-9))
     return max(done, min(asked, done + more))
+
+
+def budget_decision(
+    minutes: float, asked: int, history: list[dict], resumed_epochs: int, started: float
+) -> dict:
+    """After the first epoch: how many of the `asked` epochs fit `minutes` at the pace of that epoch, as a
+    run records it. Elapsed time counts from this session's `started` (a `time.perf_counter()`), plus
+    earlier sessions' epochs (their `history` rows, not their start-up)."""
+    elapsed = time.perf_counter() - started + sum(row["seconds"] for row in history[:resumed_epochs])
+    epoch_s = history[-1]["seconds"]
+    epochs = epochs_within(minutes * 60, elapsed, epoch_s, len(history), asked)
+    return {"minutes": minutes, "epochs_asked": asked, "epochs": epochs,
+            "first_epoch_seconds": epoch_s, "seconds_before_the_second_epoch": round(elapsed, 1)}  # fmt: skip
+
+
+def budget_line(budget: dict) -> str:
+    fit = (f"all {budget['epochs_asked']} epochs asked fit" if budget["epochs"] == budget["epochs_asked"] else
+           f"{budget['epochs']} of the {budget['epochs_asked']} epochs asked fit; the learning-rate schedule is "
+           "shortened to end with them")  # fmt: skip
+    return (
+        f"time budget {budget['minutes']:g} min: {budget['seconds_before_the_second_epoch']:.0f} s so far, "
+        f"{budget['first_epoch_seconds']:.0f} s an epoch: {fit}"
+    )

@@ -13,7 +13,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from .checkpoint import PRETRAINED, load_state, save_model, save_state
 from .data import list_images, read_class_folders, read_manifest
 from .inference import autocast, resolve_device, resolve_precision
 from .models import create_model
-from .pace import time_left
+from .pace import budget_decision, budget_line, time_left
 from .photo_links import without_links_to
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack, normalize
 from .stopping import StopRequest
@@ -48,6 +48,11 @@ class PretrainConfig:
     precision: str = "auto"
     device: str = "auto"
     holdout_split: str = ""  # a fine-tuning split file: its val/test patients are left out
+    time_budget: float = 0.0  # minutes from the start; after the first epoch, as many epochs as fit (0: all)
+
+    def __post_init__(self):
+        if self.time_budget < 0:
+            raise ValueError("time_budget must be zero (no limit) or more minutes")
 
 
 def image_paths(sources: list[str | Path], holdout: frozenset[str] = frozenset()) -> list[Path]:
@@ -100,12 +105,21 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(similarity, partner)
 
 
+def learning_rate(cfg: PretrainConfig, epoch: int) -> float:
+    """Cosine from `cfg.lr` to zero over `cfg.epochs` (a 0-based epoch), read afresh each epoch: a time
+    budget may shorten the run after its first."""
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
 def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path, resume: bool = False,
              cache_dir=None, progress: bool = True) -> Path:  # fmt: skip
     out = Path(out_dir)
+    started = time.perf_counter()  # what a time budget counts from
+    budget = None  # the time budget's decision, once made (after the first epoch)
     if resume:
         state = load_state(out / "pretrain-resume.pt")
         cfg = PretrainConfig(**json.loads(state["config"]))
+        budget = state.get("budget")
     elif (out / "pretrain-resume.pt").exists():
         raise FileExistsError(f"{out}: already holds a pre-training run; use --resume or another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -126,13 +140,11 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
           f"other ids or names), {cfg.epochs} epochs")  # fmt: skip
     model = create_model(cfg.model, cfg.projection_dim).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     transform = views()
     start = 0
     if resume:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start = state["epoch"] + 1
     batch = min(cfg.batch_size, len(images))
@@ -147,11 +159,16 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
             "images": len(ok),
             "holdout_patients": len(holdout),
             "holdout_linked": len(linked),
+            "budget": budget,  # how a time budget chose the epochs, once it has
         },
     }
     paces: list[dict] = []  # this process's epochs: the pace of the machine it runs on
     with StopRequest() as stop:  # SIGTERM or Ctrl-C: finish the epoch, write it, stop
         for epoch in range(start, cfg.epochs):
+            if epoch >= cfg.epochs:
+                break  # the time budget shortened the run
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, epoch)
             model.train()
             began, losses = time.perf_counter(), []
             order = torch.randperm(len(images))
@@ -167,9 +184,13 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
-            scheduler.step()
             mean = sum(losses) / max(len(losses), 1)
             paces.append({"epoch": epoch + 1, "seconds": time.perf_counter() - began})
+            if cfg.time_budget and budget is None:  # the first epoch: its pace says how many more fit
+                budget = budget_decision(cfg.time_budget, cfg.epochs, paces, 0, started)
+                cfg = replace(cfg, epochs=budget["epochs"])
+                meta["pretrain"] |= {"epochs": cfg.epochs, "budget": budget}
+                print(budget_line(budget))
             left = time_left(paces, cfg.epochs)
             print(
                 f"epoch {epoch + 1}/{cfg.epochs}: contrastive loss {mean:.4f} | {paces[-1]['seconds']:.0f}s"
@@ -178,8 +199,7 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
             save_model(out / PRETRAINED, model, meta | {"epoch": epoch + 1, "loss": mean})
             save_state(out / "pretrain-resume.pt", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch,
-                "config": json.dumps(asdict(cfg)),
+                "rng": torch.get_rng_state(), "epoch": epoch, "config": json.dumps(asdict(cfg)), "budget": budget,
             })  # fmt: skip
             stop.stop_if_asked(epoch + 1, cfg.epochs, out, "continue with the same command and --resume")
     return out / PRETRAINED

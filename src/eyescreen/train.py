@@ -62,7 +62,7 @@ from .inference import autocast, paths_predictor, resolve_device, resolve_precis
 from .initial_weights import check_held_out
 from .metrics import headline_metrics
 from .models import is_binocular
-from .pace import epochs_within, time_left
+from .pace import budget_decision, budget_line, time_left
 from .photo_links import linked as linked_photographs
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
 from .stopping import StopRequest
@@ -344,17 +344,6 @@ def write_config(out: Path, cfg: TrainConfig, classes: list[str]) -> None:
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "classes": classes}, indent=2))
 
 
-def budget_decision(cfg: TrainConfig, history: list[dict], resumed_epochs: int, started: float) -> dict:
-    """After the first epoch: how many of `cfg.epochs` fit `cfg.time_budget` at the pace of that epoch
-    (validation included), as the run records it. Elapsed time counts from this session's start, plus
-    earlier sessions' epochs (not their start-up)."""
-    elapsed = time.perf_counter() - started + sum(row["seconds"] for row in history[:resumed_epochs])
-    epoch_s = history[-1]["seconds"]
-    epochs = epochs_within(cfg.time_budget * 60, elapsed, epoch_s, len(history), cfg.epochs)
-    return {"minutes": cfg.time_budget, "epochs_asked": cfg.epochs, "epochs": epochs,
-            "first_epoch_seconds": epoch_s, "seconds_before_the_second_epoch": round(elapsed, 1)}  # fmt: skip
-
-
 def shortened(cfg: TrainConfig, budget: dict, optimizer, scheduler, next_epoch: int) -> TrainConfig:
     """`cfg` with the epochs the budget chose, and the optimiser's learning rate for `next_epoch` on that
     shorter schedule (the scheduler's own lambda reads the new config from then on)."""
@@ -362,16 +351,6 @@ def shortened(cfg: TrainConfig, budget: dict, optimizer, scheduler, next_epoch: 
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
         group["lr"] = base * lr_factor(cfg, next_epoch)
     return cfg
-
-
-def budget_line(budget: dict) -> str:
-    fit = (f"all {budget['epochs_asked']} epochs asked fit" if budget["epochs"] == budget["epochs_asked"] else
-           f"{budget['epochs']} of the {budget['epochs_asked']} epochs asked fit; the learning-rate schedule is "
-           "shortened to end with them")  # fmt: skip
-    return (
-        f"time budget {budget['minutes']:g} min: {budget['seconds_before_the_second_epoch']:.0f} s so far, "
-        f"{budget['first_epoch_seconds']:.0f} s an epoch: {fit}"
-    )
 
 
 def record_budget(out: Path, cfg: TrainConfig, classes: list[str], budget: dict) -> None:
@@ -610,7 +589,7 @@ def train(
             history.append(row)
             _write_log(out / "metrics.csv", history)
             if cfg.time_budget and budget is None:  # the first epoch: its pace says how many more fit
-                budget = budget_decision(cfg, history, resumed_epochs, started)
+                budget = budget_decision(cfg.time_budget, cfg.epochs, history, resumed_epochs, started)
                 cfg = shortened(cfg, budget, optimizer, scheduler, epoch + 1)
                 meta["config"] = asdict(cfg)  # what this epoch's checkpoints and resume state say
                 say(budget_line(budget))
