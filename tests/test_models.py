@@ -19,7 +19,17 @@ def test_registry_lists_the_study_models():
 
 
 @pytest.mark.parametrize(
-    "name", ["resnet18", "resnet18-gem", "resnet18-s2d", "resnet34", "resnet50", "seed-cnn", "tiny-cnn"]
+    "name",
+    [
+        "resnet18",
+        "resnet18-gem",
+        "resnet18-half",
+        "resnet18-s2d",
+        "resnet34",
+        "resnet50",
+        "seed-cnn",
+        "tiny-cnn",
+    ],
 )
 def test_models_build_from_scratch_with_a_spatial_cam_layer(name):
     torch.manual_seed(0)
@@ -95,6 +105,29 @@ def test_generalised_mean_pooling_lets_a_small_strong_response_count():
     assert (
         isinstance(model.avgpool, GeneralizedMeanPool) and create_model("resnet18", 4).fc.in_features == 512
     )
+
+
+def test_half_width_resnet_is_resnet18_with_half_the_channels_and_full_size_maps():
+    """The same layers, blocks and strides as ResNet-18 (names included, which initial weights and CAMs
+    rely on), each with half the channels: a quarter of the weights, the same feature-map sizes."""
+    torch.manual_seed(0)
+    half, full = create_model("resnet18-half", 4), create_model("resnet18", 4)
+    shapes = {name: p.shape for name, p in half.named_parameters()}
+    for name, p in full.named_parameters():
+        expected = tuple(n // 2 if i < 2 and n > 4 else n for i, n in enumerate(p.shape))
+        if name.startswith("conv1"):
+            expected = (32, 3, 7, 7)  # the first layer sees the 3 colours
+        assert shapes.pop(name) == expected, name
+    assert not shapes
+    maps = {}
+    for model in (half, full):
+        model.layer4.register_forward_hook(lambda m, i, o: maps.update({m: o.shape}))  # returns None
+        model.eval()(torch.randn(1, 3, 256, 256))
+    assert [tuple(s) for s in maps.values()] == [(1, 256, 8, 8), (1, 512, 8, 8)]
+    convs = [m.weight for m in half.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(
+        0.5 < w.std() * (w.shape[0] * w[0, 0].numel()) ** 0.5 / 2**0.5 < 1.5 for w in convs
+    )  # He, fan-out
 
 
 def test_space_to_depth_resnet_names_an_odd_image_size():

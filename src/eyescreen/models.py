@@ -132,6 +132,38 @@ def resnet18_s2d(num_classes: int) -> nn.Module:
     return model
 
 
+@register("resnet18-half", cam_layer="layer4", head_layer="fc")
+def resnet18_half(num_classes: int) -> nn.Module:
+    """ResNet-18 at half width (32 to 256 channels): a 256-px image at about a 128-px ResNet-18's cost."""
+    # A quarter of the compute at any size; every layer keeps the full-size feature maps, so the small
+    # lesions of a 256-px photograph reach the deep layers (RESULTS.md, "Half the width at 256 px").
+    from torchvision.models.resnet import BasicBlock
+
+    model = resnet18(num_classes)
+    width = 32
+    model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    for i, stride in enumerate((1, 2, 2, 2)):
+        out = width * 2**i
+        inp = out // 2 if i else width
+        down = None
+        if stride != 1 or inp != out:
+            down = nn.Sequential(
+                nn.Conv2d(inp, out, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out)
+            )
+        setattr(
+            model, f"layer{i + 1}", nn.Sequential(BasicBlock(inp, out, stride, down), BasicBlock(out, out))
+        )
+    model.fc = nn.Linear(width * 8, num_classes)
+    for m in model.modules():  # torchvision's initialisation of its ResNets
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
 class GeneralizedMeanPool(nn.Module):
     """Generalised-mean pooling over the feature map, (mean of x^p)^(1/p) (Radenović et al. 2019): between
     average pooling (p = 1) and max pooling (p large). A few strong responses, such as the small lesions of
