@@ -1,4 +1,5 @@
-"""How long the rest of a run will take, said after each epoch: long CPU runs should say so early."""
+"""The pace of a run: how long the rest will take (said after each epoch: long CPU runs should say so
+early), and how many epochs a time budget holds (`--time-budget`, in train and pretrain)."""
 
 from __future__ import annotations
 
