@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 
+from .pace import check_budget
+
 # Allowed values of the settings that take a name; checked by `TrainConfig.validate` and offered by the CLI.
 CHOICES = {
     "optimizer": ("adam", "adamw", "sgd"),
@@ -116,8 +118,7 @@ class TrainConfig:
             )
         if self.crop_on_disc and not self.crop_size:
             raise ValueError("crop_on_disc needs crop_size: it says where training crops are cut")
-        if self.time_budget < 0:
-            raise ValueError("time_budget must be zero (no limit) or more minutes")
+        check_budget(self.time_budget)
         if self.mixup < 0:
             raise ValueError("mixup must be zero (off) or more: the alpha of Beta(alpha, alpha)")
         if self.findings_weight < 0:

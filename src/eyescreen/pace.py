@@ -19,6 +19,12 @@ def time_left(history: list[dict], epochs: int) -> str:
     return f"about {text} left"
 
 
+def check_budget(minutes: float) -> None:
+    """A time budget is zero (no limit) or some minutes: the check both train's and pretrain's configs make."""
+    if minutes < 0:
+        raise ValueError("time_budget must be zero (no limit) or more minutes")
+
+
 def epochs_within(budget_s: float, elapsed_s: float, epoch_s: float, done: int, asked: int) -> int:
     """How many epochs a run can have in all within `budget_s` seconds: the `done` ones, plus as many as the
     time left holds at `epoch_s` each (the pace so far); never more than `asked`, nor fewer than `done`."""

@@ -26,7 +26,7 @@ from .checkpoint import PRETRAINED, load_state, save_model, save_state
 from .data import list_images, read_class_folders, read_manifest
 from .inference import autocast, resolve_device, resolve_precision
 from .models import create_model
-from .pace import budget_decision, budget_line, time_left
+from .pace import budget_decision, budget_line, check_budget, time_left
 from .photo_links import without_links_to
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack, normalize
 from .stopping import StopRequest
@@ -51,8 +51,7 @@ class PretrainConfig:
     time_budget: float = 0.0  # minutes from the start; after the first epoch, as many epochs as fit (0: all)
 
     def __post_init__(self):
-        if self.time_budget < 0:
-            raise ValueError("time_budget must be zero (no limit) or more minutes")
+        check_budget(self.time_budget)
 
 
 def image_paths(sources: list[str | Path], holdout: frozenset[str] = frozenset()) -> list[Path]:
