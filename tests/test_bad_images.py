@@ -1,5 +1,8 @@
 """A corpus of awkward image files: each is read correctly or refused with a message naming it."""
 
+import errno
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -104,3 +107,15 @@ def test_a_greyscale_fundus_is_noted_as_not_colour_but_not_as_not_a_fundus(tmp_p
     preprocess_image(make(tmp_path, "greyscale"), PREP, notes)
     assert len(notes) == 1 and "greyscale.img: greyscale, not a colour photograph" in notes[0]
     assert "may not be a fundus" not in notes[0]
+
+
+def test_a_file_that_cannot_be_read_is_named_with_the_reason(tmp_path, monkeypatch):
+    path = tmp_path / "eye.png"
+    Image.fromarray(_fundus_array()).save(path)
+
+    def failing_read(self):
+        raise OSError(errno.EIO, "Input/output error")  # a network share gone away mid-read
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read)
+    with pytest.raises(ImageError, match=r"eye\.png: cannot read file \(Input/output error\)"):
+        preprocess_image(path, PREP)

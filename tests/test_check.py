@@ -164,3 +164,32 @@ def test_with_a_split_the_copies_that_land_in_two_splits_are_named(tmp_path, cap
         capsys.readouterr().out
     )
     assert "copies_across_splits" not in check_data(manifest, progress=False)  # no split, no line
+
+
+def test_each_file_is_read_once_for_its_hash_size_and_look(tmp_path, monkeypatch):
+    """A network share pays for every reading: the hash, the stored size, the decode and the thumbnail
+    come from one read of the file (a DICOM's too)."""
+    import builtins
+    import io
+
+    import numpy as np
+
+    from eyescreen.check import _look
+    from synthetic import dicom_file
+
+    fundus(64, seed=3)[0].save(tmp_path / "eye.jpg")
+    dicom_file(tmp_path / "eye.dcm", np.asarray(fundus(64, seed=4)[0]))
+    opened = []
+    real_open = io.open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)
+    for name, size in (("eye.jpg", (64, 64)), ("eye.dcm", (64, 64))):
+        digest, stored, thumb, notes, error = _look(tmp_path / name)
+        assert error is None and stored == size and thumb is not None and len(digest) == 64
+        assert opened == [str(tmp_path / name)], name
+        opened.clear()

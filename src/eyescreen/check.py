@@ -12,7 +12,7 @@ from tqdm import tqdm
 from .components import groups
 from .data import SPLITS, linked_apart, read_dataset, read_split
 from .near_duplicates import distances_within, thumbnail
-from .preprocess import MASK_SIDE, ImageError, crop_to_field, read_all, read_image, stored_size
+from .preprocess import MASK_SIDE, ImageError, crop_to_field, decode_image, read_all, read_file, stored_size
 from .same_eye import same_eye_pairs
 
 
@@ -97,14 +97,17 @@ def check_data(
 
 def _look(path: Path) -> tuple[str | None, tuple[int, int] | None, np.ndarray | None, list[str], str | None]:
     """One file as check-data sees it: content hash, stored size, thumbnail (near_duplicates), warnings, and
-    why it cannot be used (or None). Decoded only as large as the field-of-view search looks, which makes a
-    camera's photograph several times faster; the size reported is the stored one."""
-    if not path.is_file():
-        return None, None, None, [], f"{path}: file not found"
-    digest, size, notes = hashlib.sha256(path.read_bytes()).hexdigest(), None, []
+    why it cannot be used (or None). The file is read once, for all of them (a network share pays for each
+    reading); it is decoded only as large as the field-of-view search looks, which makes a camera's
+    photograph several times faster; the size reported is the stored one."""
     try:
-        im = read_image(path, at_least=MASK_SIDE)
-        size = stored_size(path)
+        data = read_file(path)
+    except ImageError as e:
+        return None, None, None, [], str(e)
+    digest, size, notes = hashlib.sha256(data).hexdigest(), None, []
+    try:
+        im = decode_image(data, path, at_least=MASK_SIDE)
+        size = stored_size(data)
         crop_to_field(im, path, notes)
     except ImageError as e:
         return digest, size, None, notes, str(e)

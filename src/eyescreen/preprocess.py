@@ -10,6 +10,7 @@ is decoded only as large as the model needs, and many files are read on threads 
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -82,69 +83,90 @@ def read_image(path: str | Path, at_least: int | None = None) -> Image.Image:
     `at_least`: a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling: a camera's
     12-megapixel photograph decodes several times faster) as long as both sides keep this many pixels."""
     path = Path(path)
+    return decode_image(read_file(path), path, at_least)
+
+
+def read_file(path: str | Path) -> bytes:
+    """The bytes of an image file, read once (check-data hashes and decodes the same bytes), or an
+    ImageError naming the file."""
+    path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: file not found")
-    if path.stat().st_size == 0:
+    try:
+        data = path.read_bytes()
+    except OSError as e:  # no permission, a network share gone away
+        raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from None
+    if not data:
         raise ImageError(f"{path}: empty file (0 bytes)")
-    if _is_dicom(path):
-        return _read_dicom(path)
+    return data
+
+
+def decode_image(data: bytes, source: str | Path, at_least: int | None = None) -> Image.Image:
+    """`read_image` on a file's bytes; `source` names the file in errors."""
+    if _is_dicom(data):
+        return _read_dicom(data, source)
     try:
         # Pillow checks the size as it opens the file, before decoding; catch_warnings changes
         # process-wide state, so threads reading images (load_stack) take turns for the opening only.
         with _OPENING, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(path)
+            opened = Image.open(io.BytesIO(data))
         with opened as im:
             if at_least and im.format == "JPEG":
                 im.draft(im.mode, (at_least, at_least))
             im.load()
             im = ImageOps.exif_transpose(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: image too large to decode safely ({e})") from None
+        raise ImageError(f"{source}: image too large to decode safely ({e})") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not a readable image (unknown or unsupported format)") from None
+        raise ImageError(f"{source}: not a readable image (unknown or unsupported format)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from None
+        raise ImageError(f"{source}: cannot decode image ({e})") from None
     return _to_rgb(im)
 
 
-def stored_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image file as `read_image` reads it whole (EXIF orientation applied), from its
-    header alone. For a file `read_image` has read: it does not check the file again."""
-    path = Path(path)
-    if _is_dicom(path):
+def stored_size(image: str | Path | bytes) -> tuple[int, int]:
+    """(width, height) of an image file (its path or its bytes) as `read_image` reads it whole (EXIF
+    orientation applied), from its header alone. For a file `read_image` has read: it does not check the
+    file again."""
+    if isinstance(image, bytes):
+        dicom, opened = _is_dicom(image), io.BytesIO(image)
+    else:
+        with open(image, "rb") as f:
+            dicom, opened = _is_dicom(f.read(132)), image
+    if dicom:
         import pydicom
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(opened, stop_before_pixels=True)
         return int(ds.Columns), int(ds.Rows)
-    with Image.open(path) as im:
+    with Image.open(opened) as im:
         width, height = im.size
         orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # turned by 90 degrees
 
 
-def _is_dicom(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(128)
-        return f.read(4) == b"DICM"
+def _is_dicom(head: bytes) -> bool:
+    return head[128:132] == b"DICM"
 
 
-def _read_dicom(path: Path) -> Image.Image:
+def _read_dicom(data: bytes, source: str | Path) -> Image.Image:
     """Ophthalmic photography stored as DICOM, read with pydicom (colour or monochrome, one frame)."""
     try:
         import pydicom
     except ImportError:
-        raise ImageError(f"{path}: DICOM file, but pydicom is not installed (pip install pydicom)") from None
+        raise ImageError(
+            f"{source}: DICOM file, but pydicom is not installed (pip install pydicom)"
+        ) from None
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as e:  # pydicom raises many types for damaged files
-        raise ImageError(f"{path}: cannot read DICOM ({e})") from None
+        raise ImageError(f"{source}: cannot read DICOM ({e})") from None
     if "PixelData" not in ds:
-        raise ImageError(f"{path}: DICOM without pixel data (no image in this file)")
+        raise ImageError(f"{source}: DICOM without pixel data (no image in this file)")
     try:
         pixels = ds.pixel_array
     except Exception as e:  # e.g. a compressed transfer syntax without a decoder installed
-        raise ImageError(f"{path}: cannot decode DICOM pixel data ({e})") from None
+        raise ImageError(f"{source}: cannot decode DICOM pixel data ({e})") from None
     if getattr(ds, "NumberOfFrames", 1) not in (None, 1) and pixels.ndim >= 3 and pixels.shape[0] > 1:
         pixels = pixels[0]  # a multi-frame series: the first frame
     if ds.get("PhotometricInterpretation", "").startswith("YBR"):
