@@ -200,6 +200,7 @@ def test_folder_scan_names_the_files_it_left_aside(checkpoints, folder, tmp_path
     (folder / "._0_right.jpg").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource-fork copy
     (folder / ".thumbs").mkdir()
     fundus(64, None, seed=51)[0].save(folder / ".thumbs" / "0_right.jpg")
+    (folder / "moved.jpg").symlink_to(tmp_path / "archive" / "moved.jpg")  # its target moved away
 
     out = tmp_path / "predictions.csv"
     assert (
@@ -212,6 +213,8 @@ def test_folder_scan_names_the_files_it_left_aside(checkpoints, folder, tmp_path
     assert "left aside, not images by their names: 2 files (" in err and ".txt: 1" in err and ".gif: 1" in err
     names = {row["file"].split("/")[-1] for row in rows(out)}
     assert "extra.webp" in names and "broken.jpg" in names  # a bad image with an image's name is reported
+    moved = next(row for row in rows(out) if row["file"].endswith("moved.jpg"))
+    assert "moved.jpg: broken link (to " in moved["error"] and "which does not exist" in moved["error"]
     assert not any(row["file"].count("/.") for row in rows(out))  # hidden files are not photographs
 
     empty = tmp_path / "nothing"

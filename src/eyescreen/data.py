@@ -289,7 +289,9 @@ def scan_images(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
             found.append(p)
             continue
         for q in sorted(p.rglob("*")):
-            if q.is_file() and not any(part.startswith(".") for part in q.relative_to(p).parts):
+            # a link whose target is gone is kept: the loader names it, rather than it going missing unsaid
+            broken = q.is_symlink() and not q.exists()
+            if (q.is_file() or broken) and not any(part.startswith(".") for part in q.relative_to(p).parts):
                 (found if q.suffix.lower() in IMAGE_EXTENSIONS else others).append(q)
     return found, others
 

@@ -90,8 +90,7 @@ def read_file(path: str | Path) -> bytes:
     """The bytes of an image file, read once (check-data hashes and decodes the same bytes), or an
     ImageError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: file not found")
+    must_exist(path)
     try:
         data = path.read_bytes()
     except OSError as e:  # no permission, a network share gone away
@@ -99,6 +98,16 @@ def read_file(path: str | Path) -> bytes:
     if not data:
         raise ImageError(f"{path}: empty file (0 bytes)")
     return data
+
+
+def must_exist(path: Path) -> None:
+    """An ImageError unless `path` is a file: not found, or a link whose target is gone (a data folder
+    moved from under its links)."""
+    if path.is_file():
+        return
+    if path.is_symlink() and not path.exists():
+        raise ImageError(f"{path}: broken link (to {os.readlink(path)}, which does not exist)")
+    raise ImageError(f"{path}: file not found")
 
 
 def decode_image(data: bytes, source: str | Path, at_least: int | None = None) -> Image.Image:
@@ -365,8 +374,7 @@ class ImageCache:
 
     def get(self, path: str | Path) -> np.ndarray:
         path = Path(path)
-        if not path.is_file():
-            raise ImageError(f"{path}: file not found")
+        must_exist(path)
         key = self.key(path)
         cached = self.root / key[:2] / f"{key}.npy"
         if cached.is_file():
