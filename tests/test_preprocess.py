@@ -45,6 +45,7 @@ def test_exif_orientation_is_applied(tmp_path):
     im.save(path, exif=exif)
     assert read_image(path).size == (40, 60)
     assert preprocess.stored_size(path) == (40, 60)  # from the header, turned the same way
+    assert preprocess.stored_size(path.read_bytes()) == (40, 60)  # check-data's: the bytes it read
     im.save(tmp_path / "upright.png")
     assert preprocess.stored_size(tmp_path / "upright.png") == (60, 40)
 
