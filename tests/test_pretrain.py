@@ -210,6 +210,30 @@ def test_time_budget_keeps_the_epochs_that_fit_ends_the_schedule_at_zero_and_res
     assert "epoch 3 of 3" in card and "time budget: 5 min, in which 3 of the 6 epochs asked fit" in card
 
 
+def test_pre_training_that_slows_after_the_first_epoch_is_shortened_again(synthetic_manifest, tmp_path,
+                                                                       monkeypatch, capsys):  # fmt: skip
+    import eyescreen.pace as pace
+    from test_time_budget import _as_if_started
+
+    real_decision, real_revision = pace.budget_decision, pace.budget_revision
+
+    def paced(history):  # as if the first epoch took 90 s and every later one 180 s
+        return [row | {"seconds": 90.0 if row["epoch"] == 1 else 180.0} for row in history]
+
+    monkeypatch.setattr(pace, "budget_decision", lambda minutes, asked, history, resumed, started: real_decision(
+        minutes, asked, paced(history), resumed, _as_if_started(90)))  # fmt: skip
+    monkeypatch.setattr(pace, "budget_revision", lambda budget, history, resumed, started: real_revision(
+        budget, paced(history), resumed, _as_if_started(sum(r["seconds"] for r in paced(history)))))  # fmt: skip
+    cfg = PretrainConfig(model="tiny-cnn", image_size=32, epochs=8, batch_size=16, precision="fp32",
+                         time_budget=10)  # fmt: skip  # 6 epochs fit at 90 s, 4 once they take 180 s
+    pretrain(cfg, [synthetic_manifest], tmp_path / "ssl", progress=False)
+    said = capsys.readouterr().out
+    assert "6 of the 8 epochs asked fit" in said and "slowed to 135 s" in said
+    meta = read_meta(tmp_path / "ssl" / "pretrained.safetensors")
+    assert meta["epoch"] == 4 and meta["pretrain"]["epochs"] == 4
+    assert [r["after_epoch"] for r in meta["pretrain"]["budget"]["revisions"]] == [2]
+
+
 def test_time_budget_spent_by_the_first_epoch_ends_there_and_a_negative_one_is_refused(
     synthetic_manifest, tmp_path, capsys
 ):

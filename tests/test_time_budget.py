@@ -1,6 +1,7 @@
 """`train --time-budget`: after the first epoch, as many of the epochs asked as fit the minutes given."""
 
 import json
+import time
 
 import pytest
 
@@ -99,3 +100,63 @@ def test_time_budget_from_the_command_line_and_refused_below_zero(synthetic_mani
     assert epochs_logged(tmp_path / "a") == 1
     assert main([*args, "--out", str(tmp_path / "b"), "--time-budget", "-1"]) != 0
     assert "time_budget must be zero (no limit) or more minutes" in capsys.readouterr().err
+
+
+def _as_if_started(seconds: float) -> float:
+    """A `started` for the pace functions such that `seconds` have gone by since."""
+    return time.perf_counter() - seconds
+
+
+def test_a_machine_that_slows_gets_fewer_epochs_and_never_more():
+    budget = {"minutes": 10, "epochs_asked": 8, "epochs": 6, "first_epoch_seconds": 100.0,
+              "seconds_before_the_second_epoch": 100.0}  # fmt: skip
+    rows = [{"epoch": 1, "seconds": 100.0}, {"epoch": 2, "seconds": 100.0}]
+    assert pace.budget_revision(budget, rows, 0, _as_if_started(200)) is None  # on pace: 200 + 4 x 100
+    rows[1]["seconds"] = 190.0  # 290 s so far, 145 s an epoch lately: 4 more would end at 870 s
+    revised = pace.budget_revision(budget, rows, 0, _as_if_started(290))
+    assert revised["epochs"] == 4 and revised["epochs_asked"] == 8 and budget["epochs"] == 6
+    assert revised["revisions"] == [
+        {"after_epoch": 2, "seconds_an_epoch": 145.0, "elapsed_seconds": 290.0, "epochs": 4}
+    ]
+    line = pace.budget_line(revised)
+    assert "slowed to 145 s" in line and "4 of the 8 epochs asked fit now" in line
+    rows.append({"epoch": 3, "seconds": 20.0})  # faster again: the shortened schedule stays
+    assert pace.budget_revision(revised, rows, 0, _as_if_started(310)) is None
+    rows[2]["seconds"] = 200.0  # over by less than half an epoch: noise, not a slower machine
+    assert pace.budget_revision(revised, rows, 0, _as_if_started(490)) is None
+    last = [*rows, {"epoch": 4, "seconds": 500.0}]  # the last epoch, over: nothing left to shorten
+    assert pace.budget_revision(revised, last, 0, _as_if_started(990)) is None
+
+
+def test_training_that_slows_after_the_first_epoch_is_shortened_again_and_says_so(
+    synthetic_manifest, tmp_path, monkeypatch, capsys
+):
+    real_decision, real_revision = pace.budget_decision, pace.budget_revision
+
+    def paced(history):  # as if the first epoch took 90 s and every later one 180 s
+        return [row | {"seconds": 90.0 if row["epoch"] == 1 else 180.0} for row in history]
+
+    def decision(minutes, asked, history, resumed, started):
+        return real_decision(minutes, asked, paced(history), resumed, _as_if_started(90))
+
+    def revision(budget, history, resumed, started):
+        slow = paced(history)
+        return real_revision(budget, slow, resumed, _as_if_started(sum(r["seconds"] for r in slow)))
+
+    monkeypatch.setattr(pace, "budget_decision", decision)
+    monkeypatch.setattr(pace, "budget_revision", revision)
+    run = tmp_path / "run"
+    best = train(tiny_config(epochs=8, time_budget=10), synthetic_manifest, run, progress=False)
+    out = capsys.readouterr().out
+    assert "6 of the 8 epochs asked fit" in out and "slowed to 135 s" in out  # 90 s, then 90 + 180 s
+    assert epochs_logged(run) == 4
+    rates = [float(line.split(",")[1]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    six, four = tiny_config(epochs=6), tiny_config(epochs=4)
+    assert rates == pytest.approx([3e-3 * lr_factor(six, 0), 3e-3 * lr_factor(six, 1),
+                                   3e-3 * lr_factor(four, 2), 3e-3 * lr_factor(four, 3)])  # fmt: skip
+    assert json.loads(load_state(run / "resume.pt")["meta"])["config"]["epochs"] == 4
+    budget = json.loads((run / "run_info.json").read_text())["time_budget"]
+    assert budget["epochs"] == 4 and [r["after_epoch"] for r in budget["revisions"]] == [2]
+    assert main(["info", str(best)]) == 0
+    card = capsys.readouterr().out
+    assert "4 of the 8 epochs asked fit (the first took 90 s; fewer after epoch 2, at 135 s an epoch)" in card

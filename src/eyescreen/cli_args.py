@@ -331,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "patients' photographs are left out, so they stay unseen")  # fmt: skip
     p.add_argument("--time-budget", type=float, default=0.0, metavar="MINUTES",
                    help="minutes the run may take from its start: after the first epoch, as many of the epochs "
-                        "as fit, the learning-rate schedule shortened to end with them (default: 0, no limit)")  # fmt: skip
+                        "as fit, the learning-rate schedule shortened to end with them (fewer again if the epochs "
+                        "slow; default: 0, no limit)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     _cache_dir(p)
     _no_progress(p)

@@ -37,7 +37,7 @@ class TrainConfig:
     # A cosine schedule must know its length before it starts: the first epoch measures this machine.
     time_budget: float = setting(0.0, "minutes the run may take from its start: after the first epoch, as many "
                                  "of the epochs asked as fit are scheduled, the learning rate still annealed "
-                                 "to zero at the end; 0 = all epochs asked")  # fmt: skip
+                                 "to zero at the end (fewer again if the epochs slow); 0 = all epochs asked")  # fmt: skip
     batch_size: int = setting(32, "images per step (the global batch under torchrun)")
     optimizer: str = setting("adam", "optimiser")
     lr: float = setting(0.01, "peak learning rate")

@@ -134,9 +134,12 @@ def _pretrained_lines(card: dict, paths: bool) -> list[str]:
 
 
 def _budget_text(budget: dict) -> str:
-    """Why a run has fewer epochs than were asked: `--time-budget` chose them after the first."""
+    """Why a run has fewer epochs than were asked: `--time-budget` chose them after the first (and fewer
+    again where the machine slowed)."""
+    slowed = "".join(f"; fewer after epoch {r['after_epoch']}, at {r['seconds_an_epoch']:.0f} s an epoch"
+                     for r in budget.get("revisions", []))  # fmt: skip
     return (f"time budget: {budget['minutes']:g} min, in which {budget['epochs']} of the {budget['epochs_asked']} "
-            f"epochs asked fit (the first took {budget['first_epoch_seconds']:.0f} s)")  # fmt: skip
+            f"epochs asked fit (the first took {budget['first_epoch_seconds']:.0f} s{slowed})")  # fmt: skip
 
 
 def _recipe(config: dict) -> dict:

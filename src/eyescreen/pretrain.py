@@ -26,7 +26,7 @@ from .checkpoint import PRETRAINED, load_state, save_model, save_state
 from .data import list_images, read_class_folders, read_manifest
 from .inference import autocast, resolve_device, resolve_precision
 from .models import create_model
-from .pace import budget_decision, budget_line, check_budget, time_left
+from .pace import budget_after_epoch, budget_line, check_budget, time_left
 from .photo_links import without_links_to
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing, load_stack, normalize
 from .stopping import StopRequest
@@ -185,8 +185,10 @@ def pretrain(cfg: PretrainConfig, sources: list[str | Path], out_dir: str | Path
                 losses.append(loss.item())
             mean = sum(losses) / max(len(losses), 1)
             paces.append({"epoch": epoch + 1, "seconds": time.perf_counter() - began})
-            if cfg.time_budget and budget is None:  # the first epoch: its pace says how many more fit
-                budget = budget_decision(cfg.time_budget, cfg.epochs, paces, 0, started)
+            decided = budget_after_epoch(cfg.time_budget, cfg.epochs, budget, paces, 0, started,
+                                         revise=not resume)  # fmt: skip
+            if decided is not None:
+                budget = decided
                 cfg = replace(cfg, epochs=budget["epochs"])
                 meta["pretrain"] |= {"epochs": cfg.epochs, "budget": budget}
                 print(budget_line(budget))

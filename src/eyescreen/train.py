@@ -62,7 +62,7 @@ from .inference import autocast, paths_predictor, resolve_device, resolve_precis
 from .initial_weights import check_held_out
 from .metrics import headline_metrics
 from .models import is_binocular
-from .pace import budget_decision, budget_line, time_left
+from .pace import budget_after_epoch, budget_line, time_left
 from .photo_links import linked as linked_photographs
 from .preprocess import DEFAULT_MEAN, DEFAULT_STD, ImageCache, Preprocessing
 from .stopping import StopRequest
@@ -551,9 +551,10 @@ def train(
     # under torchrun the processes could disagree on the epoch)
     with stop if not ctx.enabled else nullcontext():
         for epoch in range(start_epoch, cfg.epochs):
-            if ctx.enabled and cfg.time_budget and epoch == 1:  # the main process chose after the first epoch
+            if ctx.enabled and cfg.time_budget and epoch >= 1:  # the main process chose after the last epoch
                 budget = distributed.from_main(ctx, budget)
-                cfg = shortened(cfg, budget, optimizer, scheduler, epoch)
+                if budget is not None and budget["epochs"] != cfg.epochs:
+                    cfg = shortened(cfg, budget, optimizer, scheduler, epoch)
             if epoch >= cfg.epochs:
                 break  # the time budget shortened the run
             t0 = time.perf_counter()
@@ -588,8 +589,10 @@ def train(
             }  # fmt: skip
             history.append(row)
             _write_log(out / "metrics.csv", history)
-            if cfg.time_budget and budget is None:  # the first epoch: its pace says how many more fit
-                budget = budget_decision(cfg.time_budget, cfg.epochs, history, resumed_epochs, started)
+            decided = budget_after_epoch(cfg.time_budget, cfg.epochs, budget, history, resumed_epochs, started,
+                                         revise=not resume)  # fmt: skip
+            if decided is not None:
+                budget = decided
                 cfg = shortened(cfg, budget, optimizer, scheduler, epoch + 1)
                 meta["config"] = asdict(cfg)  # what this epoch's checkpoints and resume state say
                 say(budget_line(budget))
