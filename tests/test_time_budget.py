@@ -112,7 +112,7 @@ def test_a_machine_that_slows_gets_fewer_epochs_and_never_more():
               "seconds_before_the_second_epoch": 100.0}  # fmt: skip
     rows = [{"epoch": 1, "seconds": 100.0}, {"epoch": 2, "seconds": 100.0}]
     assert pace.budget_revision(budget, rows, 0, _as_if_started(200)) is None  # on pace: 200 + 4 x 100
-    rows[1]["seconds"] = 190.0  # 290 s so far, 145 s an epoch lately: 4 more would end at 870 s
+    rows[1]["seconds"] = 190.0  # 290 s so far, 145 s an epoch on average: 4 more would end at 870 s
     revised = pace.budget_revision(budget, rows, 0, _as_if_started(290))
     assert revised["epochs"] == 4 and revised["epochs_asked"] == 8 and budget["epochs"] == 6
     assert revised["revisions"] == [

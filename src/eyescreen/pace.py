@@ -58,12 +58,12 @@ def budget_after_epoch(minutes: float, asked: int, budget: dict | None, history:
 
 def budget_revision(budget: dict, history: list[dict], resumed_epochs: int, started: float) -> dict | None:
     """After a later epoch: `budget` with fewer epochs if the machine has slowed since the first (another
-    job on it, a busier server) so that the rest, at the pace of the last few epochs, would end more than
-    half an epoch past the minutes given; None while they fit. A schedule once shortened is never
-    lengthened again: the epochs already run followed it."""
+    job on it, a busier server) so that the rest, at the mean pace of the epochs so far, would end more
+    than half an epoch past the minutes given; None while they fit. The mean, not the last few epochs:
+    one slow epoch would cut epochs for good (benchmarks/budget_replay.py). A schedule once shortened is
+    never lengthened again: the epochs already run followed it."""
     done = len(history)
-    recent = [row["seconds"] for row in history[-3:]]
-    epoch_s = sum(recent) / len(recent)
+    epoch_s = sum(row["seconds"] for row in history[resumed_epochs:]) / (done - resumed_epochs)
     elapsed = _elapsed(history, resumed_epochs, started)
     if elapsed + (budget["epochs"] - done) * epoch_s <= budget["minutes"] * 60 + epoch_s / 2:
         return None
