@@ -176,6 +176,9 @@ def test_presets_are_the_recipes_measured_in_results():
     assert preset("graham-findings-256") == preset(
         "graham-findings", image_size=256, epochs=120
     )  # runs/gpu/f256-e120-s1 (benchmarks/gpu_recipes.py)
+    assert preset("graham-findings-256-half") == preset(
+        "graham-findings-256", model="resnet18-half"
+    )  # graham-findings-256-half-seed1-fp32, -seed2-fp32
     assert preset("graham-augment-256") == preset(
         "graham-findings", image_size=256, epochs=120, findings=""
     )  # runs/gpu/nofind-f256-e120-s1 (benchmarks/gpu_recipes.py)
