@@ -26,6 +26,8 @@ from .photo_links import without_links_to
 
 SEPARATOR = ";"
 MIN_COUNT = 20  # a finding rarer than this among the training eyes is not worth a head output
+# the option often comes from a preset, not from the command line: how to do without it
+WITHOUT = " (the graham-findings presets set it; --findings '' trains without the findings head)"
 # A numeric column (age, say) is learnt as "above each decile of the training eyes": ordinal targets
 # that the multi-label head takes as they are.
 DECILES = np.linspace(0.1, 0.9, 9)
@@ -103,9 +105,11 @@ def training_findings(
     """The findings vocabulary and the extra eyes, from the training patients only. `spec` names one
     column or several, comma-separated: text columns of findings, or numeric ones."""
     if not dataset.source.is_file():
-        raise DataError(f"{dataset.source}: --findings needs a manifest CSV, not a folder of classes")
+        raise DataError(
+            f"{dataset.source}: --findings needs a manifest CSV, not a folder of classes{WITHOUT}"
+        )
     columns = parse_columns(spec)
-    cells = read_columns(dataset.source, columns, "for --findings")
+    cells = read_columns(dataset.source, columns, f"for --findings{WITHOUT}")
     held_out = {r.group for r in dataset.records if split[r.key] != "train"}
     selected = {r.key for r in dataset.records}
     extra = [r for r in read_manifest(dataset.source) if r.key not in selected and r.group not in held_out]
