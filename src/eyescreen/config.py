@@ -204,8 +204,7 @@ PRESETS: dict[str, dict] = {
     # `graham-findings-256` at half the width (resnet18-half, 32 to 256 channels), for a CPU with an
     # afternoon (benchmarks/RESULTS.md, "Half the width at 256 px"): a quarter of the compute, the same
     # accuracy on ODIR-5K (seed 1: validation 0.882 against the full width's 0.885 on a GPU, test 0.869
-    # against 0.875; seed 2 passed the same bar). 3.3 hours on 2 CPU cores; on a GPU the full width is
-    # as fast.
+    # against 0.875; seed 2 passed the same bar). 3.3 hours on 2 CPU cores; on a GPU, graham-findings-256.
     "graham-findings-256-half": {
         **_GRAHAM,
         "model": "resnet18-half",
