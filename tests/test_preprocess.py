@@ -1,4 +1,5 @@
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,36 @@ def test_cache_avoids_decoding_again_and_depends_on_parameters(tmp_path, monkeyp
     assert np.array_equal(ImageCache(Preprocessing(64), tmp_path / "cache").get(path), first)
     with pytest.raises(AssertionError, match="decoded"):  # other parameters: another key, a new decode
         ImageCache(Preprocessing(48), tmp_path / "cache").get(path)
+
+
+def test_cache_miss_reads_the_file_once(tmp_path, monkeypatch):
+    # the key hashes the bytes and the decode starts from the same bytes: a first pass over a dataset
+    # on a network share reads each photograph once, not twice
+    path = tmp_path / "eye.jpg"
+    fundus(128)[0].save(path)
+    reads = []
+    real_read_bytes = Path.read_bytes
+
+    def counting_read_bytes(self):
+        reads.append(self.name)
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counting_read_bytes)
+    out = ImageCache(Preprocessing(64), tmp_path / "cache").get(path)
+    assert reads == ["eye.jpg"]
+    assert np.array_equal(out, preprocess.preprocess_image(path, Preprocessing(64)))
+
+
+def test_cache_names_a_file_it_cannot_read(tmp_path, monkeypatch):
+    path = tmp_path / "eye.jpg"
+    fundus(128)[0].save(path)
+
+    def failing_read_bytes(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read_bytes)
+    with pytest.raises(ImageError, match=r"eye\.jpg: cannot read file \(Permission denied\)"):
+        ImageCache(Preprocessing(64), tmp_path / "cache").get(path)
 
 
 @pytest.mark.parametrize("method", ["clahe", "graham"])

@@ -22,9 +22,9 @@ class DiscCache(ImageCache):
 
     kind = f"disc-v{LOCATOR_VERSION}"
 
-    def compute(self, path: Path) -> np.ndarray:
+    def compute(self, path: Path, data: bytes) -> np.ndarray:
         try:
-            landmarks = locate(preprocess_image(path, self.prep))
+            landmarks = locate(preprocess_image(path, self.prep, data=data))
         except ValueError:  # no field of view: the crop falls back to anywhere
             return np.full(3, np.nan, dtype=np.float32)
         return np.array([*landmarks.disc, landmarks.disc_diameter], dtype=np.float32)

@@ -310,9 +310,12 @@ def is_greyscale(rgb: np.ndarray, mask: np.ndarray) -> bool:
     return float(np.abs(np.diff(inside, axis=1)).mean()) < GREY_LEVELS
 
 
-def preprocess_image(path: str | Path, prep: Preprocessing, notes: list[str] | None = None) -> np.ndarray:
-    """File -> uint8 array (image_size, image_size, 3), ready to cache."""
-    return enhance(cropped_fundus(path, prep.image_size, notes), prep.enhance)
+def preprocess_image(
+    path: str | Path, prep: Preprocessing, notes: list[str] | None = None, data: bytes | None = None
+) -> np.ndarray:
+    """File -> uint8 array (image_size, image_size, 3), ready to cache. `data`: the file's bytes where
+    the caller has read them already (the cache hashes them for its key)."""
+    return enhance(cropped_fundus(path, prep.image_size, notes, data), prep.enhance)
 
 
 def preprocess_noted(path: str | Path, prep: Preprocessing) -> tuple[np.ndarray, list[str]]:
@@ -321,10 +324,14 @@ def preprocess_noted(path: str | Path, prep: Preprocessing) -> tuple[np.ndarray,
     return preprocess_image(path, prep, notes), notes
 
 
-def cropped_fundus(path: str | Path, image_size: int, notes: list[str] | None = None) -> np.ndarray:
-    """File -> the fundus cropped, squared and resized, before enhancement: what a person should see
-    beside a heatmap (an enhanced image is what the model sees, not what a clinician reads)."""
-    im = crop_to_field(read_image(path, at_least=DECODE_MARGIN * image_size), path, notes)
+def cropped_fundus(
+    path: str | Path, image_size: int, notes: list[str] | None = None, data: bytes | None = None
+) -> np.ndarray:
+    """File (or its bytes, `data`) -> the fundus cropped, squared and resized, before enhancement: what a
+    person should see beside a heatmap (an enhanced image is what the model sees, not what a clinician
+    reads)."""
+    data = read_file(path) if data is None else data
+    im = crop_to_field(decode_image(data, path, at_least=DECODE_MARGIN * image_size), path, notes)
     im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
     return np.asarray(im, dtype=np.uint8).copy()
 
@@ -364,18 +371,19 @@ class ImageCache:
         self.prep = prep
         self.root = Path(cache_dir) if cache_dir else default_cache_dir()
 
-    def key(self, path: Path) -> str:
+    def key(self, data: bytes) -> str:
+        """Of a file's bytes and the parameters: a file edited in place, or other parameters, miss."""
         h = hashlib.sha256(self.prep.key().encode() + self.kind.encode())
-        h.update(Path(path).read_bytes())
+        h.update(data)
         return h.hexdigest()[:32]
 
-    def compute(self, path: Path) -> np.ndarray:
-        return preprocess_image(path, self.prep)
+    def compute(self, path: Path, data: bytes) -> np.ndarray:
+        return preprocess_image(path, self.prep, data=data)
 
     def get(self, path: str | Path) -> np.ndarray:
         path = Path(path)
-        must_exist(path)
-        key = self.key(path)
+        data = read_file(path)  # read once: hashed for the key, and decoded from memory on a miss
+        key = self.key(data)
         cached = self.root / key[:2] / f"{key}.npy"
         if cached.is_file():
             try:
@@ -383,7 +391,7 @@ class ImageCache:
                     return np.load(cached, allow_pickle=False)
             except (OSError, ValueError):
                 pass  # a damaged cache entry is rebuilt below
-        array = self.compute(path)
+        array = self.compute(path, data)
         cached.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
