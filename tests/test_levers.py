@@ -214,7 +214,7 @@ def test_default_preset_on_a_gpu_is_the_long_256_px_recipe(tmp_path, synthetic_m
     assert name == "graham-findings-256" and "on a GPU" in why
     name, why = default_preset(with_keywords, "resnet18", "cpu")
     assert name == "graham-findings" and "graham-findings-256;" in why
-    assert "on a CPU with an afternoon: graham-findings-256-half" in why  # the same accuracy, in 3.3 h
+    assert "on a CPU with an afternoon: graham-findings-256-half" in why  # nearly the same accuracy
     assert default_preset(with_keywords, "resnet18-binocular", "cuda")[0] == "graham-augment"
     # without a diagnoses column, 256 px and 120 epochs on a GPU too; a both-eye model was not measured there
     name, why = default_preset(synthetic_manifest, None, "cuda:0")
