@@ -9,7 +9,7 @@ from eyescreen.calibrate import (
     operating_point,
     referable_threshold,
 )
-from eyescreen.metrics import expected_calibration_error
+from eyescreen.metrics import expected_calibration_error, log_loss
 
 
 def overconfident(n=600, seed=0):
@@ -30,6 +30,16 @@ def test_temperature_scaling_fixes_overconfidence_without_changing_predictions()
     calibrated = apply_temperature(prob, t)
     assert np.array_equal(calibrated.argmax(1), prob.argmax(1))
     assert expected_calibration_error(y, calibrated) < expected_calibration_error(y, prob) / 2
+    # the fitted temperature is the log-loss minimum: either side of it is worse
+    assert log_loss(y, calibrated) < log_loss(y, prob)
+    for nearby in (0.9 * t, 1.1 * t):
+        assert log_loss(y, calibrated) < log_loss(y, apply_temperature(prob, nearby))
+
+
+def test_log_loss_is_the_mean_negative_log_probability_of_the_true_class():
+    prob = np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
+    assert log_loss(np.array([0, 0, 1]), prob) == pytest.approx(-np.mean(np.log([0.5, 0.9, 0.8])))
+    assert log_loss(np.array([1]), np.array([[1.0, 0.0]])) == pytest.approx(-np.log(1e-12))  # clipped, finite
 
 
 def test_referable_threshold_reaches_the_target_specificity():

@@ -66,6 +66,11 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys, monk
     _, meta = load_model(best)
     assert meta["calibration"]["temperature"] > 0 and "threshold" in meta["calibration"]["referable"]
     assert report["calibration"]["ece_after"] >= 0 and "sensitivity" in report["calibration"]["referable"]
+    c = report["calibration"]
+    assert (
+        f"log-loss (what the temperature minimises on validation) before {c['log_loss_before']:.3f}"
+        in (tmp_path / "eval" / "report.md").read_text()
+    )
     assert main(["calibrate", "--checkpoint", str(best)]) == 0  # re-fitting is idempotent
     assert load_model(best)[1]["calibration"]["temperature"] == pytest.approx(
         meta["calibration"]["temperature"], rel=1e-3

@@ -18,6 +18,8 @@ import warnings
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from .metrics import log_loss
+
 
 def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
     """Re-temper probabilities: softmax(log p / T) equals softmax(logits / T)."""
@@ -31,8 +33,7 @@ def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
 
 def fit_temperature(prob: np.ndarray, y: np.ndarray) -> float:
     def nll(log_t: float) -> float:
-        p = apply_temperature(prob, float(np.exp(log_t)))
-        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
+        return log_loss(y, apply_temperature(prob, float(np.exp(log_t))))
 
     result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))

@@ -32,7 +32,7 @@ from .inference import (
     resolve_precision,
 )
 from .initial_weights import same_data
-from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error
+from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, log_loss
 from .models import takes_both_eyes
 from .preprocess import ImageCache, Preprocessing, load_stack
 from .report import write_report
@@ -346,6 +346,9 @@ def _score(
             "temperature": calibration["temperature"],
             "ece_before": report["metrics"]["ece"],
             "ece_after": expected_calibration_error(y, calibrated),
+            # what the temperature minimises on validation; ECE, binned over few eyes, can move either way
+            "log_loss_before": log_loss(y, prob),
+            "log_loss_after": log_loss(y, calibrated),
         }
         if "referable" in calibration and calibration["referable"]["normal_class"] in classes:
             ref = calibration["referable"]

@@ -54,6 +54,12 @@ def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = 15
     return float(ece)
 
 
+def log_loss(y: np.ndarray, prob: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class: what temperature scaling minimises on validation.
+    (scikit-learn's log_loss re-normalises rows and needs every label listed; these rows sum to 1.)"""
+    return float(-np.mean(np.log(np.clip(prob[np.arange(len(y)), y], 1e-12, 1.0))))
+
+
 def _predicted(prob: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     """argmax, or argmax under decision weights (calibrate.fit_decision); AUCs never use them."""
     return (prob if weights is None else prob * weights).argmax(axis=1)
