@@ -4,10 +4,12 @@ import pytest
 from eyescreen.calibrate import (
     apply_temperature,
     calibrate,
+    describe,
     fit_temperature,
     normal_class_of,
     operating_point,
     referable_threshold,
+    temperature_note,
 )
 from eyescreen.metrics import expected_calibration_error, log_loss
 
@@ -120,3 +122,19 @@ def test_calibrate_stores_the_decision_rule():
     prob, y = imbalanced()
     out = calibrate(prob, y, ["normal", "dr", "amd"])
     assert len(out["decision"]["class_weights"]) == 3
+
+
+def test_a_temperature_at_the_edge_of_its_range_is_explained():
+    """Scores that do not rank the labels at all: flatter is always better, up to the range's top."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    z = 5 * rng.normal(0, 1, (300, 3))  # confident, and unrelated to y
+    prob = np.exp(z - z.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    fitted = calibrate(prob, y, ["normal", "dr", "amd"])
+    assert fitted["temperature"] == pytest.approx(20.0, rel=0.01)
+    assert "at the top of its range (20)" in temperature_note(fitted["temperature"])
+    assert "note: the temperature is at the top of its range" in describe(fitted)
+    good = calibrate(*overconfident(), ["normal", "dr", "amd"])  # a model whose scores rank well
+    assert temperature_note(good["temperature"]) == "" and "note:" not in describe(good)
+    assert "bottom of its range" in temperature_note(0.05)

@@ -51,6 +51,11 @@ def test_the_card_says_what_the_model_is_and_what_it_learnt_from(run, tmp_path, 
     assert "--subset test" in text  # where the test numbers come from
     assert main(["info", str(out / "best.safetensors"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sha256"] == card["sha256"]
+    # a temperature at the top of its search range is explained, not only printed
+    flat = card | {"calibration": card["calibration"] | {"temperature": 20.0}}
+    assert any("at the top of its range (20)" in line for line in card_lines(flat))
+    inside = card | {"calibration": card["calibration"] | {"temperature": 1.3}}
+    assert not any("of its range" in line for line in card_lines(inside))
 
 
 def test_the_card_says_when_the_training_data_changed_or_is_gone(run, tmp_path):

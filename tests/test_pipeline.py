@@ -18,6 +18,7 @@ from eyescreen.config import preset
 from eyescreen.evaluate import evaluate
 from eyescreen.pace import time_left
 from eyescreen.predict import predict
+from eyescreen.report import markdown
 from eyescreen.train import train
 from interrupt import interrupted_after_saves
 from synthetic import fundus
@@ -71,6 +72,8 @@ def test_smoke_train_evaluate_predict(synthetic_manifest, tmp_path, capsys, monk
         f"log-loss (what the temperature minimises on validation) before {c['log_loss_before']:.3f}"
         in (tmp_path / "eval" / "report.md").read_text()
     )
+    flat = markdown(report | {"calibration": c | {"temperature": 20.0}})  # the fit at the top of its range
+    assert "- The temperature is at the top of its range (20)" in flat
     assert main(["calibrate", "--checkpoint", str(best)]) == 0  # re-fitting is idempotent
     assert load_model(best)[1]["calibration"]["temperature"] == pytest.approx(
         meta["calibration"]["temperature"], rel=1e-3

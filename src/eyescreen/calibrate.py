@@ -31,12 +31,28 @@ def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+TEMPERATURES = (0.05, 20.0)  # the search range: wide enough for any model whose scores mean something
+
+
 def fit_temperature(prob: np.ndarray, y: np.ndarray) -> float:
     def nll(log_t: float) -> float:
         return log_loss(y, apply_temperature(prob, float(np.exp(log_t))))
 
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    result = minimize_scalar(nll, bounds=tuple(np.log(TEMPERATURES)), method="bounded")
     return float(np.exp(result.x))
+
+
+def temperature_note(temperature: float) -> str:
+    """What a temperature at the edge of its range says about the model ('' inside it)."""
+    low, high = TEMPERATURES
+    if temperature >= 0.99 * high:  # the log-loss still falls as probabilities flatten towards uniform
+        return (f"the temperature is at the top of its range ({high:g}): on validation the model's confident "
+                "answers are so often wrong that flatter probabilities always score better; its scores mean "
+                "little yet (more data or epochs)")  # fmt: skip
+    if temperature <= 1.01 * low:
+        return (f"the temperature is at the bottom of its range ({low:g}): the model's probabilities are far "
+                "flatter than its validation accuracy warrants")  # fmt: skip
+    return ""
 
 
 def referable_threshold(prob: np.ndarray, y: np.ndarray, normal: int, specificity: float = 0.9) -> dict:
@@ -191,4 +207,6 @@ def describe(calibration: dict) -> str:
         r = c["referable"]
         line += (f"; referable if 1 - P({r['normal_class']}) > {r['threshold']:.3f} "
                  f"(val sensitivity {r['sensitivity']:.3f} at specificity {r['specificity']:.3f})")  # fmt: skip
+    if note := temperature_note(c["temperature"]):
+        line += f"\nnote: {note}"
     return line

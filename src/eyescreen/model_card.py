@@ -9,6 +9,7 @@ import json
 import shlex
 from pathlib import Path
 
+from .calibrate import temperature_note
 from .checkpoint import file_sha256, read_meta
 from .config import PRESETS, preset_settings
 from .data import SPLITS, manifest_fingerprint
@@ -269,6 +270,8 @@ def _calibration_lines(calibration: dict) -> list[str]:
     if "temperature" not in calibration:
         return ["calibration: none stored (probabilities as the network gives them; argmax decisions)"]
     lines = [f"calibration: temperature {calibration['temperature']:.3f}, fitted on validation"]
+    if note := temperature_note(calibration["temperature"]):
+        lines.append(f"  ({note})")
     if (decision := calibration.get("decision")) and not decision["prior_power"]:
         lines.append("decision rule: arg-max (no prior correction helped on validation)")
     elif decision:

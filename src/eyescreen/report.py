@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from .calibrate import temperature_note  # noqa: E402
+
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
     cm = np.asarray(cm, dtype=float)
@@ -162,6 +164,8 @@ def markdown(report: dict) -> str:
             line += (f"; log-loss (what the temperature minimises on validation) before "
                      f"{c['log_loss_before']:.3f}, after {c['log_loss_after']:.3f}")  # fmt: skip
         lines.append(line)
+        if note := temperature_note(c["temperature"]):
+            lines.append(f"- {note[0].upper()}{note[1:]}")
         if "referable" in c:
             r = c["referable"]
             lines.append(
