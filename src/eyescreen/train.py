@@ -7,6 +7,7 @@ epoch is only tensor indexing, normalisation and the model: no JPEG decoding, no
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import math
 import os
@@ -622,6 +623,9 @@ def train(
     if ctx.main and best_epoch > 0:
         calibrate_best(out / BEST, cfg, task, val_set, dataset, cache, device, precision)
     distributed.barrier(ctx)
+    if ctx.enabled:  # DDP's reducer holds the process group: free it now, not at interpreter exit, where
+        del step, net  # gloo's threads ended a process with SIGABRT (1 run in ~20 of test_distributed)
+        gc.collect()
     distributed.teardown(ctx)
     if ctx.main:
         print(f"best epoch {best_epoch} ({cfg.select_metric} {best:.4f}); checkpoints in {out}")
