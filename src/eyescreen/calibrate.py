@@ -198,7 +198,8 @@ def eye_calibration(calibration: dict | None) -> dict:
 
 
 def describe(calibration: dict) -> str:
-    """One line for the training log: what was fitted on validation."""
+    """A line for the training log: what was fitted on validation (and a note under it where the
+    temperature sits at the edge of its range)."""
     c, d = calibration, calibration["decision"]
     line = (f"calibrated on validation: temperature {c['temperature']:.3f}; decision weights prior^-"
             f"{d['prior_power']:.2f} (val balanced accuracy {d['val_balanced_accuracy_argmax']:.3f} -> "

@@ -158,12 +158,10 @@ def markdown(report: dict) -> str:
     if report.get("calibration"):
         c = report["calibration"]
         lines += ["", "## Calibration and screening operating point", ""]
-        line = (f"- temperature (fitted on validation): {c['temperature']:.3f}; "
-                f"ECE before {c['ece_before']:.3f}, after {c['ece_after']:.3f}")  # fmt: skip
-        if "log_loss_before" in c:  # reports written before it was kept have none
-            line += (f"; log-loss (what the temperature minimises on validation) before "
-                     f"{c['log_loss_before']:.3f}, after {c['log_loss_after']:.3f}")  # fmt: skip
-        lines.append(line)
+        lines.append(f"- temperature (fitted on validation): {c['temperature']:.3f}; "
+                     f"ECE before {c['ece_before']:.3f}, after {c['ece_after']:.3f}; log-loss (what the "
+                     f"temperature minimises on validation) before {c['log_loss_before']:.3f}, after "
+                     f"{c['log_loss_after']:.3f}")  # fmt: skip
         if note := temperature_note(c["temperature"]):
             lines.append(f"- {note[0].upper()}{note[1:]}")
         if "referable" in c:
