@@ -167,14 +167,15 @@ def test_with_a_split_the_copies_that_land_in_two_splits_are_named(tmp_path, cap
 
 
 def test_each_file_is_read_once_for_its_hash_size_and_look(tmp_path, monkeypatch):
-    """A network share pays for every reading: the hash, the stored size, the decode and the thumbnail
-    come from one read of the file (a DICOM's too)."""
+    """A network share pays for every reading: the hash, the stored size, the decode, the thumbnail and
+    the same-eye descriptor come from one read of the file (a DICOM's too)."""
     import builtins
     import io
 
     import numpy as np
 
     from eyescreen.check import _look
+    from eyescreen.same_eye import SIDE, descriptor_cache
     from synthetic import dicom_file
 
     fundus(64, seed=3)[0].save(tmp_path / "eye.jpg")
@@ -183,13 +184,43 @@ def test_each_file_is_read_once_for_its_hash_size_and_look(tmp_path, monkeypatch
     real_open = io.open
 
     def counting_open(file, *args, **kwargs):
-        opened.append(str(file))
+        if not isinstance(file, int):  # a descriptor: the image cache writing its entry
+            opened.append(str(file))
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", counting_open)
     monkeypatch.setattr(io, "open", counting_open)
     for name, size in (("eye.jpg", (64, 64)), ("eye.dcm", (64, 64))):
-        digest, stored, thumb, notes, error = _look(tmp_path / name)
+        digest, stored, thumb, green, notes, error = _look(tmp_path / name, descriptor_cache())
         assert error is None and stored == size and thumb is not None and len(digest) == 64
-        assert opened == [str(tmp_path / name)], name
+        assert green.shape == (SIDE, SIDE)
+        assert [f for f in opened if not isinstance(f, int)] == [str(tmp_path / name)], (
+            name
+        )  # int: the cache's write
         opened.clear()
+
+
+def test_check_data_reads_each_file_once_and_its_same_eye_descriptors_are_the_searchs_own(
+    tmp_path, monkeypatch
+):
+    from eyescreen import check, preprocess, same_eye
+
+    manifest = messy_manifest(tmp_path)
+    reads = []
+    read_file = preprocess.read_file
+
+    def counted(path):
+        reads.append(str(path))
+        return read_file(path)
+
+    monkeypatch.setattr(check, "read_file", counted)
+    monkeypatch.setattr(preprocess, "read_file", counted)  # the image cache's own reading
+    cold = check_data(manifest, progress=False)  # nothing cached yet
+    files = [str(tmp_path / row["image"]) for row in csv.DictReader(open(manifest))]
+    assert sorted(reads) == sorted(files)  # once per row: the thumbnails and the same-eye search share it
+    monkeypatch.undo()
+    assert check_data(manifest, progress=False) == cold  # the same from the cache
+    paths = [tmp_path / "images" / name for name in ("0_left.jpg", "1_right.jpg", "exported.png")]
+    images, _ = same_eye.descriptors(paths)  # reads the files itself
+    cache = same_eye.descriptor_cache()
+    assert all((same_eye.descriptor(cache, p) == im).all() for p, im in zip(paths, images, strict=True))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -13,7 +16,7 @@ from .components import groups
 from .data import SPLITS, linked_apart, read_dataset, read_split
 from .near_duplicates import distances_within, thumbnail
 from .preprocess import MASK_SIDE, ImageError, crop_to_field, decode_image, read_all, read_file, stored_size
-from .same_eye import same_eye_pairs
+from .same_eye import SIDE, descriptor, descriptor_cache, pairs_among
 
 
 def check_data(
@@ -35,11 +38,14 @@ def check_data(
     report["duplicate_rows"] = sorted(k for k, n in keys.items() if n > 1)
 
     by_hash: dict[str, list] = defaultdict(list)
-    sizes, unreadable, no_field, doubtful, thumbs = [], [], [], [], []
-    looks = read_all(_look, [r.path for r in raw])  # on threads, in order
-    for r, ((digest, size, thumb, notes, error), _) in tqdm(
-        zip(raw, looks, strict=True), total=len(raw), desc="checking images", disable=not progress
+    sizes, unreadable, no_field, doubtful, thumbs, greens = [], [], [], [], [], {}
+    look = partial(_look, cache=descriptor_cache())
+    looks = read_all(look, [r.path for r in raw])  # on threads, in order
+    for k, (r, ((digest, size, thumb, green, notes, error), _)) in enumerate(
+        tqdm(zip(raw, looks, strict=True), total=len(raw), desc="checking images", disable=not progress)
     ):  # _look names every problem itself
+        if green is not None:
+            greens[k] = green
         if digest is not None:
             by_hash[digest].append(r)
         if thumb is not None:
@@ -64,7 +70,7 @@ def check_data(
     report["resaved_two_patients"] = [[f"{r.key} ({r.group})" for r in group] for group in resaved
                                       if len({r.group for r in group}) > 1]  # fmt: skip
     copies = [group for group in by_hash.values() if len({r.key for r in group}) > 1] + resaved
-    same_eye = _same_eye(raw, copies, progress)
+    same_eye = _same_eye(raw, greens, copies)
     report["same_eye_two_patients"] = [
         [f"{a.key} ({a.group})", f"{b.key} ({b.group})", f"alike {score:.2f}"] for a, b, score in same_eye
     ]
@@ -95,30 +101,46 @@ def check_data(
     return report
 
 
-def _look(path: Path) -> tuple[str | None, tuple[int, int] | None, np.ndarray | None, list[str], str | None]:
-    """One file as check-data sees it: content hash, stored size, thumbnail (near_duplicates), warnings, and
-    why it cannot be used (or None). The file is read once, for all of them (a network share pays for each
-    reading); it is decoded only as large as the field-of-view search looks, which makes a camera's
-    photograph several times faster; the size reported is the stored one."""
+class _Look(NamedTuple):
+    """One file as check-data sees it (see _look); None where it could not be had."""
+
+    digest: str | None = None
+    size: tuple[int, int] | None = None
+    thumb: np.ndarray | None = None  # near_duplicates' thumbnail
+    green: np.ndarray | None = None  # same_eye's descriptor
+    notes: Sequence[str] = ()  # warnings
+    error: str | None = None
+
+
+def _look(path: Path, cache) -> _Look:
+    """One file as check-data sees it: content hash, stored size, thumbnail (near_duplicates), same-eye
+    descriptor (from the image cache, which training shares), warnings, and why it cannot be used (or
+    None). The file is read once, for all of them (a network share pays for each reading); it is decoded
+    only as large as the field-of-view search looks, which makes a camera's photograph several times
+    faster; the size reported is the stored one."""
     try:
         data = read_file(path)
     except ImageError as e:
-        return None, None, None, [], str(e)
+        return _Look(error=str(e))
     digest, size, notes = hashlib.sha256(data).hexdigest(), None, []
     try:
         im = decode_image(data, path, at_least=MASK_SIDE)
         size = stored_size(data)
         crop_to_field(im, path, notes)
+        green = descriptor(cache, path, data)
     except ImageError as e:
-        return digest, size, None, notes, str(e)
-    return digest, size, thumbnail(im), notes, None
+        return _Look(digest, size, notes=notes, error=str(e))
+    return _Look(digest, size, thumbnail(im), green, notes)
 
 
-def _same_eye(raw: list, copies: list[list], progress: bool) -> list[tuple]:
+def _same_eye(raw: list, greens: dict, copies: list[list]) -> list[tuple]:
     """(record, record, similarity) for photographs under different patients that look like one eye taken
-    again (same_eye); copies are the content hash's and the thumbnails' to report."""
+    again (same_eye; `greens`: its descriptors by index into `raw`); copies are the content hash's and the
+    thumbnails' to report."""
     copied = {frozenset((a.key, b.key)) for group in copies for a in group for b in group}
-    found = same_eye_pairs([r.path for r in raw], progress=progress, sides=[r.eye for r in raw])
+    ok = sorted(greens)
+    images = np.stack([greens[k] for k in ok]) if ok else np.zeros((0, SIDE, SIDE), np.uint8)
+    found = pairs_among(images, ok, sides=[r.eye for r in raw])
     return [(raw[i], raw[j], score) for i, j, score in found
             if raw[i].group != raw[j].group and frozenset((raw[i].key, raw[j].key)) not in copied]  # fmt: skip
 

@@ -380,9 +380,11 @@ class ImageCache:
     def compute(self, path: Path, data: bytes) -> np.ndarray:
         return preprocess_image(path, self.prep, data=data)
 
-    def get(self, path: str | Path) -> np.ndarray:
+    def get(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
+        """The array for `path`; `data`, its bytes where the caller has read them already (read once)."""
         path = Path(path)
-        data = read_file(path)  # read once: hashed for the key, and decoded from memory on a miss
+        if data is None:
+            data = read_file(path)  # read once: hashed for the key, and decoded from memory on a miss
         key = self.key(data)
         cached = self.root / key[:2] / f"{key}.npy"
         if cached.is_file():

@@ -43,10 +43,20 @@ CHUNK = 1024  # rows of the candidate search at a time
 READ_CHUNK = 2048  # photographs read at a time
 
 
+def descriptor_cache(cache_dir=None) -> ImageCache:
+    """Where the comparison's images are kept: the default preset's cached images, shared with training."""
+    return ImageCache(Preprocessing(image_size=SIDE, enhance="graham"), cache_dir)
+
+
+def descriptor(cache: ImageCache, path, data: bytes | None = None) -> np.ndarray:
+    """uint8 [SIDE, SIDE]: one photograph's Graham-enhanced green channel (`data`: its bytes, if read)."""
+    return np.ascontiguousarray(cache.get(path, data)[:, :, 1])  # the cache holds [SIDE, SIDE, 3]
+
+
 def descriptors(paths: list, cache_dir=None, progress: bool = False) -> tuple[np.ndarray, list[int]]:
     """uint8 [N, SIDE, SIDE]: the Graham-enhanced green channel of each readable photograph, and the
     indices into `paths` they belong to (unreadable files are left out: whoever reads them next names them)."""
-    cache = ImageCache(Preprocessing(image_size=SIDE, enhance="graham"), cache_dir)
+    cache = descriptor_cache(cache_dir)
     paths, greens, ok = list(paths), [], []
     for start in range(0, len(paths), READ_CHUNK):  # only the green channel is kept: a third of the memory
         images, read, _ = load_stack(paths[start : start + READ_CHUNK], cache, progress=progress,
@@ -147,10 +157,18 @@ def same_eye_pairs(
     photographs with enough detail to compare, and not a left and a right eye (`sides`, as the data
     names them: left/right/OS/OD/..., or None where unknown)."""
     images, ok = descriptors(paths, cache_dir, progress)
+    return pairs_among(images, ok, limit, sides)
+
+
+def pairs_among(
+    images: np.ndarray, ok: list[int], limit: float = LIMIT, sides: list | None = None
+) -> list[tuple[int, int, float]]:
+    """same_eye_pairs on descriptors already made: `images[k]` is the photograph at index `ok[k]`, and
+    `sides` (if given) has one entry per index."""
     if len(images) < 2:
         return []
     structured = detail(images) >= MIN_DETAIL
-    side = [SIDES.get(str(s).lower()) for s in sides] if sides else [None] * len(paths)
+    side = [SIDES.get(str(s).lower()) for s in sides] if sides else [None] * (max(ok) + 1)
 
     def comparable(i: int, j: int) -> bool:
         a, b = side[ok[i]], side[ok[j]]
