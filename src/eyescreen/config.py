@@ -203,8 +203,8 @@ PRESETS: dict[str, dict] = {
     },
     # `graham-findings-256` at half the width (resnet18-half, 32 to 256 channels), for a CPU with an
     # afternoon (benchmarks/RESULTS.md, "Half the width at 256 px"): a quarter of the compute, nearly the
-    # accuracy on ODIR-5K (test 0.869 and 0.860 for seeds 1 and 2 against the full width's 0.875 and 0.874
-    # on a GPU). 2.5-3.3 hours on 2 CPU cores; on a GPU, graham-findings-256.
+    # accuracy on ODIR-5K (test 0.857-0.869 over seeds 1-3 against the full width's 0.864-0.875 on a
+    # GPU). 2.1-3.3 hours on 2 CPU cores; on a GPU, graham-findings-256.
     "graham-findings-256-half": {
         **_GRAHAM,
         "model": "resnet18-half",
@@ -262,7 +262,7 @@ PRESET_PURPOSES = {
     "graham-augment-256": "graham-augment at 256 px for 120 epochs: the best without a diagnoses column, for a GPU",
     "graham-findings": "graham-augment plus the findings head on a diagnoses column, 60 epochs",
     "graham-findings-256": "graham-findings at 256 px for 120 epochs: the best found, for a GPU",
-    "graham-findings-256-half": "graham-findings-256 at half the width: nearly its accuracy on a CPU in an afternoon (2.5-3.3 h on 2 cores)",
+    "graham-findings-256-half": "graham-findings-256 at half the width: nearly its accuracy on a CPU in an afternoon (2.1-3.3 h on 2 cores)",
     "graham-findings-crop": "graham-findings at 256 px, each training step on a 160-px crop",
     "finetune-224": "fine-tunes a trained graham-findings run at 224 px for 15 epochs",
     "quick": "demos and smoke tests on small data",
@@ -288,7 +288,7 @@ DEFAULT_PRESET = "graham-findings"
 GPU_PRESET = "graham-findings-256"
 FALLBACK_PRESET = "graham-augment"
 GPU_FALLBACK_PRESET = "graham-augment-256"
-CPU_AFTERNOON_PRESET = "graham-findings-256-half"  # nearly the GPU default's accuracy in 2.5-3.3 h, 2 cores
+CPU_AFTERNOON_PRESET = "graham-findings-256-half"  # nearly the GPU default's accuracy in 2.1-3.3 h, 2 cores
 
 
 def default_preset(data, model: str | None = None, device: str = "cpu") -> tuple[str, str]:
