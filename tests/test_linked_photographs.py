@@ -310,7 +310,9 @@ def test_a_both_eye_model_names_them_per_eye(tmp_path):
     assert any(note.startswith("per eye: ") and eye in note for note in report["notes"])
 
 
-def test_reading_and_the_candidate_search_in_chunks_change_nothing(tmp_path, monkeypatch):
+def test_the_candidate_search_in_chunks_changes_nothing_and_unreadable_files_keep_the_indices(
+    tmp_path, monkeypatch
+):
     paths = []
     for seed in range(23):
         paths.append(tmp_path / f"{seed}.jpg")
@@ -318,7 +320,6 @@ def test_reading_and_the_candidate_search_in_chunks_change_nothing(tmp_path, mon
     paths.insert(5, tmp_path / "missing.jpg")  # unreadable: left out, the indices still point into `paths`
     whole, ok = same_eye.descriptors(paths)
     pairs = same_eye.candidates(whole)
-    monkeypatch.setattr(same_eye, "READ_CHUNK", 4)
     monkeypatch.setattr(same_eye, "CHUNK", 3)
     chunked, chunked_ok = same_eye.descriptors(paths)
     assert ok == chunked_ok == [k for k in range(24) if k != 5]

@@ -16,7 +16,7 @@ from .components import groups
 from .data import SPLITS, linked_apart, read_dataset, read_split
 from .near_duplicates import distances_within, thumbnail
 from .preprocess import MASK_SIDE, ImageError, crop_to_field, decode_image, read_all, read_file, stored_size
-from .same_eye import SIDE, descriptor, descriptor_cache, pairs_among
+from .same_eye import descriptor, descriptor_cache, pairs_among, stacked
 
 
 def check_data(
@@ -138,9 +138,7 @@ def _same_eye(raw: list, greens: dict, copies: list[list]) -> list[tuple]:
     again (same_eye; `greens`: its descriptors by index into `raw`); copies are the content hash's and the
     thumbnails' to report."""
     copied = {frozenset((a.key, b.key)) for group in copies for a in group for b in group}
-    ok = sorted(greens)
-    images = np.stack([greens[k] for k in ok]) if ok else np.zeros((0, SIDE, SIDE), np.uint8)
-    found = pairs_among(images, ok, sides=[r.eye for r in raw])
+    found = pairs_among(*stacked(greens), sides=[r.eye for r in raw])
     return [(raw[i], raw[j], score) for i, j, score in found
             if raw[i].group != raw[j].group and frozenset((raw[i].key, raw[j].key)) not in copied]  # fmt: skip
 

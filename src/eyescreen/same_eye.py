@@ -19,12 +19,14 @@ three in four after a mild or moderate change, more than half after a strong one
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from .eye_names import SIDES
-from .preprocess import ImageCache, Preprocessing, default_workers, load_stack
+from .preprocess import ImageCache, Preprocessing, default_workers, read_all
 
 SIDE = 128  # the comparison's frame: the default preset's cached images
 LIMIT = 0.85  # normalised cross-correlation at which two photographs are taken for one eye
@@ -40,7 +42,6 @@ SCALES = (0.93, 0.965, 1.035, 1.07)  # zooms tried at the best angle: another fr
 ZOOM_FROM = 0.5  # the score turned at which zooms are tried: 9 candidate pairs in 10 score less; simulated
 # copies found only by zooming scored 0.56 or more unzoomed (RESULTS "The same eye photographed again")
 CHUNK = 1024  # rows of the candidate search at a time
-READ_CHUNK = 2048  # photographs read at a time
 
 
 def descriptor_cache(cache_dir=None) -> ImageCache:
@@ -56,14 +57,19 @@ def descriptor(cache: ImageCache, path, data: bytes | None = None) -> np.ndarray
 def descriptors(paths: list, cache_dir=None, progress: bool = False) -> tuple[np.ndarray, list[int]]:
     """uint8 [N, SIDE, SIDE]: the Graham-enhanced green channel of each readable photograph, and the
     indices into `paths` they belong to (unreadable files are left out: whoever reads them next names them)."""
-    cache = descriptor_cache(cache_dir)
-    paths, greens, ok = list(paths), [], []
-    for start in range(0, len(paths), READ_CHUNK):  # only the green channel is kept: a third of the memory
-        images, read, _ = load_stack(paths[start : start + READ_CHUNK], cache, progress=progress,
-                                     desc=f"eyes to compare, {start + 1}-{min(start + READ_CHUNK, len(paths))}")  # fmt: skip
-        greens.append(images[:, 1].numpy().copy())
-        ok += [start + k for k in read]
-    return (np.concatenate(greens) if greens else np.zeros((0, SIDE, SIDE), np.uint8)), ok
+    paths = list(paths)
+    read = read_all(partial(descriptor, descriptor_cache(cache_dir)), paths)  # on threads, in order
+    greens = {k: green for k, (green, _) in enumerate(tqdm(read, total=len(paths), desc="eyes to compare",
+                                                           disable=not progress, leave=False))
+              if green is not None}  # fmt: skip
+    return stacked(greens)
+
+
+def stacked(greens: dict[int, np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """Descriptors by index (into a list of photographs) as `pairs_among` takes them: uint8 [N, SIDE, SIDE]
+    and the indices, in order."""
+    ok = sorted(greens)
+    return (np.stack([greens[k] for k in ok]) if ok else np.zeros((0, SIDE, SIDE), np.uint8)), ok
 
 
 def _inner(images: np.ndarray) -> np.ndarray:
