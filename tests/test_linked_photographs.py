@@ -5,12 +5,13 @@ import csv
 import json
 import shutil
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from eyescreen import same_eye
+from eyescreen import components, same_eye
 from eyescreen.check import check_data
 from eyescreen.checkpoint import load_state, read_meta
 from eyescreen.config import preset
@@ -161,6 +162,35 @@ def test_linked_patients_go_to_one_split_and_nothing_else_moves(tmp_path):
         )
         assert kept[r.key] == where
     assert keep_linked_together(dataset, split, []) == (split, [])
+
+
+def test_the_split_links_read_each_file_once_and_find_what_both_searches_find_alone(tmp_path, monkeypatch):
+    from eyescreen import photo_links, preprocess
+    from eyescreen.near_duplicates import copies_among
+
+    dataset = load_dataset(manifest_with_links(tmp_path))
+    broken = tmp_path / "images/broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a photograph")
+    paths = [r.path for r in dataset.records] + [broken]
+    sides = [r.eye for r in dataset.records] + ["left"]
+    reads = []
+    read_file = preprocess.read_file
+
+    def counted(path):
+        reads.append(str(path))
+        return read_file(path)
+
+    monkeypatch.setattr(photo_links, "read_file", counted)
+    monkeypatch.setattr(preprocess, "read_file", counted)  # the image cache's own reading
+    links = linked(paths, sides=sides)
+    assert sorted(reads) == sorted(map(str, paths))  # once each: thumbnails and descriptors share it
+    monkeypatch.undo()
+    apart = [(a, b, 0.0) for group in copies_among(paths) for a, b in pairwise(group)]
+    apart += same_eye.same_eye_pairs(paths, sides=sides)
+    assert links == components.groups(len(paths), apart)
+    assert len(links) == 3 and all(
+        len(paths) - 1 not in group for group in links
+    )  # the broken file: left out
 
 
 def test_train_keeps_them_together_and_warns_of_a_given_split_that_parts_them(tmp_path, capsys):
