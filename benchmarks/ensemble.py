@@ -7,6 +7,7 @@ then
     python benchmarks/ensemble.py RUN [RUN ...]
     python benchmarks/ensemble.py --tta dihedral RUN [RUN ...]   # RUN/eval-{val,test}-tta-dihedral (benchmarks/tta.py)
     python benchmarks/ensemble.py --fellow RUN [RUN ...]   # each run's eyes blended with the fellow eye
+                                                           # (a both-eye model's run: its eyes/ as they are)
     python benchmarks/ensemble.py --validation-only ...    # choose and score on validation; test not read
 
 Greedy forward selection (Caruana et al. 2004) on validation macro-AUC picks the members, without
@@ -30,9 +31,12 @@ from eyescreen.metrics import bootstrap_ci, headline_metrics
 
 def load(run: Path, split: str, tta: str = "", fellow: bool = False):
     """`tta`: read the evaluation made with that test-time augmentation (benchmarks/tta.py); `fellow`:
-    its predictions blended with the fellow eye (evaluate's fellow-eye/ folder)."""
+    its predictions blended with the fellow eye (evaluate's fellow-eye/ folder). A both-eye model's
+    member is its eyes' predictions (evaluate's eyes/ folder): each already sees its fellow eye."""
     folder = run / (f"eval-{split}" + (f"-tta-{tta}" if tta else ""))
-    if fellow:
+    if (folder / "eyes").is_dir():
+        folder = folder / "eyes"
+    elif fellow:
         folder = folder / "fellow-eye"
     with open(folder / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
