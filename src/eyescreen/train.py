@@ -381,6 +381,84 @@ def calibrate_best(
     calibrate_on_validation(best, val, cfg.normal_class)
 
 
+def resumed(out: Path) -> tuple[dict, dict]:
+    """An interrupted run's resume state and what it saved of its settings (config, classes, links, budget)."""
+    state = load_state(out / "resume.pt")
+    return state, json.loads(state["meta"])
+
+
+def refuse_to_overwrite(out: Path) -> tuple[None, dict]:
+    """A new run's (no state, nothing saved), unless `out` holds a run already."""
+    if (out / "resume.pt").exists():
+        raise FileExistsError(
+            f"{out}: already holds a run; use --resume to continue it or choose another --out"
+        )
+    return None, {}
+
+
+def placed(model: nn.Module, task, cfg: TrainConfig, ctx, device) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The model on its device and memory format; what trains (the model plus any training-only head); and
+    what runs forward and backward (that, wrapped in DistributedDataParallel when distributed, compiled
+    with --compile)."""
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainable = task.trainable(model).to(device)
+    net = trainable
+    if ctx.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[device] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        net = compile_model(net)
+    return model, trainable, net
+
+
+def epoch_order(cfg: TrainConfig, train_set, epoch: int, ctx, local_batch: int):
+    """This process's training indices for `epoch`. The order depends only on (seed, epoch), so a resumed
+    run sees the same batches."""
+    if cfg.sampler == "balanced":
+        order = distributed.balanced_epoch_indices(train_set.labels, cfg.seed, epoch, ctx)
+    else:
+        order = distributed.epoch_indices(len(train_set), cfg.seed, epoch, ctx)
+    if len(order) % local_batch == 1:
+        order = order[:-1]  # a batch of one breaks batch normalisation
+    return order
+
+
+def restore(
+    state: dict, trainable: nn.Module, optimizer, scheduler, ema
+) -> tuple[int, float, int, list[dict]]:
+    """Put an interrupted run back as it was after its last written epoch: weights, optimiser, schedule,
+    random state, EMA; returns the next epoch, the best score and its epoch, and the log so far."""
+    trainable.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if ema:
+        ema.load_state_dict(state["ema"])
+    return state["epoch"] + 1, state["best"], state["best_epoch"], json.loads(state["history"])
+
+
+def snapshot(
+    trainable: nn.Module, optimizer, scheduler, ema, epoch: int, best: float, best_epoch: int, history: list,
+    settings: dict,
+) -> dict:  # fmt: skip
+    """What `restore` puts back after `epoch` (0-based), and the run's `settings` (what `resumed` returns)."""
+    return {
+        "model": trainable.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "ema": ema.state_dict() if ema else None, "rng": torch.get_rng_state(), "epoch": epoch, "best": best,
+        "best_epoch": best_epoch, "history": json.dumps(history), "meta": json.dumps(settings),
+    }  # fmt: skip
+
+
+def mean_nll(prob: np.ndarray, y: np.ndarray) -> float:
+    """Cross-entropy of probabilities already made (validation's loss)."""
+    return float(
+        nn.functional.nll_loss(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(y))
+    )
+
+
 def train(
     cfg: TrainConfig | None,
     data: str | Path,
@@ -401,16 +479,9 @@ def train(
     An interrupted run resumes from the last write."""
     started = time.perf_counter()  # what --time-budget counts from
     out = Path(out_dir)
+    state, saved = resumed(out) if resume else refuse_to_overwrite(out)
     if resume:
-        state = load_state(out / "resume.pt")
-        saved = json.loads(state["meta"])
-        cfg = TrainConfig(**saved["config"]).validate()
-        classes = saved["classes"]
-        split_file = out / "split.csv"
-    elif (out / "resume.pt").exists():
-        raise FileExistsError(
-            f"{out}: already holds a run; use --resume to continue it or choose another --out"
-        )
+        cfg, classes, split_file = TrainConfig(**saved["config"]), saved["classes"], out / "split.csv"
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -435,7 +506,7 @@ def train(
         say,
         progress,
         cache_dir,
-        saved.get("links") if resume else None,
+        saved.get("links"),
     )
     if cfg.init and not resume:
         cfg = replace(cfg, init=checkpoint_in(cfg.init, (BEST, PRETRAINED)))  # a run or pretrain folder
@@ -486,17 +557,7 @@ def train(
         from .initial_weights import load_initial_weights
 
         say(load_initial_weights(model, cfg.init, cfg.model, dataset.classes))
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    trainable = task.trainable(model).to(device)  # the model, plus any training-only head
-    net = trainable  # what runs forward/backward: the DistributedDataParallel wrapper when distributed
-    if ctx.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            trainable, device_ids=[device] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        net = compile_model(net)
+    model, trainable, net = placed(model, task, cfg, ctx, device)
     optimizer = make_optimizer(cfg, trainable)
     ema = make_ema(model, cfg.ema)
     evaluated = ema.module if ema else model  # what is validated and saved
@@ -520,14 +581,7 @@ def train(
     start_epoch, best, best_epoch, history = 0, -math.inf, -1, []
     budget = None  # the time budget's decision, once made (after the first epoch)
     if resume:
-        trainable.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        if ema:
-            ema.load_state_dict(state["ema"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
-        history = json.loads(state["history"])
+        start_epoch, best, best_epoch, history = restore(state, trainable, optimizer, scheduler, ema)
         budget = saved.get("budget")
         say(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
     elif ctx.main:
@@ -547,7 +601,6 @@ def train(
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
     step = Step(cfg, task, net, model, optimizer, scaler, ema, loss_fn, log_prior, transform, device, precision,
                 mean, std)  # fmt: skip
-    n = len(train_set)
     stop = StopRequest()  # SIGTERM or Ctrl-C: finish the epoch, write it, stop (one process only:
     # under torchrun the processes could disagree on the epoch)
     with stop if not ctx.enabled else nullcontext():
@@ -559,13 +612,7 @@ def train(
             if epoch >= cfg.epochs:
                 break  # the time budget shortened the run
             t0 = time.perf_counter()
-            # The order depends only on (seed, epoch), so a resumed run sees the same batches.
-            if cfg.sampler == "balanced":
-                order = distributed.balanced_epoch_indices(train_set.labels, cfg.seed, epoch, ctx)
-            else:
-                order = distributed.epoch_indices(n, cfg.seed, epoch, ctx)
-            if len(order) % local_batch == 1:
-                order = order[:-1]  # a batch of one breaks batch normalisation
+            order = epoch_order(cfg, train_set, epoch, ctx, local_batch)
             bar = tqdm(range(0, len(order), local_batch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (progress and ctx.main))  # fmt: skip
             total_loss, correct, scored, seen = step.epoch(train_set, order, local_batch, bar)
@@ -577,14 +624,9 @@ def train(
 
             prob, y_val = task.probabilities(evaluated, val_set, mean, std, device, precision, channels_last)
             val = headline_metrics(y_val, prob)
-            val_loss = float(
-                nn.functional.nll_loss(
-                    torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(y_val)
-                )
-            )
             row = {
                 "epoch": epoch + 1, "lr": lr, "train_loss": total_loss / seen, "train_accuracy": correct / max(scored, 1),
-                "val_loss": val_loss, "val_accuracy": val["accuracy"],
+                "val_loss": mean_nll(prob, y_val), "val_accuracy": val["accuracy"],
                 "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_auc": val["macro_auc"],
                 "seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": peak_rss_mb(),
             }  # fmt: skip
@@ -605,14 +647,14 @@ def train(
                 best, best_epoch = score, epoch + 1
                 best_weights = (weights_of(evaluated), epoch_meta)
             if epoch == cfg.epochs - 1 or time.perf_counter() - last_write >= save_every or stop.reason:
-                resume_state = {
-                    "model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-                    "rng": torch.get_rng_state(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                    "history": json.dumps(history),
-                    "meta": json.dumps({"config": asdict(cfg), "classes": dataset.classes, "links": links,
-                                        "budget": budget}),
-                }  # fmt: skip
+                settings = {
+                    "config": asdict(cfg),
+                    "classes": dataset.classes,
+                    "links": links,
+                    "budget": budget,
+                }
+                resume_state = snapshot(trainable, optimizer, scheduler, ema, epoch, best, best_epoch, history,
+                                        settings)  # fmt: skip
                 write_checkpoints(out, best_weights, (evaluated, epoch_meta), resume_state)
                 last_write, best_weights = time.perf_counter(), None
             left = time_left(history[resumed_epochs:], cfg.epochs)
