@@ -42,7 +42,13 @@ def teacher_probabilities(
     norm = meta["normalization"]
     prob = predict_proba(model, images, norm["mean"], norm["std"], device, precision)
     soft = torch.from_numpy(prob).float()
-    return soft, f"distilling from {checkpoint} ({meta['model']['name']}, epoch {meta.get('epoch', '?')})"
+    members = meta["model"]["args"].get("members") if meta["model"]["name"] == "ensemble" else None
+    what = (
+        f"ensemble of {len(members)} models"
+        if members
+        else f"{meta['model']['name']}, epoch {meta.get('epoch', '?')}"
+    )
+    return soft, f"distilling from {checkpoint} ({what})"
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
