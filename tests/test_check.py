@@ -7,6 +7,7 @@ from PIL import Image
 from eyescreen.check import check_data
 from eyescreen.cli import main
 from eyescreen.data import DataError
+from file_reads import counting_reads
 from synthetic import everyday_photo, fundus, write_dataset
 
 
@@ -203,22 +204,14 @@ def test_each_file_is_read_once_for_its_hash_size_and_look(tmp_path, monkeypatch
 def test_check_data_reads_each_file_once_and_its_same_eye_descriptors_are_the_searchs_own(
     tmp_path, monkeypatch
 ):
-    from eyescreen import check, preprocess, same_eye
+    from eyescreen import check, same_eye
 
     manifest = messy_manifest(tmp_path)
-    reads = []
-    read_file = preprocess.read_file
-
-    def counted(path):
-        reads.append(str(path))
-        return read_file(path)
-
-    monkeypatch.setattr(check, "read_file", counted)
-    monkeypatch.setattr(preprocess, "read_file", counted)  # the image cache's own reading
-    cold = check_data(manifest, progress=False)  # nothing cached yet
+    with monkeypatch.context() as counting:
+        reads = counting_reads(counting, check)
+        cold = check_data(manifest, progress=False)  # nothing cached yet
     files = [str(tmp_path / row["image"]) for row in csv.DictReader(open(manifest))]
     assert sorted(reads) == sorted(files)  # once per row: the thumbnails and the same-eye search share it
-    monkeypatch.undo()
     assert check_data(manifest, progress=False) == cold  # the same from the cache
     paths = [tmp_path / "images" / name for name in ("0_left.jpg", "1_right.jpg", "exported.png")]
     images, _ = same_eye.descriptors(paths)  # reads the files itself

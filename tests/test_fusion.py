@@ -227,11 +227,11 @@ def test_predict_pairs_takes_the_most_diseased_combination_of_several_photograph
     from eyescreen.inference import predict_proba
 
     shown = []  # the photographs a single-eye model is shown: each once, not once per combination
-    monkeypatch.setattr(module, "predict_proba", lambda model, images, *a: shown.append(len(images)) or
-                        predict_proba(model, images, *a))  # fmt: skip
-    assert predict_pairs([clinic], best, out, precision="fp32", progress=False)["several"] == 1
+    with monkeypatch.context() as counting:  # not monkeypatch.undo(): it would undo the isolated cache too
+        counting.setattr(module, "predict_proba", lambda model, images, *a: shown.append(len(images)) or
+                         predict_proba(model, images, *a))  # fmt: skip
+        assert predict_pairs([clinic], best, out, precision="fp32", progress=False)["several"] == 1
     assert shown == ([] if model_name.endswith("binocular") else [4])
-    monkeypatch.undo()
     (row,) = list(csv.DictReader(open(out)))
     assert "F6_left_3.png" in row["error"] and "not a readable image" in row["error"] and row["predicted"]
 

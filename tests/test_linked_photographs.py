@@ -22,6 +22,7 @@ from eyescreen.metrics import classification_metrics
 from eyescreen.model_card import card_lines, describe_checkpoint
 from eyescreen.photo_links import linked
 from eyescreen.train import train
+from file_reads import counting_reads
 from synthetic import veined_fundus
 from test_pipeline import tiny_config
 
@@ -165,7 +166,7 @@ def test_linked_patients_go_to_one_split_and_nothing_else_moves(tmp_path):
 
 
 def test_the_split_links_read_each_file_once_and_find_what_both_searches_find_alone(tmp_path, monkeypatch):
-    from eyescreen import photo_links, preprocess
+    from eyescreen import photo_links
     from eyescreen.near_duplicates import copies_among
 
     dataset = load_dataset(manifest_with_links(tmp_path))
@@ -173,24 +174,15 @@ def test_the_split_links_read_each_file_once_and_find_what_both_searches_find_al
     broken.write_bytes(b"\xff\xd8 not a photograph")
     paths = [r.path for r in dataset.records] + [broken]
     sides = [r.eye for r in dataset.records] + ["left"]
-    reads = []
-    read_file = preprocess.read_file
-
-    def counted(path):
-        reads.append(str(path))
-        return read_file(path)
-
-    monkeypatch.setattr(photo_links, "read_file", counted)
-    monkeypatch.setattr(preprocess, "read_file", counted)  # the image cache's own reading
-    links = linked(paths, sides=sides)
+    with monkeypatch.context() as counting:
+        reads = counting_reads(counting, photo_links)
+        links = linked(paths, sides=sides)
     assert sorted(reads) == sorted(map(str, paths))  # once each: thumbnails and descriptors share it
-    monkeypatch.undo()
     apart = [(a, b, 0.0) for group in copies_among(paths) for a, b in pairwise(group)]
     apart += same_eye.same_eye_pairs(paths, sides=sides)
     assert links == components.groups(len(paths), apart)
-    assert len(links) == 3 and all(
-        len(paths) - 1 not in group for group in links
-    )  # the broken file: left out
+    broken_index = len(paths) - 1  # left out: whoever reads it next names it
+    assert len(links) == 3 and all(broken_index not in group for group in links)
 
 
 def test_train_keeps_them_together_and_warns_of_a_given_split_that_parts_them(tmp_path, capsys):
