@@ -204,43 +204,15 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
         lines.append(f"selected: epoch {card['selected_epoch']} of {card['epochs']}, by validation {metric}")
         if budget := (card.get("run") or {}).get("time_budget"):
             lines.append(_budget_text(budget))
-    for i, member in enumerate(members, 1):
-        where = f"{member['checkpoint']} (sha256 {member['sha256'][:16]}…): " if paths else ""
-        auc = member["validation"].get("macro_auc")
-        lines.append(
-            f"member {i}: {where}{_recipe_text(member['recipe'])}; epoch "
-            f"{member['selected_epoch']} of {member['epochs']}"
-            + (f", validation macro-AUC {auc:.3f} alone" if auc is not None else "")
-        )
+    lines += _member_lines(members, paths)
     if run := card.get("run"):
-        verb = "made" if members else "trained"
-        lines.append(
-            f"{verb} with: eyescreen {run.get('eyescreen', '?')} (commit {run.get('git_commit') or 'unknown'}) "
-            f"on {run.get('device', '?')}"
-            + (f", {run['precision']}" if "precision" in run else "")
-            + f", started {run.get('started', '?')}"
-        )
-        command = run.get("command") or []
-        # The command line; else a program that called train() or write_ensemble().
-        if paths and command[1:2] in (["train"], ["ensemble"]):
-            lines.append("command: eyescreen " + shlex.join(command[1:]))
-        elif paths and command:
-            lines.append("started by: " + shlex.join(command))
+        lines += _provenance_lines(run, bool(members), paths)
     if paths:
         lines.append(f"trained on: {card['data']} ({card['data_here']})")
         if card["data_here"] == NOT_HERE:
             lines.append("  moved? evaluate, calibrate and explain --subset take --data for its new place")
     sizes = card["split_images"]
-    lines.append("split (images): " + ", ".join(f"{sizes[s]} {s}" for s in SPLITS) + " — by patient")
-    if linked := card.get("linked"):
-        apart = linked["held_out_with_twin_elsewhere"]
-        if any(apart.values()):
-            lines.append(f"  caution: {apart['val']} validation and {apart['test']} test images are photographs of "
-                         "eyes in another split under other patient ids (`evaluate` names them and scores without them)")  # fmt: skip
-        elif linked["sets"]:
-            lines.append(
-                f"  {linked['sets']} set(s) of photographs of one eye under several patient ids, each within one split"
-            )
+    lines += _split_lines(sizes, card.get("linked"))
     if metrics := card["validation"]:
         level = "per patient" if card["both_eye_model"] else "per eye"
         lines.append(
@@ -259,6 +231,52 @@ def card_lines(card: dict, paths: bool = True) -> list[str]:
             "test split: not stored in the checkpoint; `eyescreen evaluate --checkpoint "
             f"{card['checkpoint']} --subset test` scores it (and --data scores other patients)"
         )
+    return lines
+
+
+def _member_lines(members: list[dict], paths: bool) -> list[str]:
+    """An ensemble's members, a line each: where (with `paths`), recipe, epoch, validation alone."""
+    lines = []
+    for i, member in enumerate(members, 1):
+        where = f"{member['checkpoint']} (sha256 {member['sha256'][:16]}…): " if paths else ""
+        auc = member["validation"].get("macro_auc")
+        lines.append(
+            f"member {i}: {where}{_recipe_text(member['recipe'])}; epoch "
+            f"{member['selected_epoch']} of {member['epochs']}"
+            + (f", validation macro-AUC {auc:.3f} alone" if auc is not None else "")
+        )
+    return lines
+
+
+def _provenance_lines(run: dict, ensemble: bool, paths: bool) -> list[str]:
+    """What made the checkpoint: version, commit, device, start; with `paths`, the command line."""
+    lines = [
+        f"{'made' if ensemble else 'trained'} with: eyescreen {run.get('eyescreen', '?')} (commit "
+        f"{run.get('git_commit') or 'unknown'}) on {run.get('device', '?')}"
+        + (f", {run['precision']}" if "precision" in run else "")
+        + f", started {run.get('started', '?')}"
+    ]
+    command = run.get("command") or []
+    # The command line; else a program that called train() or write_ensemble().
+    if paths and command[1:2] in (["train"], ["ensemble"]):
+        lines.append("command: eyescreen " + shlex.join(command[1:]))
+    elif paths and command:
+        lines.append("started by: " + shlex.join(command))
+    return lines
+
+
+def _split_lines(sizes: dict, linked: dict | None) -> list[str]:
+    """The split's size, and the photographs of one eye under several patient ids it holds."""
+    lines = ["split (images): " + ", ".join(f"{sizes[s]} {s}" for s in SPLITS) + " — by patient"]
+    if linked:
+        apart = linked["held_out_with_twin_elsewhere"]
+        if any(apart.values()):
+            lines.append(f"  caution: {apart['val']} validation and {apart['test']} test images are photographs of "
+                         "eyes in another split under other patient ids (`evaluate` names them and scores without them)")  # fmt: skip
+        elif linked["sets"]:
+            lines.append(
+                f"  {linked['sets']} set(s) of photographs of one eye under several patient ids, each within one split"
+            )
     return lines
 
 
