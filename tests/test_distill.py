@@ -149,7 +149,7 @@ def test_an_ensemble_teaches_with_its_averaged_probabilities(teacher, synthetic_
         teacher_probabilities(str(run), paths, data.classes, cpu, "fp32")[0] for run in (teacher, other)
     ]
     expected = torch.softmax((members[0].log() + members[1].log()) / 2, 1)  # the mean of their logits
-    assert torch.allclose(soft, expected, atol=1e-5) and line.endswith("(ensemble of 2 models)")
+    assert torch.allclose(soft, expected, atol=1e-5) and line.endswith("(ensemble of 2 (tiny-cnn, tiny-cnn))")
     student = train(preset("quick", **SMALL, teacher=str(tmp_path / "ens")), synthetic_manifest,
                     tmp_path / "student", split_file=split, progress=False)  # fmt: skip
     assert read_meta(student)["config"]["teacher"] == str(tmp_path / "ens" / "best.safetensors")

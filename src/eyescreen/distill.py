@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, checkpoint_in, load_model
+from .ensemble import MODEL_NAME as ENSEMBLE
+from .ensemble import model_name
 from .inference import predict_proba
 from .models import takes_both_eyes
 from .preprocess import ImageCache, Preprocessing, load_stack
@@ -42,12 +44,9 @@ def teacher_probabilities(
     norm = meta["normalization"]
     prob = predict_proba(model, images, norm["mean"], norm["std"], device, precision)
     soft = torch.from_numpy(prob).float()
-    members = meta["model"]["args"].get("members") if meta["model"]["name"] == "ensemble" else None
-    what = (
-        f"ensemble of {len(members)} models"
-        if members
-        else f"{meta['model']['name']}, epoch {meta.get('epoch', '?')}"
-    )
+    what = model_name(meta["model"])  # an ensemble: its members' networks, which have no one epoch
+    if meta["model"]["name"] != ENSEMBLE:
+        what += f", epoch {meta.get('epoch', '?')}"
     return soft, f"distilling from {checkpoint} ({what})"
 
 
